@@ -1,0 +1,77 @@
+# Shared set-up for scripts/run and scripts/test: a virtualenv with Warren installed,
+# and a RabbitMQ that answers at WARREN_AMQP_URL.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${WARREN_VENV:-$ROOT/.venv}
+PY=$VENV/bin/python
+export WARREN_AMQP_URL=${WARREN_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}
+
+say() { printf '\033[1m[warren]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1;31m[warren] %s\033[0m\n' "$*" >&2; exit 1; }
+
+ensure_venv() {
+    local extras=$1 stamp="$VENV/.warren-$1"
+    if [ ! -x "$PY" ]; then
+        say "creating virtualenv in $VENV"
+        python3 -m venv "$VENV" || die "python3 -m venv failed: install Python 3.11+ with venv"
+    fi
+    "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "Python 3.11+ is required, $("$PY" --version) found"
+    if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
+        say "installing Warren and its dependencies ($extras)"
+        "$PY" -m pip install --quiet --upgrade pip
+        "$PY" -m pip install --quiet -e "$ROOT[$extras]"
+        touch "$stamp"
+    fi
+}
+
+broker_answers() {
+    "$PY" - "$WARREN_AMQP_URL" <<'PYEOF'
+import sys
+import pika
+try:
+    pika.BlockingConnection(pika.URLParameters(sys.argv[1] + ("&" if "?" in sys.argv[1] else "?") + "connection_attempts=1&socket_timeout=3")).close()
+except Exception as exc:
+    print(f"no broker: {exc!r}", file=sys.stderr)
+    sys.exit(1)
+PYEOF
+}
+
+broker_is_local() {
+    case "$WARREN_AMQP_URL" in
+        *@127.0.0.1*|*@localhost*|amqp://127.0.0.1*|amqp://localhost*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+ensure_broker() {
+    if broker_answers 2>/dev/null; then
+        enable_management
+        return 0
+    fi
+    broker_is_local || die "no RabbitMQ answers at $WARREN_AMQP_URL, and it is not local, so it cannot be started here"
+    if ! command -v rabbitmq-server >/dev/null 2>&1; then
+        [ "$(id -u)" = 0 ] || die "RabbitMQ is not installed; install Debian's rabbitmq-server (as root) or set WARREN_AMQP_URL"
+        say "installing Debian's rabbitmq-server"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server >/dev/null \
+            || die "apt-get install rabbitmq-server failed"
+    fi
+    say "starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    local attempt
+    for attempt in 1 2 3 4 5 6; do
+        rabbitmqctl -q await_startup --timeout 20 >/dev/null 2>&1 && break
+    done
+    broker_answers || die "RabbitMQ did not come up at $WARREN_AMQP_URL; see /var/log/rabbitmq"
+    enable_management
+}
+
+# The management API lets tests create a vhost per test in milliseconds; without it
+# they fall back to rabbitmqctl. Only possible for a local broker we administer.
+enable_management() {
+    broker_is_local && command -v rabbitmq-plugins >/dev/null 2>&1 && [ "$(id -u)" = 0 ] || return 0
+    rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1 && return 0
+    say "enabling rabbitmq_management"
+    rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || say "could not enable rabbitmq_management; tests will use rabbitmqctl"
+}

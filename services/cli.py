@@ -1,0 +1,141 @@
+"""The ``warren`` command: run services and do small administrative jobs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+
+import orjson
+
+from shared.auth import AuthSettings, TokenService
+from shared.config import CommonSettings, ConfigError
+from shared.db import UserExists, UserStore, create_schema, make_engine, session_factory
+from shared.logging import configure_logging
+from shared.messaging import AddressError, Envelope, parse_destination, parse_sender
+from shared.messaging.broker import BrokerUnavailable, Publisher, connect
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warren", description="Warren real-time messaging.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("edge", help="run the WebSocket edge")
+    sub.add_parser("up", help="development: add demo users to an empty database, run the edge")
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    add = user.add_parser("add", help="add a user")
+    add.add_argument("name")
+    add.add_argument("--password", help="the password (asked for when left out)")
+    add.add_argument("--group", action="append", default=[], help="a group (repeatable)")
+    add.add_argument("--role", action="append", default=[], help="a role (repeatable)")
+
+    token = sub.add_parser("token", help="print a JWT for an existing user (development)")
+    token.add_argument("name")
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
+
+    publish = sub.add_parser("publish", help="publish an event to warren.events")
+    publish.add_argument("address", help="user:<id>, group:<name> or broadcast")
+    publish.add_argument("data", help="the event's data, a JSON object")
+    publish.add_argument("--type", default="message", help="the event type (default: message)")
+    publish.add_argument("--sender", default="service:cli", help="the from address")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    env = os.environ if env is None else env
+    try:
+        if args.command == "edge":
+            _edge(env)
+        elif args.command == "up":
+            _up(env)
+        elif args.command == "user":
+            _user_add(env, args)
+        elif args.command == "token":
+            _token(env, args)
+        elif args.command == "publish":
+            _publish(env, args)
+    except (ConfigError, BrokerUnavailable, AddressError, UserExists, ValueError) as exc:
+        print(f"warren {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+def _edge(env: Mapping[str, str]) -> None:
+    from services.ws_edge.server import serve
+    from services.ws_edge.settings import EdgeSettings
+
+    settings = EdgeSettings.from_env(env)
+    configure_logging("edge", settings.common.log_level)
+    asyncio.run(serve(settings))
+
+
+DEMO_USERS = (
+    ("alice", ("team",), ("admin",)),
+    ("bob", ("team",), ()),
+    ("carol", ("ops",), ()),
+)
+
+
+def _up(env: Mapping[str, str]) -> None:
+    common = CommonSettings.from_env(env, "cli")
+    if not common.development:
+        raise ConfigError("warren up is for development: set WARREN_ENV=development")
+    store = _store(common)
+    if store.count() == 0:
+        print("demo users (shown once):")
+        for name, groups, roles in DEMO_USERS:
+            password = secrets.token_urlsafe(9)
+            store.add(name, password, groups, roles)
+            print(f"  {name:6} password {password}  groups {list(groups)}  roles {list(roles)}")
+    port = env.get("WARREN_EDGE_PORT", "8000")
+    print(f"edge: ws://127.0.0.1:{port}/ws   login: POST http://127.0.0.1:{port}/auth/login")
+    _edge(env)
+
+
+def _store(common: CommonSettings) -> UserStore:
+    engine = make_engine(common.database_url)
+    create_schema(engine)
+    return UserStore(session_factory(engine))
+
+
+def _user_add(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    common = CommonSettings.from_env(env, "cli")
+    password = args.password or getpass.getpass(f"password for {args.name}: ")
+    record = _store(common).add(args.name, password, tuple(args.group), tuple(args.role))
+    print(orjson.dumps({"user": record.id, "groups": record.groups, "roles": record.roles}).decode())
+
+
+def _token(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    common = CommonSettings.from_env(env, "cli")
+    tokens = TokenService(AuthSettings.from_env(env, development=common.development))
+    record = _store(common).get(args.name)
+    if record is None:
+        raise ValueError(f"no user {args.name!r}; add one with 'warren user add'")
+    print(tokens.issue(record.id, record.groups, record.roles, ttl_s=args.ttl))
+
+
+def _publish(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    common = CommonSettings.from_env(env, "cli")
+    try:
+        data = orjson.loads(args.data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"data is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("data must be a JSON object")
+    envelope = Envelope(
+        type=args.type, to=parse_destination(args.address), sender=parse_sender(args.sender), data=data
+    )
+
+    async def publish() -> None:
+        connection = await connect(common.amqp_url, name="warren-cli")
+        async with connection:
+            publisher = await Publisher.open(connection)
+            await publisher.publish_event(envelope)
+
+    asyncio.run(publish())
+    print(envelope.id)

@@ -1,0 +1,1 @@
+"""The WebSocket edge: authenticates clients and pushes them their events."""

@@ -1,0 +1,94 @@
+"""Reference-counted queue bindings: bound on the first holder, unbound on the last.
+
+Per key, bind and unbind calls are serialised by a lock and always move the broker
+towards the current wanted state, so rapid open/close sequences converge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Binder(Protocol):
+    async def bind(self, key: str) -> None: ...
+    async def unbind(self, key: str) -> None: ...
+
+
+class BindingTable:
+    def __init__(self, binder: Binder, on_change: Callable[[int], None] = lambda _n: None) -> None:
+        self._binder = binder
+        self._on_change = on_change
+        self._counts: dict[str, int] = {}
+        self._bound: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pending: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def bound(self) -> frozenset[str]:
+        return frozenset(self._bound)
+
+    def holders(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def retain(self, keys: Iterable[str]) -> Awaitable[None]:
+        """Count one more holder of each key; the result completes once all are bound.
+
+        The counts are taken at once; cancelling the returned awaitable does not undo
+        them, so every ``retain`` must be matched by one ``release``.
+        """
+        tasks = []
+        for key in keys:
+            self._counts[key] = self._counts.get(key, 0) + 1
+            tasks.append(self._schedule(key))
+        return asyncio.gather(*tasks)
+
+    def release(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)
+                self._schedule(key)
+
+    async def drain(self) -> None:
+        """Wait for every pending bind and unbind."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _schedule(self, key: str) -> asyncio.Task[None]:
+        self._pending[key] = self._pending.get(key, 0) + 1
+        task = asyncio.create_task(self._sync(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _sync(self, key: str) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                wanted = self._counts.get(key, 0) > 0
+                if wanted and key not in self._bound:
+                    await self._binder.bind(key)
+                    self._bound.add(key)
+                    self._on_change(len(self._bound))
+                elif not wanted and key in self._bound:
+                    self._bound.discard(key)
+                    self._on_change(len(self._bound))
+                    try:
+                        await self._binder.unbind(key)
+                    except Exception:
+                        # Binding left behind: at worst this edge receives and drops
+                        # traffic for a key it no longer holds; the next holder rebinds.
+                        log.warning("unbind failed", extra={"key": key}, exc_info=True)
+        finally:
+            self._pending[key] -= 1
+            if self._pending[key] == 0:
+                del self._pending[key]
+                self._locks.pop(key, None)

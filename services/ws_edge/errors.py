@@ -1,0 +1,68 @@
+"""The edge's one error table: exception -> HTTP status and stable ``error`` code,
+and the WebSocket close codes it uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from shared.auth import TokenError
+from shared.messaging import AddressError
+from shared.messaging.broker import BrokerUnavailable, Unroutable
+from services.ws_edge.policy import PolicyDenied
+
+
+class CloseCode(IntEnum):
+    GOING_AWAY = 1001  # the edge is shutting down; reconnect to another one
+    MESSAGE_TOO_BIG = 1009  # an inbound frame exceeded WARREN_EDGE_MAX_FRAME_BYTES
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013  # the broker is unavailable; reconnect with backoff
+    TOKEN_EXPIRED = 4001  # the token's exp passed during the connection
+    SLOW_CONSUMER = 4008  # the client stopped reading; its outbound buffer filled
+    TOO_MANY_INVALID_FRAMES = 4029  # repeated invalid frames
+
+
+class FrameError(ValueError):
+    """A client frame the edge cannot accept."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BadRequest(ValueError):
+    """An HTTP body that is not what the endpoint takes."""
+
+
+class InvalidCredentials(PermissionError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorSpec:
+    status: int
+    code: str
+
+
+ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
+    BadRequest: ErrorSpec(400, "bad_request"),
+    FrameError: ErrorSpec(400, "invalid_frame"),
+    AddressError: ErrorSpec(400, "invalid_address"),
+    InvalidCredentials: ErrorSpec(401, "invalid_credentials"),
+    TokenError: ErrorSpec(401, "token_invalid"),
+    PolicyDenied: ErrorSpec(403, "forbidden"),
+    Unroutable: ErrorSpec(503, "no_service"),
+    BrokerUnavailable: ErrorSpec(503, "unavailable"),
+}
+
+INTERNAL = ErrorSpec(500, "internal")
+
+
+def describe(exc: BaseException) -> ErrorSpec:
+    """The status and code for ``exc``; exceptions carrying their own code keep it."""
+    for kind in type(exc).__mro__:
+        spec = ERROR_TABLE.get(kind)  # type: ignore[arg-type]
+        if spec is not None:
+            own = getattr(exc, "code", None)
+            return ErrorSpec(spec.status, own) if isinstance(own, str) else spec
+    return INTERNAL

@@ -1,0 +1,63 @@
+"""``POST /auth/login``: user name and password in, JWT out."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from shared.messaging.names import valid_name
+from shared.web import JsonHandler
+from services.ws_edge.deps import EdgeDeps
+from services.ws_edge.errors import BadRequest, InvalidCredentials, describe
+
+MAX_PASSWORD_LENGTH = 1024
+
+
+class LoginHandler(JsonHandler):
+    def initialize(self, deps: EdgeDeps) -> None:
+        self._deps = deps
+
+    async def post(self) -> None:
+        try:
+            username, password = _credentials(self.request.body)
+            user = None
+            if valid_name(username):
+                user = await asyncio.get_running_loop().run_in_executor(
+                    self._deps.blocking, self._deps.users.authenticate, username, password
+                )
+            if user is None:
+                raise InvalidCredentials("wrong user name or password")
+        except (BadRequest, InvalidCredentials) as exc:
+            spec = describe(exc)
+            self._deps.metrics.logins.labels(spec.code).inc()
+            self.fail(spec.status, spec.code, str(exc))
+            return
+        self._deps.metrics.logins.labels("ok").inc()
+        tokens = self._deps.tokens
+        self.write_json(
+            {
+                "token": tokens.issue(user.id, user.groups, user.roles),
+                "token_type": "Bearer",
+                "expires_in": tokens.ttl_s,
+                "user": user.id,
+                "groups": user.groups,
+                "roles": user.roles,
+            }
+        )
+
+
+def _credentials(body: bytes) -> tuple[str, str]:
+    try:
+        raw: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BadRequest('body must be {"username": ..., "password": ...}')
+    username, password = raw.get("username"), raw.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise BadRequest("username and password must be strings")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise BadRequest(f"password must be at most {MAX_PASSWORD_LENGTH} characters")
+    return username, password

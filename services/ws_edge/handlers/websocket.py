@@ -1,0 +1,215 @@
+"""``GET /ws``: one authenticated client connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import orjson
+import tornado.websocket
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+
+from shared.auth import Identity, TokenError
+from shared.messaging import (
+    BROADCAST,
+    Address,
+    Envelope,
+    group_key,
+    parse_destination,
+    user_key,
+)
+from services.ws_edge import frames
+from services.ws_edge.deps import EdgeDeps
+from services.ws_edge.errors import CloseCode, FrameError, describe
+
+log = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "warren_token"
+
+
+class EdgeSocket(tornado.websocket.WebSocketHandler):
+    def initialize(self, deps: EdgeDeps) -> None:
+        self._deps = deps
+        self._identity: Identity | None = None
+        self._retained: tuple[str, ...] = ()
+        self._opened = False
+        self._closed = False
+        self._expiry: asyncio.TimerHandle | None = None
+        strikes = deps.settings.invalid_frame_limit
+        self._strikes: deque[float] = deque(maxlen=strikes)
+
+    # -- handshake -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Refuse before the upgrade, with a JSON body: wrong upgrade, origin or token."""
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            self._refuse(426, "upgrade_required", "GET /ws takes a WebSocket upgrade")
+            return
+        origin = self.request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin):
+            self._refuse(403, "origin_forbidden", f"origin {origin!r} is not allowed")
+            return
+        token = self._token()
+        if token is None:
+            self._refuse(401, "token_missing", "a token is required (?token=, Bearer or cookie)")
+            return
+        try:
+            self._identity = self._deps.tokens.verify(token)
+        except TokenError as exc:
+            self._refuse(401, exc.code, exc.message)
+
+    def check_origin(self, origin: str) -> bool:
+        return True  # checked in prepare(), where the refusal can carry a JSON body
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self._deps.settings.allowed_origins
+        if not allowed:
+            return super().check_origin(origin)
+        return "*" in allowed or origin in allowed
+
+    def _token(self) -> str | None:
+        token = self.get_query_argument("token", None)
+        if token:
+            return token
+        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return self.get_cookie(TOKEN_COOKIE) or None
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        self._deps.metrics.handshakes_refused.labels(code).inc()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": code, "message": message}))
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def open(self, *args: Any, **kwargs: Any) -> None:
+        deps, identity = self._deps, self._identity
+        assert identity is not None and self.ws_connection is not None
+        self._opened = True
+        deps.hub.track(self)
+        deps.metrics.connections.inc()
+        self.ws_connection.stream.max_write_buffer_size = deps.settings.max_outbound_buffer_bytes
+        self._retained = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
+        bound = deps.bindings.retain(self._retained)
+        try:
+            await asyncio.wait_for(asyncio.shield(bound), deps.settings.bind_timeout_s)
+        except Exception:
+            log.warning("binding failed", extra={"user": identity.user_id}, exc_info=True)
+            self.close_with(CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry later")
+            return
+        if self._closed:
+            return
+        # Subscribing and writing the welcome happen in one step of the loop, so the
+        # welcome is always the first frame the client sees.
+        deps.hub.subscribe(self, (*self._retained, BROADCAST))
+        self._write(
+            frames.welcome(
+                identity.user_id, identity.groups, identity.roles, deps.settings.common.instance_id
+            )
+        )
+        delay = identity.expires_at - time.time()
+        self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire)
+
+    def on_close(self) -> None:
+        if self._closed or not self._opened:
+            return
+        self._closed = True
+        if self._expiry is not None:
+            self._expiry.cancel()
+        deps = self._deps
+        deps.hub.forget(self)
+        deps.bindings.release(self._retained)
+        deps.metrics.connections.dec()
+
+    def _expire(self) -> None:
+        self.close_with(CloseCode.TOKEN_EXPIRED, "token expired")
+
+    # -- outbound --------------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> bool:
+        """Write one pre-built WebSocket frame; close the client if its buffer is full."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return False
+        try:
+            connection.stream.write(frame)
+        except StreamBufferFullError:
+            self._deps.metrics.slow_disconnects.inc()
+            # Let the close frame queue behind what is buffered; nothing else is written.
+            connection.stream.max_write_buffer_size = None
+            self.close_with(CloseCode.SLOW_CONSUMER, "client too slow: outbound buffer full")
+            return False
+        except StreamClosedError:
+            return False
+        return True
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return
+        self._deps.metrics.closed.labels(str(int(code))).inc()
+        self.close(code, reason)
+
+    def _write(self, payload: bytes) -> None:
+        self.send_frame(self._deps.framer.text(payload))
+
+    # -- inbound ---------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        ref: frames.Ref = None
+        try:
+            if isinstance(message, bytes):
+                raise FrameError("binary_frame", "binary frames are not accepted; send JSON text")
+            ref = frames.ref_of(message)
+            frame = frames.parse_client_frame(message)
+            if frame.type == frames.MESSAGE_SEND:
+                envelope_id = await self._send_message(frame)
+            else:
+                envelope_id = await self._send_command(frame)
+        except Exception as exc:
+            self._refused(ref, exc)
+            return
+        self._deps.metrics.frames_accepted.labels(frame.type).inc()
+        self._write(frames.ack(ref, {"id": envelope_id}))
+
+    async def _send_message(self, frame: frames.ClientFrame) -> str:
+        identity = self._identity
+        assert identity is not None
+        to = parse_destination(frame.to)
+        self._deps.settings.policy.check(identity, to)
+        envelope = Envelope(
+            type=frames.MESSAGE_EVENT, to=to, sender=Address.user(identity.user_id), data=frame.data
+        )
+        await self._deps.publisher.publish_event(envelope)
+        return envelope.id
+
+    async def _send_command(self, frame: frames.ClientFrame) -> str:
+        identity = self._identity
+        assert identity is not None
+        me = Address.user(identity.user_id)
+        envelope = Envelope(type=frame.type, to=me, sender=me, data=frame.data)
+        await self._deps.publisher.publish_command(envelope)
+        return envelope.id
+
+    def _refused(self, ref: frames.Ref, exc: Exception) -> None:
+        spec = describe(exc)
+        if spec.status >= 500 and spec.code == "internal":
+            log.exception("frame handling failed", exc_info=exc)
+            message = "internal error"
+        else:
+            message = str(exc)
+        self._deps.metrics.frames_refused.labels(spec.code).inc()
+        self._write(frames.error(ref, spec.code, message))
+        if spec.status < 500:
+            self._strike()
+
+    def _strike(self) -> None:
+        now = time.monotonic()
+        self._strikes.append(now)
+        window = self._deps.settings.invalid_frame_window_s
+        if len(self._strikes) == self._strikes.maxlen and now - self._strikes[0] <= window:
+            self.close_with(CloseCode.TOO_MANY_INVALID_FRAMES, "too many invalid frames")

@@ -1,0 +1,85 @@
+"""Which local sockets hold which routing keys, and the fan-out to them.
+
+A message is framed once; the same bytes are written to every recipient's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Protocol
+
+from wsproto.frame_protocol import FrameProtocol
+
+
+class Subscriber(Protocol):
+    def send_frame(self, frame: bytes) -> bool: ...
+    def close_with(self, code: int, reason: str) -> None: ...
+
+
+class TextFramer:
+    """Builds complete, unmasked, uncompressed server text frames (RFC 6455)."""
+
+    def __init__(self) -> None:
+        self._protocol = FrameProtocol(client=False, extensions=[])
+
+    def text(self, payload: bytes | str) -> bytes:
+        text = payload if isinstance(payload, str) else payload.decode("utf-8")
+        return bytes(self._protocol.send_data(text, fin=True))
+
+
+class Hub:
+    """Open connections of this process, and the routing keys each one receives."""
+
+    def __init__(self) -> None:
+        self._open: set[Subscriber] = set()
+        self._by_key: dict[str, set[Subscriber]] = {}
+        self._keys: dict[Subscriber, tuple[str, ...]] = {}
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def track(self, subscriber: Subscriber) -> None:
+        """A connection opened; it is closed by :meth:`close_all` from now on."""
+        self._open.add(subscriber)
+        self._empty.clear()
+
+    def subscribe(self, subscriber: Subscriber, keys: Iterable[str]) -> None:
+        """Deliver events for ``keys`` to ``subscriber`` from now on."""
+        held = tuple(dict.fromkeys(keys))
+        self._keys[subscriber] = held
+        for key in held:
+            self._by_key.setdefault(key, set()).add(subscriber)
+
+    def forget(self, subscriber: Subscriber) -> None:
+        """A connection closed: stop delivering to it and stop tracking it."""
+        for key in self._keys.pop(subscriber, ()):
+            holders = self._by_key.get(key)
+            if holders is not None:
+                holders.discard(subscriber)
+                if not holders:
+                    del self._by_key[key]
+        self._open.discard(subscriber)
+        if not self._open:
+            self._empty.set()
+
+    def dispatch(self, key: str, frame: bytes) -> int:
+        """Write ``frame`` to every subscriber of ``key``; return how many took it."""
+        holders = self._by_key.get(key)
+        if not holders:
+            return 0
+        delivered = 0
+        # A write can close a slow subscriber, which removes it: iterate a snapshot.
+        for subscriber in tuple(holders):
+            if subscriber.send_frame(frame):
+                delivered += 1
+        return delivered
+
+    def close_all(self, code: int, reason: str) -> None:
+        for subscriber in tuple(self._open):
+            subscriber.close_with(code, reason)
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()

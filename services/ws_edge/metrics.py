@@ -1,0 +1,80 @@
+"""The edge's Prometheus metrics, on an injected registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from shared.messaging import Kind
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class EdgeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.connections = Gauge(
+            "warren_edge_connections", "Open WebSocket connections.", registry=registry
+        )
+        self.handshakes_refused = Counter(
+            "warren_edge_handshakes_refused_total",
+            "WebSocket upgrades refused before the handshake, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        delivered = Counter(
+            "warren_edge_events_delivered_total",
+            "Event frames written to sockets, by destination kind.",
+            ["kind"],
+            registry=registry,
+        )
+        received = Counter(
+            "warren_edge_events_received_total",
+            "Events consumed from the broker, by destination kind.",
+            ["kind"],
+            registry=registry,
+        )
+        # Label children are resolved once: the fan-out path only calls inc().
+        self.delivered = {k: delivered.labels(k.value) for k in Kind if k is not Kind.SERVICE}
+        self.received = {k: received.labels(k.value) for k in Kind if k is not Kind.SERVICE}
+        self.events_rejected = Counter(
+            "warren_edge_events_rejected_total",
+            "Broker messages that were not valid envelopes and were dead-lettered.",
+            registry=registry,
+        )
+        self.frames_refused = Counter(
+            "warren_edge_frames_refused_total",
+            "Client frames answered with an error, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.frames_accepted = Counter(
+            "warren_edge_frames_accepted_total",
+            "Client frames accepted, by type.",
+            ["type"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "warren_edge_delivery_latency_seconds",
+            "Time from an event's publish timestamp to its write to the local sockets.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.closed = Counter(
+            "warren_edge_closes_total",
+            "Connections closed by the edge, by close code.",
+            ["code"],
+            registry=registry,
+        )
+        self.slow_disconnects = Counter(
+            "warren_edge_slow_client_disconnects_total",
+            "Connections closed because the client stopped reading.",
+            registry=registry,
+        )
+        self.bindings = Gauge(
+            "warren_edge_bindings",
+            "Routing keys bound to this edge's queue (broadcast included).",
+            registry=registry,
+        )
+        self.logins = Counter(
+            "warren_edge_logins_total", "Login attempts, by outcome.", ["outcome"], registry=registry
+        )

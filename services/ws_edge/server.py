@@ -1,0 +1,132 @@
+"""Start-up and shutdown of one edge process, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from aio_pika.abc import AbstractRobustConnection
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from shared.auth import TokenService
+from shared.db import UserStore, create_schema, make_engine, session_factory
+from shared.messaging.broker import Publisher, connect
+from services.ws_edge.app import make_app
+from services.ws_edge.bindings import BindingTable
+from services.ws_edge.consumer import EventConsumer
+from services.ws_edge.deps import EdgeDeps
+from services.ws_edge.errors import CloseCode
+from services.ws_edge.hub import Hub, TextFramer
+from services.ws_edge.metrics import EdgeMetrics
+from services.ws_edge.settings import EdgeSettings
+
+log = logging.getLogger(__name__)
+
+
+class EdgeServer:
+    """Owns the edge's resources. ``start`` builds them in order, ``stop`` undoes it."""
+
+    def __init__(self, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = EdgeMetrics(registry or CollectorRegistry())
+        self.hub = Hub()
+        self.port = 0
+        self._draining = False
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._consumer: EventConsumer | None = None
+        self._http: HTTPServer | None = None
+        self._connection: AbstractRobustConnection | None = None
+
+    def is_ready(self) -> bool:
+        return not self._draining and self._consumer is not None and self._consumer.is_ready()
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._executor = ThreadPoolExecutor(settings.login_threads, thread_name_prefix="edge-blocking")
+        self._engine = make_engine(settings.common.database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, create_schema, self._engine)
+        users = UserStore(session_factory(self._engine))
+
+        self._connection = connection = await connect(
+            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
+        )
+        publisher = await Publisher.open(connection)
+        self._consumer = consumer = EventConsumer(
+            connection, self.hub, self.metrics, settings.common.instance_id, settings.prefetch
+        )
+        bindings = BindingTable(consumer, on_change=lambda n: self.metrics.bindings.set(n + 1))
+        await consumer.start()
+
+        deps = EdgeDeps(
+            settings=settings,
+            tokens=TokenService(settings.auth),
+            users=users,
+            publisher=publisher,
+            hub=self.hub,
+            bindings=bindings,
+            framer=TextFramer(),
+            metrics=self.metrics,
+            blocking=self._executor,
+            is_ready=self.is_ready,
+        )
+        sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
+        self.port = sockets[0].getsockname()[1]
+        self._http = HTTPServer(
+            make_app(deps),
+            idle_connection_timeout=settings.handshake_timeout_s,
+            body_timeout=settings.handshake_timeout_s,
+            max_body_size=1 << 20,
+            xheaders=True,
+        )
+        self._http.add_sockets(sockets)
+        log.info(
+            "edge ready",
+            extra={"port": self.port, "instance": settings.common.instance_id,
+                   "queue": consumer.queue_name},
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, close sockets with 1001, then close broker, database, threads."""
+        self._draining = True
+        if self._http is not None:
+            self._http.stop()
+        self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+        try:
+            await asyncio.wait_for(self.hub.wait_empty(), self.settings.shutdown_deadline_s)
+        except asyncio.TimeoutError:
+            log.warning("shutdown deadline passed with sockets open", extra={"open": len(self.hub)})
+        if self._http is not None:
+            await self._http.close_all_connections()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._connection is not None:
+            await self._connection.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._engine is not None:
+            self._engine.dispose()
+        log.info("edge stopped")
+
+
+async def serve(settings: EdgeSettings) -> None:
+    """Run an edge until SIGTERM or SIGINT."""
+    server = EdgeServer(settings)
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop()
+        raise
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("edge stopping")
+    await server.stop()

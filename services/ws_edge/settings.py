@@ -1,0 +1,60 @@
+"""The edge's settings, read from the environment once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.auth import AuthSettings
+from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_list, env_str
+from services.ws_edge.policy import SendPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeSettings:
+    common: CommonSettings
+    auth: AuthSettings
+    policy: SendPolicy
+    host: str
+    port: int
+    allowed_origins: tuple[str, ...]
+    ping_interval_s: float
+    ping_timeout_s: float
+    max_inbound_frame_bytes: int
+    max_outbound_buffer_bytes: int
+    invalid_frame_limit: int
+    invalid_frame_window_s: float
+    bind_timeout_s: float
+    handshake_timeout_s: float
+    shutdown_deadline_s: float
+    prefetch: int
+    login_threads: int
+
+    @classmethod
+    def from_env(cls, env: Env) -> EdgeSettings:
+        common = CommonSettings.from_env(env, "edge")
+        ping_interval = env_float(env, "WARREN_EDGE_PING_INTERVAL_S", 20.0)
+        return cls(
+            common=common,
+            auth=AuthSettings.from_env(env, development=common.development),
+            policy=SendPolicy.from_env(env),
+            host=env_str(env, "WARREN_EDGE_HOST", "0.0.0.0"),
+            port=env_int(env, "WARREN_EDGE_PORT", 8000),
+            allowed_origins=env_list(env, "WARREN_EDGE_ALLOWED_ORIGINS"),
+            ping_interval_s=ping_interval,
+            ping_timeout_s=env_float(env, "WARREN_EDGE_PING_TIMEOUT_S", ping_interval * 1.5),
+            max_inbound_frame_bytes=env_int(env, "WARREN_EDGE_MAX_FRAME_BYTES", 65536, minimum=1024),
+            max_outbound_buffer_bytes=env_int(
+                env, "WARREN_EDGE_MAX_OUTBOUND_BYTES", 1 << 20, minimum=65536
+            ),
+            invalid_frame_limit=env_int(env, "WARREN_EDGE_INVALID_FRAME_LIMIT", 10, minimum=1),
+            invalid_frame_window_s=env_float(env, "WARREN_EDGE_INVALID_FRAME_WINDOW_S", 60.0),
+            bind_timeout_s=env_float(env, "WARREN_EDGE_BIND_TIMEOUT_S", 10.0, minimum=0.1),
+            handshake_timeout_s=env_float(env, "WARREN_EDGE_HANDSHAKE_TIMEOUT_S", 10.0, minimum=0.1),
+            shutdown_deadline_s=env_float(env, "WARREN_EDGE_SHUTDOWN_DEADLINE_S", 10.0),
+            prefetch=env_int(env, "WARREN_EDGE_PREFETCH", 512, minimum=1),
+            login_threads=env_int(env, "WARREN_EDGE_LOGIN_THREADS", 4, minimum=1),
+        )
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"WARREN_EDGE_PORT must be a TCP port, got {self.port}")

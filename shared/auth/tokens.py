@@ -1,0 +1,144 @@
+"""JWT issuing and verification with a pinned algorithm.
+
+HS256 uses ``WARREN_JWT_SECRET``; RS256 verifies with ``WARREN_JWT_PUBLIC_KEY`` and,
+where the process issues tokens, signs with ``WARREN_JWT_PRIVATE_KEY``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import jwt
+
+from shared.config import ConfigError, Env, env_file_or_value, env_int, env_str
+from shared.messaging.names import valid_name
+
+HS256: Final = "HS256"
+RS256: Final = "RS256"
+DEV_SECRET: Final = "warren-development-secret-do-not-use-in-production"
+MIN_SECRET_BYTES: Final = 32
+REQUIRED_CLAIMS: Final = ("exp", "iat", "sub")
+
+
+class TokenError(Exception):
+    """A token that must be refused; ``code`` is the stable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    algorithm: str
+    verify_key: str
+    signing_key: str | None
+    token_ttl_s: int
+
+    @classmethod
+    def from_env(cls, env: Env, *, development: bool) -> AuthSettings:
+        algorithm = env_str(env, "WARREN_JWT_ALGORITHM", HS256).upper()
+        ttl = env_int(env, "WARREN_JWT_TTL_S", 3600, minimum=1)
+        if algorithm == HS256:
+            secret = env_file_or_value(env, "WARREN_JWT_SECRET")
+            if secret is None:
+                if not development:
+                    raise ConfigError(
+                        "WARREN_JWT_SECRET is required (the development default is used "
+                        "only with WARREN_ENV=development)"
+                    )
+                secret = DEV_SECRET
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(f"WARREN_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
+            return cls(HS256, secret, secret, ttl)
+        if algorithm == RS256:
+            public = env_file_or_value(env, "WARREN_JWT_PUBLIC_KEY")
+            if public is None:
+                raise ConfigError("WARREN_JWT_ALGORITHM=RS256 needs WARREN_JWT_PUBLIC_KEY")
+            private = env_file_or_value(env, "WARREN_JWT_PRIVATE_KEY")
+            return cls(RS256, public, private, ttl)
+        raise ConfigError(f"WARREN_JWT_ALGORITHM must be HS256 or RS256, got {algorithm!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a verified token speaks for."""
+
+    user_id: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+    expires_at: float
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
+
+
+class TokenService:
+    def __init__(self, settings: AuthSettings) -> None:
+        self._settings = settings
+
+    @property
+    def ttl_s(self) -> int:
+        return self._settings.token_ttl_s
+
+    def issue(
+        self,
+        user_id: str,
+        groups: tuple[str, ...] = (),
+        roles: tuple[str, ...] = (),
+        *,
+        ttl_s: int | None = None,
+        now: float | None = None,
+    ) -> str:
+        if self._settings.signing_key is None:
+            raise ConfigError("this process has no key to sign tokens with")
+        issued = int(now if now is not None else time.time())
+        claims: dict[str, Any] = {
+            "sub": user_id,
+            "groups": list(groups),
+            "roles": list(roles),
+            "iat": issued,
+            "exp": issued + (ttl_s if ttl_s is not None else self._settings.token_ttl_s),
+        }
+        return jwt.encode(claims, self._settings.signing_key, algorithm=self._settings.algorithm)
+
+    def verify(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._settings.verify_key,
+                algorithms=[self._settings.algorithm],
+                options={"require": list(REQUIRED_CLAIMS)},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise TokenError("token_expired", "the token has expired") from exc
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenError("token_invalid", f"the token lacks the {exc.claim!r} claim") from exc
+        except jwt.InvalidAlgorithmError as exc:
+            raise TokenError("token_invalid", "the token's algorithm is not accepted") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise TokenError("token_invalid", "the token's signature does not verify") from exc
+        except jwt.InvalidTokenError as exc:
+            raise TokenError("token_invalid", f"the token is not valid: {exc}") from exc
+        return _identity(claims)
+
+
+def _identity(claims: dict[str, Any]) -> Identity:
+    sub = claims.get("sub")
+    if not valid_name(sub):
+        raise TokenError("token_invalid", "the token's sub is not a valid user id")
+    groups = claims.get("groups", [])
+    roles = claims.get("roles", [])
+    if not isinstance(groups, list) or not all(valid_name(g) for g in groups):
+        raise TokenError("token_invalid", "the token's groups must be a list of group names")
+    if not isinstance(roles, list) or not all(valid_name(r) for r in roles):
+        raise TokenError("token_invalid", "the token's roles must be a list of role names")
+    return Identity(
+        user_id=sub,
+        groups=tuple(dict.fromkeys(groups)),
+        roles=tuple(dict.fromkeys(roles)),
+        expires_at=float(claims["exp"]),
+    )

@@ -1,0 +1,121 @@
+"""Typed readers for environment settings, and the settings every service shares.
+
+Each service builds one frozen settings object from a mapping (``os.environ`` at the
+entry point, a plain dict in tests). Nothing else in the code base reads the
+environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+Env = Mapping[str, str]
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DATABASE_URL = "sqlite:///var/warren.db"
+DEVELOPMENT = "development"
+PRODUCTION = "production"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; raised at start-up, never later."""
+
+
+def env_str(env: Env, name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value if value else default
+
+
+def env_int(env: Env, name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(env: Env, name: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(env: Env, name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be a boolean, got {raw!r}")
+
+
+def env_list(env: Env, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def env_file_or_value(env: Env, name: str) -> str | None:
+    """Read ``NAME`` or, failing that, the file named by ``NAME_FILE`` (container secrets)."""
+    value = env.get(name, "").strip()
+    if value:
+        return value
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        try:
+            return Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{name}_FILE={path!r} cannot be read: {exc}") from exc
+    return None
+
+
+def default_instance_id(service: str) -> str:
+    return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    """What every Warren process needs: where the broker and database are, and the mode."""
+
+    environment: str
+    amqp_url: str
+    database_url: str
+    instance_id: str
+    log_level: str
+
+    @property
+    def development(self) -> bool:
+        return self.environment == DEVELOPMENT
+
+    @classmethod
+    def from_env(cls, env: Env, service: str) -> CommonSettings:
+        environment = env_str(env, "WARREN_ENV", PRODUCTION)
+        if environment not in {DEVELOPMENT, PRODUCTION}:
+            raise ConfigError(f"WARREN_ENV must be {DEVELOPMENT!r} or {PRODUCTION!r}")
+        return cls(
+            environment=environment,
+            amqp_url=env_str(env, "WARREN_AMQP_URL", DEFAULT_AMQP_URL),
+            database_url=env_str(env, "WARREN_DATABASE_URL", DEFAULT_DATABASE_URL),
+            instance_id=env_str(env, "WARREN_INSTANCE_ID", default_instance_id(service)),
+            log_level=env_str(env, "WARREN_LOG_LEVEL", "INFO").upper(),
+        )

@@ -1,0 +1,181 @@
+"""Connecting to RabbitMQ, declaring Warren's topology, and publishing envelopes.
+
+The connection is aio-pika's robust connection: it reconnects by itself and its
+robust channels re-declare exchanges, queues, bindings and consumers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+from aio_pika.exceptions import PublishError
+
+from shared.messaging.envelope import Envelope, encode
+from shared.messaging.names import (
+    COMMANDS_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    EVENTS_DEAD_LETTER_QUEUE,
+    EVENTS_EXCHANGE,
+    Command,
+    command_key,
+    dead_letter_queue_name,
+    work_queue_name,
+)
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = "application/json"
+WORK_QUEUE_DELIVERY_LIMIT: Final = 5
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker did not answer at start-up, or a publish could not be confirmed."""
+
+
+class Unroutable(LookupError):
+    """A command was published but no work queue is bound for its type."""
+
+
+async def connect(url: str, *, name: str, timeout: float = 10.0) -> AbstractRobustConnection:
+    """Open a robust connection, failing fast when the broker is not there at start-up."""
+    try:
+        return await asyncio.wait_for(
+            aio_pika.connect_robust(url, client_properties={"connection_name": name}),
+            timeout,
+        )
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise BrokerUnavailable(f"cannot reach RabbitMQ at {_safe_url(url)}: {exc!r}") from exc
+
+
+def _safe_url(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
+async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
+    """Declare the events and commands exchanges and the dead-letter plumbing."""
+    events = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    dlx = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    events_dead = await channel.declare_queue(EVENTS_DEAD_LETTER_QUEUE, durable=True)
+    await events_dead.bind(dlx, routing_key=EVENTS_DEAD_LETTER_QUEUE)
+    return events, commands
+
+
+def edge_queue_arguments() -> dict[str, str]:
+    """Arguments of an edge's event queue: poison events are dead-lettered, not dropped."""
+    return {
+        "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+        "x-dead-letter-routing-key": EVENTS_DEAD_LETTER_QUEUE,
+    }
+
+
+async def declare_work_queue(channel: AbstractChannel, command: Command | str) -> AbstractQueue:
+    """Declare the durable quorum work queue for one command type, with its dead-letter queue.
+
+    The quorum queue's delivery limit ends redelivery loops: a message that keeps
+    failing goes to ``<queue>.dead`` instead of being requeued forever.
+    """
+    name = work_queue_name(command)
+    dead_name = dead_letter_queue_name(name)
+    dlx = await channel.declare_exchange(
+        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    dead = await channel.declare_queue(dead_name, durable=True)
+    await dead.bind(dlx, routing_key=dead_name)
+    queue = await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": WORK_QUEUE_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": dead_name,
+        },
+    )
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await queue.bind(commands, routing_key=command_key(command))
+    return queue
+
+
+class Publisher:
+    """Publishes envelopes with publisher confirms on one long-lived channel."""
+
+    def __init__(self, events: AbstractExchange, commands: AbstractExchange) -> None:
+        self._events = events
+        self._commands = commands
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection) -> Publisher:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        events, commands = await declare_exchanges(channel)
+        return cls(events, commands)
+
+    async def publish_event(self, envelope: Envelope, *, timeout: float = 5.0) -> None:
+        """Publish to ``warren.events`` under the envelope's destination key."""
+        await self._publish(
+            self._events,
+            envelope,
+            envelope.to.routing_key,
+            persistent=False,
+            mandatory=False,
+            timeout=timeout,
+        )
+
+    async def publish_command(self, envelope: Envelope, *, timeout: float = 5.0) -> None:
+        """Publish to ``warren.commands``; raise :class:`Unroutable` if no service listens."""
+        await self._publish(
+            self._commands,
+            envelope,
+            command_key(envelope.type),
+            persistent=True,
+            mandatory=True,
+            timeout=timeout,
+        )
+
+    async def _publish(
+        self,
+        exchange: AbstractExchange,
+        envelope: Envelope,
+        routing_key: str,
+        *,
+        persistent: bool,
+        mandatory: bool,
+        timeout: float,
+    ) -> None:
+        message = aio_pika.Message(
+            encode(envelope),
+            content_type=CONTENT_TYPE,
+            message_id=envelope.id,
+            correlation_id=envelope.id,
+            type=envelope.type,
+            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
+        )
+        try:
+            await exchange.publish(
+                message, routing_key=routing_key, mandatory=mandatory, timeout=timeout
+            )
+        except PublishError as exc:
+            raise Unroutable(f"no queue is bound for {routing_key!r}") from exc
+        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+            raise BrokerUnavailable(f"publish to {exchange.name} not confirmed: {exc!r}") from exc

@@ -1,0 +1,163 @@
+"""Every name on the broker: exchanges, queues, routing keys and addresses.
+
+This module is the single owner of these strings. Services build routing keys and
+queue names only through the functions here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+EVENTS_EXCHANGE: Final = "warren.events"
+COMMANDS_EXCHANGE: Final = "warren.commands"
+DEAD_LETTER_EXCHANGE: Final = "warren.dlx"
+EVENTS_DEAD_LETTER_QUEUE: Final = "warren.events.dead"
+
+BROADCAST: Final = "broadcast"
+_USER_PREFIX: Final = "user."
+_GROUP_PREFIX: Final = "group."
+
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TYPE_PATTERN: Final = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+MAX_TYPE_LENGTH: Final = 64
+
+
+class Command(StrEnum):
+    """Command types: the routing keys on ``warren.commands``."""
+
+    CHAT_ASK = "chat.ask"
+    RUN_START = "run.start"
+    RUN_STOP = "run.stop"
+    EXCEL_CREATE = "excel.create"
+
+
+class AddressError(ValueError):
+    """An address, user id, group name or type that must never be routed."""
+
+
+def valid_name(name: object) -> bool:
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+def check_name(name: object, what: str) -> str:
+    if not valid_name(name):
+        raise AddressError(f"{what} must match [A-Za-z0-9_-]{{1,64}}, got {name!r}")
+    assert isinstance(name, str)
+    return name
+
+
+def check_type(value: object) -> str:
+    if (
+        not isinstance(value, str)
+        or len(value) > MAX_TYPE_LENGTH
+        or TYPE_PATTERN.fullmatch(value) is None
+    ):
+        raise AddressError(f"type must be dotted lower-case words, got {value!r}")
+    return value
+
+
+def user_key(user_id: str) -> str:
+    return _USER_PREFIX + check_name(user_id, "user id")
+
+
+def group_key(group: str) -> str:
+    return _GROUP_PREFIX + check_name(group, "group name")
+
+
+def command_key(command: Command | str) -> str:
+    return Command(command).value
+
+
+def work_queue_name(command: Command | str) -> str:
+    """The durable work queue that consumes one command type."""
+    return f"warren.cmd.{Command(command).value}"
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    return f"{queue}.dead"
+
+
+def edge_queue_name(instance_id: str) -> str:
+    """The exclusive, auto-delete event queue owned by one edge process."""
+    return f"warren.edge.{instance_id}"
+
+
+class Kind(StrEnum):
+    USER = "user"
+    GROUP = "group"
+    BROADCAST = "broadcast"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """``user:<id>``, ``group:<name>``, ``broadcast`` or (as a sender) ``service:<name>``."""
+
+    kind: Kind
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind is Kind.BROADCAST:
+            if self.name:
+                raise AddressError("broadcast takes no name")
+        else:
+            check_name(self.name, f"{self.kind.value} name")
+
+    def __str__(self) -> str:
+        return BROADCAST if self.kind is Kind.BROADCAST else f"{self.kind.value}:{self.name}"
+
+    @property
+    def routing_key(self) -> str:
+        if self.kind is Kind.USER:
+            return user_key(self.name)
+        if self.kind is Kind.GROUP:
+            return group_key(self.name)
+        if self.kind is Kind.BROADCAST:
+            return BROADCAST
+        raise AddressError(f"{self} is a sender, not a destination")
+
+    @classmethod
+    def user(cls, user_id: str) -> Address:
+        return cls(Kind.USER, user_id)
+
+    @classmethod
+    def group(cls, name: str) -> Address:
+        return cls(Kind.GROUP, name)
+
+    @classmethod
+    def service(cls, name: str) -> Address:
+        return cls(Kind.SERVICE, name)
+
+
+ADDRESS_BROADCAST: Final = Address(Kind.BROADCAST)
+
+_DESTINATION_KINDS: Final = frozenset({Kind.USER, Kind.GROUP, Kind.BROADCAST})
+_SENDER_KINDS: Final = frozenset({Kind.USER, Kind.SERVICE})
+
+
+def _parse(text: object, allowed: frozenset[Kind], what: str) -> Address:
+    if not isinstance(text, str):
+        raise AddressError(f"{what} must be a string, got {type(text).__name__}")
+    if text == BROADCAST:
+        kind, name = Kind.BROADCAST, ""
+    else:
+        prefix, sep, name = text.partition(":")
+        if not sep or prefix not in Kind.__members__.values():
+            raise AddressError(f"{what} {text!r} is not of the form kind:name")
+        kind = Kind(prefix)
+    if kind not in allowed:
+        raise AddressError(f"{what} cannot be {kind.value}")
+    return Address(kind, name)
+
+
+def parse_destination(text: object) -> Address:
+    """Parse ``user:<id>``, ``group:<name>`` or ``broadcast``."""
+    return _parse(text, _DESTINATION_KINDS, "destination")
+
+
+def parse_sender(text: object) -> Address:
+    """Parse ``user:<id>`` or ``service:<name>``."""
+    return _parse(text, _SENDER_KINDS, "sender")

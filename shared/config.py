@@ -7,6 +7,7 @@ environment.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import uuid
@@ -52,6 +53,8 @@ def env_float(env: Env, name: str, default: float, *, minimum: float = 0.0) -> f
         value = float(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
@@ -83,7 +86,7 @@ def env_file_or_value(env: Env, name: str) -> str | None:
     path = env.get(f"{name}_FILE", "").strip()
     if path:
         try:
-            return Path(path).read_text()
+            return Path(path).read_text().strip()
         except OSError as exc:
             raise ConfigError(f"{name}_FILE={path!r} cannot be read: {exc}") from exc
     return None

@@ -66,7 +66,7 @@ class EventConsumer:
         return (
             self._consumer_tag is not None
             and channel is not None
-            and not self._connection.is_closed
+            and self._connection.connected.is_set()
             and not channel.is_closed
         )
 
@@ -74,7 +74,7 @@ class EventConsumer:
         """Stop consuming; in-flight messages are requeued by the broker on close."""
         queue, tag = self._queue, self._consumer_tag
         self._consumer_tag = None
-        if queue is not None and tag is not None and not self._connection.is_closed:
+        if queue is not None and tag is not None and self._connection.connected.is_set():
             await queue.cancel(tag)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()

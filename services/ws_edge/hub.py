@@ -47,7 +47,8 @@ class Hub:
         self._empty.clear()
 
     def subscribe(self, subscriber: Subscriber, keys: Iterable[str]) -> None:
-        """Deliver events for ``keys`` to ``subscriber`` from now on."""
+        """Deliver events for ``keys`` (and only those) to ``subscriber`` from now on."""
+        self._unsubscribe(subscriber)
         held = tuple(dict.fromkeys(keys))
         self._keys[subscriber] = held
         for key in held:
@@ -55,15 +56,18 @@ class Hub:
 
     def forget(self, subscriber: Subscriber) -> None:
         """A connection closed: stop delivering to it and stop tracking it."""
+        self._unsubscribe(subscriber)
+        self._open.discard(subscriber)
+        if not self._open:
+            self._empty.set()
+
+    def _unsubscribe(self, subscriber: Subscriber) -> None:
         for key in self._keys.pop(subscriber, ()):
             holders = self._by_key.get(key)
             if holders is not None:
                 holders.discard(subscriber)
                 if not holders:
                     del self._by_key[key]
-        self._open.discard(subscriber)
-        if not self._open:
-            self._empty.set()
 
     def dispatch(self, key: str, frame: bytes) -> int:
         """Write ``frame`` to every subscriber of ``key``; return how many took it."""

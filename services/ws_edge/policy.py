@@ -9,6 +9,7 @@ from typing import TypeVar
 from shared.auth import Identity
 from shared.config import ConfigError, Env, env_str
 from shared.messaging import Address, Kind
+from shared.messaging.names import valid_name
 
 
 R = TypeVar("R", bound=StrEnum)
@@ -38,6 +39,13 @@ def _rule(env: Env, name: str, rule: type[R], default: R) -> R:
         raise ConfigError(f"{name} must be one of {allowed}, got {raw!r}") from exc
 
 
+def _role(env: Env) -> str:
+    role = env.get("WARREN_POLICY_BROADCAST_ROLE", "admin").strip()
+    if role and not valid_name(role):
+        raise ConfigError(f"WARREN_POLICY_BROADCAST_ROLE must be a role name or empty, got {role!r}")
+    return role
+
+
 @dataclass(frozen=True, slots=True)
 class SendPolicy:
     direct: DirectRule = DirectRule.ANY
@@ -49,7 +57,7 @@ class SendPolicy:
         return cls(
             direct=_rule(env, "WARREN_POLICY_DIRECT", DirectRule, DirectRule.ANY),
             group=_rule(env, "WARREN_POLICY_GROUP", GroupRule, GroupRule.MEMBERS),
-            broadcast_role=env.get("WARREN_POLICY_BROADCAST_ROLE", "admin").strip(),
+            broadcast_role=_role(env),
         )
 
     def check(self, sender: Identity, to: Address) -> None:

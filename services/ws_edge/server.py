@@ -37,14 +37,16 @@ class EdgeServer:
         self.hub = Hub()
         self.port = 0
         self._draining = False
+        self._stopped = False
         self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._consumer: EventConsumer | None = None
+        self.consumer: EventConsumer | None = None
+        self.deps: EdgeDeps | None = None
         self._http: HTTPServer | None = None
-        self._connection: AbstractRobustConnection | None = None
+        self.connection: AbstractRobustConnection | None = None
 
     def is_ready(self) -> bool:
-        return not self._draining and self._consumer is not None and self._consumer.is_ready()
+        return not self._draining and self.consumer is not None and self.consumer.is_ready()
 
     async def start(self) -> None:
         settings = self.settings
@@ -54,17 +56,18 @@ class EdgeServer:
         await loop.run_in_executor(self._executor, create_schema, self._engine)
         users = UserStore(session_factory(self._engine))
 
-        self._connection = connection = await connect(
+        self.connection = connection = await connect(
             settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
         )
+        connection.reconnect_callbacks.add(self._on_reconnect)
         publisher = await Publisher.open(connection)
-        self._consumer = consumer = EventConsumer(
+        self.consumer = consumer = EventConsumer(
             connection, self.hub, self.metrics, settings.common.instance_id, settings.prefetch
         )
         bindings = BindingTable(consumer, on_change=lambda n: self.metrics.bindings.set(n + 1))
         await consumer.start()
 
-        deps = EdgeDeps(
+        self.deps = EdgeDeps(
             settings=settings,
             tokens=TokenService(settings.auth),
             users=users,
@@ -79,7 +82,7 @@ class EdgeServer:
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         self.port = sockets[0].getsockname()[1]
         self._http = HTTPServer(
-            make_app(deps),
+            make_app(self.deps),
             idle_connection_timeout=settings.handshake_timeout_s,
             body_timeout=settings.handshake_timeout_s,
             max_body_size=1 << 20,
@@ -92,8 +95,14 @@ class EdgeServer:
                    "queue": consumer.queue_name},
         )
 
+    def _on_reconnect(self, *_args: object) -> None:
+        log.info("broker connection restored")
+
     async def stop(self) -> None:
         """Stop accepting, close sockets with 1001, then close broker, database, threads."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._draining = True
         if self._http is not None:
             self._http.stop()
@@ -104,10 +113,15 @@ class EdgeServer:
             log.warning("shutdown deadline passed with sockets open", extra={"open": len(self.hub)})
         if self._http is not None:
             await self._http.close_all_connections()
-        if self._consumer is not None:
-            await self._consumer.stop()
-        if self._connection is not None:
-            await self._connection.close()
+        # The broker may be away: neither step may hold the exit beyond the deadline.
+        try:
+            async with asyncio.timeout(self.settings.shutdown_deadline_s):
+                if self.consumer is not None:
+                    await self.consumer.stop()
+                if self.connection is not None:
+                    await self.connection.close()
+        except TimeoutError:
+            log.warning("broker connection did not close before the deadline")
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         if self._engine is not None:

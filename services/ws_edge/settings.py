@@ -41,7 +41,7 @@ class EdgeSettings:
             port=env_int(env, "WARREN_EDGE_PORT", 8000),
             allowed_origins=env_list(env, "WARREN_EDGE_ALLOWED_ORIGINS"),
             ping_interval_s=ping_interval,
-            ping_timeout_s=env_float(env, "WARREN_EDGE_PING_TIMEOUT_S", ping_interval * 1.5),
+            ping_timeout_s=env_float(env, "WARREN_EDGE_PING_TIMEOUT_S", ping_interval),
             max_inbound_frame_bytes=env_int(env, "WARREN_EDGE_MAX_FRAME_BYTES", 65536, minimum=1024),
             max_outbound_buffer_bytes=env_int(
                 env, "WARREN_EDGE_MAX_OUTBOUND_BYTES", 1 << 20, minimum=65536
@@ -56,5 +56,5 @@ class EdgeSettings:
         )
 
     def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"WARREN_EDGE_PORT must be a TCP port, got {self.port}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"WARREN_EDGE_PORT must be a TCP port (0: any free one), got {self.port}")

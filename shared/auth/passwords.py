@@ -23,6 +23,9 @@ def hash_password(password: str) -> str:
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
+        if not password_hash:
+            _hasher.verify(_dummy_hash(), password)  # same cost as a real check
+            return False
+        return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False

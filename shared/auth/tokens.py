@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import jwt
+from jwt.algorithms import RSAAlgorithm
 
 from shared.config import ConfigError, Env, env_file_or_value, env_int, env_str
 from shared.messaging.names import valid_name
@@ -59,8 +60,18 @@ class AuthSettings:
             if public is None:
                 raise ConfigError("WARREN_JWT_ALGORITHM=RS256 needs WARREN_JWT_PUBLIC_KEY")
             private = env_file_or_value(env, "WARREN_JWT_PRIVATE_KEY")
+            _check_rsa_key("WARREN_JWT_PUBLIC_KEY", public)
+            if private is not None:
+                _check_rsa_key("WARREN_JWT_PRIVATE_KEY", private)
             return cls(RS256, public, private, ttl)
         raise ConfigError(f"WARREN_JWT_ALGORITHM must be HS256 or RS256, got {algorithm!r}")
+
+
+def _check_rsa_key(name: str, pem: str) -> None:
+    try:
+        RSAAlgorithm(RSAAlgorithm.SHA256).prepare_key(pem)
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{name} is not a PEM-encoded RSA key: {exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,10 @@ class Identity:
 class TokenService:
     def __init__(self, settings: AuthSettings) -> None:
         self._settings = settings
+
+    @property
+    def can_issue(self) -> bool:
+        return self._settings.signing_key is not None
 
     @property
     def ttl_s(self) -> int:

@@ -46,11 +46,21 @@ class Unroutable(LookupError):
     """A command was published but no work queue is bound for its type."""
 
 
-async def connect(url: str, *, name: str, timeout: float = 10.0) -> AbstractRobustConnection:
-    """Open a robust connection, failing fast when the broker is not there at start-up."""
+async def connect(
+    url: str, *, name: str, timeout: float = 10.0, reconnect_interval: float = 1.0
+) -> AbstractRobustConnection:
+    """Open a robust connection, failing fast when the broker is not there at start-up.
+
+    Once open, aio-pika reconnects every ``reconnect_interval`` seconds until the
+    broker answers, then restores channels, queues, bindings and consumers.
+    """
     try:
         return await asyncio.wait_for(
-            aio_pika.connect_robust(url, client_properties={"connection_name": name}),
+            aio_pika.connect_robust(
+                url,
+                client_properties={"connection_name": name},
+                reconnect_interval=reconnect_interval,
+            ),
             timeout,
         )
     except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
@@ -177,5 +187,10 @@ class Publisher:
             )
         except PublishError as exc:
             raise Unroutable(f"no queue is bound for {routing_key!r}") from exc
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        except (
+            asyncio.TimeoutError,
+            aio_pika.exceptions.AMQPError,
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
             raise BrokerUnavailable(f"publish to {exchange.name} not confirmed: {exc!r}") from exc

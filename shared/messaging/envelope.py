@@ -10,7 +10,15 @@ from typing import Any, Final
 
 import orjson
 
-from shared.messaging.names import Address, AddressError, check_type, parse_destination, parse_sender
+from shared.messaging.names import (
+    DESTINATION_KINDS,
+    SENDER_KINDS,
+    Address,
+    AddressError,
+    check_type,
+    parse_destination,
+    parse_sender,
+)
 
 SCHEMA_VERSION: Final = 1
 MAX_ID_LENGTH: Final = 128
@@ -32,6 +40,23 @@ class Envelope:
     data: dict[str, Any]
     id: str = field(default_factory=new_id)
     ts: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        """Refuse to build an envelope that could not be decoded again."""
+        try:
+            check_type(self.type)
+        except AddressError as exc:
+            raise EnvelopeError(str(exc)) from exc
+        if self.to.kind not in DESTINATION_KINDS:
+            raise EnvelopeError(f"to must be a user, a group or broadcast, not {self.to}")
+        if self.sender.kind not in SENDER_KINDS:
+            raise EnvelopeError(f"from must be a user or a service, not {self.sender}")
+        if not isinstance(self.id, str) or not 0 < len(self.id) <= MAX_ID_LENGTH:
+            raise EnvelopeError("id must be a non-empty string of at most 128 characters")
+        if isinstance(self.ts, bool) or not isinstance(self.ts, (int, float)) or not math.isfinite(self.ts):
+            raise EnvelopeError("ts must be a finite number of unix seconds")
+        if not isinstance(self.data, dict):
+            raise EnvelopeError("data must be a JSON object")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,25 +87,18 @@ def from_dict(raw: object) -> Envelope:
     if not isinstance(raw, dict):
         raise EnvelopeError("envelope must be a JSON object")
     version = raw.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise EnvelopeError(f"unsupported envelope version {version!r}")
-    envelope_id = raw.get("id")
-    if not isinstance(envelope_id, str) or not 0 < len(envelope_id) <= MAX_ID_LENGTH:
-        raise EnvelopeError("id must be a non-empty string of at most 128 characters")
-    ts = raw.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        raise EnvelopeError("ts must be a finite number of unix seconds")
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        raise EnvelopeError("data must be a JSON object")
     try:
-        return Envelope(
-            type=check_type(raw.get("type")),
-            to=parse_destination(raw.get("to")),
-            sender=parse_sender(raw.get("from")),
-            data=data,
-            id=envelope_id,
-            ts=float(ts),
-        )
+        to = parse_destination(raw.get("to"))
+        sender = parse_sender(raw.get("from"))
     except AddressError as exc:
         raise EnvelopeError(str(exc)) from exc
+    return Envelope(
+        type=raw.get("type"),  # type: ignore[arg-type]  # checked in __post_init__
+        to=to,
+        sender=sender,
+        data=raw.get("data"),  # type: ignore[arg-type]
+        id=raw.get("id"),  # type: ignore[arg-type]
+        ts=raw.get("ts"),  # type: ignore[arg-type]
+    )

@@ -134,8 +134,8 @@ class Address:
 
 ADDRESS_BROADCAST: Final = Address(Kind.BROADCAST)
 
-_DESTINATION_KINDS: Final = frozenset({Kind.USER, Kind.GROUP, Kind.BROADCAST})
-_SENDER_KINDS: Final = frozenset({Kind.USER, Kind.SERVICE})
+DESTINATION_KINDS: Final = frozenset({Kind.USER, Kind.GROUP, Kind.BROADCAST})
+SENDER_KINDS: Final = frozenset({Kind.USER, Kind.SERVICE})
 
 
 def _parse(text: object, allowed: frozenset[Kind], what: str) -> Address:
@@ -145,7 +145,7 @@ def _parse(text: object, allowed: frozenset[Kind], what: str) -> Address:
         kind, name = Kind.BROADCAST, ""
     else:
         prefix, sep, name = text.partition(":")
-        if not sep or prefix not in Kind.__members__.values():
+        if not sep or prefix == BROADCAST or prefix not in Kind.__members__.values():
             raise AddressError(f"{what} {text!r} is not of the form kind:name")
         kind = Kind(prefix)
     if kind not in allowed:
@@ -155,9 +155,9 @@ def _parse(text: object, allowed: frozenset[Kind], what: str) -> Address:
 
 def parse_destination(text: object) -> Address:
     """Parse ``user:<id>``, ``group:<name>`` or ``broadcast``."""
-    return _parse(text, _DESTINATION_KINDS, "destination")
+    return _parse(text, DESTINATION_KINDS, "destination")
 
 
 def parse_sender(text: object) -> Address:
     """Parse ``user:<id>`` or ``service:<name>``."""
-    return _parse(text, _SENDER_KINDS, "sender")
+    return _parse(text, SENDER_KINDS, "sender")

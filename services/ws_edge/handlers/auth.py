@@ -20,6 +20,9 @@ class LoginHandler(JsonHandler):
         self._deps = deps
 
     async def post(self) -> None:
+        if not self._deps.tokens.can_issue:
+            self.fail(501, "login_disabled", "this edge verifies tokens but has no key to issue them")
+            return
         try:
             username, password = _credentials(self.request.body)
             user = None

@@ -7,6 +7,7 @@ import logging
 import time
 from collections import deque
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import tornado.websocket
@@ -65,9 +66,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         return True  # checked in prepare(), where the refusal can carry a JSON body
 
     def _origin_allowed(self, origin: str) -> bool:
+        """Same-origin pages always; other origins only when in the allow-list (or ``*``)."""
+        headers = self.request.headers
+        if headers.get("Sec-Fetch-Site") == "same-origin":
+            return True
+        if urlsplit(origin).netloc.lower() == headers.get("Host", "").lower():
+            return True
         allowed = self._deps.settings.allowed_origins
-        if not allowed:
-            return super().check_origin(origin)
         return "*" in allowed or origin in allowed
 
     def _token(self) -> str | None:
@@ -140,6 +145,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             connection.stream.write(frame)
         except StreamBufferFullError:
             self._deps.metrics.slow_disconnects.inc()
+            user = self._identity.user_id if self._identity else None
+            log.warning("slow client closed", extra={"user": user})
             # Let the close frame queue behind what is buffered; nothing else is written.
             connection.stream.max_write_buffer_size = None
             self.close_with(CloseCode.SLOW_CONSUMER, "client too slow: outbound buffer full")

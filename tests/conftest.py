@@ -1,0 +1,95 @@
+"""Fixtures on real parts: a RabbitMQ vhost per test, a SQLite file per test, real edges."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from shared.auth import AuthSettings, TokenService
+from shared.config import DEFAULT_AMQP_URL
+from shared.db import UserStore, create_schema, make_engine, session_factory
+from shared.messaging.broker import Publisher, connect
+from services.ws_edge.server import EdgeServer
+from services.ws_edge.settings import EdgeSettings
+from tests.support.edge import edge_env
+from tests.support.rabbit import BrokerAdmin
+
+
+@pytest.fixture(scope="session")
+def broker_admin() -> BrokerAdmin:
+    return BrokerAdmin(
+        amqp_url=os.environ.get("WARREN_AMQP_URL", DEFAULT_AMQP_URL),
+        api_url=os.environ.get("WARREN_RABBITMQ_API_URL", "http://127.0.0.1:15672"),
+    )
+
+
+@pytest.fixture
+def vhost(broker_admin: BrokerAdmin) -> Iterator[str]:
+    name = broker_admin.create_vhost()
+    yield name
+    broker_admin.delete_vhost(name)
+
+
+@pytest.fixture
+def amqp_url(broker_admin: BrokerAdmin, vhost: str) -> str:
+    return broker_admin.vhost_url(vhost)
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'warren.db'}"
+
+
+@pytest.fixture
+def users(database_url: str) -> Iterator[UserStore]:
+    engine = make_engine(database_url)
+    create_schema(engine)
+    yield UserStore(session_factory(engine))
+    engine.dispose()
+
+
+@pytest.fixture
+def tokens() -> TokenService:
+    return TokenService(AuthSettings.from_env({}, development=True))
+
+
+@pytest.fixture
+def token_for(tokens: TokenService) -> Callable[..., str]:
+    def issue(user: str, groups: tuple[str, ...] = (), roles: tuple[str, ...] = (), **kw: int) -> str:
+        return tokens.issue(user, groups, roles, **kw)
+
+    return issue
+
+
+@pytest.fixture
+async def make_edge(amqp_url: str, database_url: str) -> AsyncIterator[Callable[..., EdgeServer]]:
+    """Build in-process edges on free ports; every one built is stopped afterwards."""
+    built: list[EdgeServer] = []
+
+    def build(**overrides: str) -> EdgeServer:
+        settings = EdgeSettings.from_env(edge_env(amqp_url, database_url, **overrides))
+        server = EdgeServer(settings, CollectorRegistry())
+        built.append(server)
+        return server
+
+    yield build
+    for server in built:
+        await server.stop()
+
+
+@pytest.fixture
+async def edge(make_edge: Callable[..., EdgeServer]) -> EdgeServer:
+    server = make_edge()
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def publisher(amqp_url: str) -> AsyncIterator[Publisher]:
+    connection = await connect(amqp_url, name="warren-test-publisher")
+    async with connection:
+        yield await Publisher.open(connection)

@@ -1,0 +1,125 @@
+"""Every bad token is refused before the upgrade with 401 and a JSON body."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+
+import jwt
+import orjson
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+from shared.auth.tokens import DEV_SECRET
+from services.ws_edge.server import EdgeServer
+from tests.support.client import Client
+
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": "alice", "groups": [], "roles": [], "iat": now, "exp": now + 60}
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _unsigned(claims: dict[str, object]) -> str:
+    header = _b64(orjson.dumps({"alg": "none", "typ": "JWT"}))
+    return f"{header}.{_b64(orjson.dumps(claims))}."
+
+
+BAD_TOKENS: dict[str, Callable[[], str]] = {
+    "alg_none": lambda: _unsigned(_claims()),
+    "wrong_algorithm": lambda: jwt.encode(_claims(), DEV_SECRET, algorithm="HS512"),
+    "bad_signature": lambda: jwt.encode(_claims(), "x" * 40, algorithm="HS256"),
+    "expired": lambda: jwt.encode(_claims(exp=int(time.time()) - 10), DEV_SECRET, algorithm="HS256"),
+    "missing_exp": lambda: jwt.encode(_claims(exp=None), DEV_SECRET, algorithm="HS256"),
+    "garbage": lambda: "not.a.token",
+}
+
+
+async def _handshake(port: int, url_suffix: str = "", headers: dict[str, str] | None = None) -> HTTPClientError:
+    request = HTTPRequest(
+        f"http://127.0.0.1:{port}/ws{url_suffix}", headers={**UPGRADE, **(headers or {})}
+    )
+    with pytest.raises(HTTPClientError) as refused:
+        await AsyncHTTPClient().fetch(request)
+    return refused.value
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TOKENS))
+async def test_bad_token_is_refused_with_401_json(edge: EdgeServer, case: str) -> None:
+    error = await _handshake(edge.port, f"?token={BAD_TOKENS[case]()}")
+    assert error.code == 401
+    assert error.response is not None
+    body = orjson.loads(error.response.body)
+    assert body["error"] == ("token_expired" if case == "expired" else "token_invalid")
+    assert body["message"]
+
+
+async def test_tampered_payload_is_refused(edge: EdgeServer, token_for: Callable[..., str]) -> None:
+    header, _payload, signature = token_for("bob").split(".")
+    forged = _b64(orjson.dumps(_claims(sub="bob", roles=["admin"])))
+    error = await _handshake(edge.port, f"?token={header}.{forged}.{signature}")
+    assert error.code == 401
+
+
+async def test_missing_token_is_refused(edge: EdgeServer) -> None:
+    error = await _handshake(edge.port)
+    assert error.code == 401
+    assert error.response is not None
+    assert orjson.loads(error.response.body)["error"] == "token_missing"
+
+
+async def test_plain_get_without_upgrade_gets_426_json(edge: EdgeServer) -> None:
+    with pytest.raises(HTTPClientError) as refused:
+        await AsyncHTTPClient().fetch(f"http://127.0.0.1:{edge.port}/ws")
+    assert refused.value.code == 426
+    assert refused.value.response is not None
+    assert orjson.loads(refused.value.response.body)["error"] == "upgrade_required"
+
+
+@pytest.mark.parametrize("via", ["query", "header", "cookie"])
+async def test_token_accepted_from_query_header_and_cookie(
+    edge: EdgeServer, token_for: Callable[..., str], via: str
+) -> None:
+    client = await Client.connect(edge.port, token_for("alice", ("team",), ("admin",)), via=via)
+    assert client.welcome["data"]["user"] == "alice"
+    assert client.welcome["data"]["groups"] == ["team"]
+    assert client.welcome["data"]["roles"] == ["admin"]
+
+
+async def test_origin_allow_list(make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]) -> None:
+    edge = make_edge(WARREN_EDGE_ALLOWED_ORIGINS="https://app.example")
+    await edge.start()
+    error = await _handshake(
+        edge.port, f"?token={token_for('alice')}", {"Origin": "https://evil.example"}
+    )
+    assert error.code == 403
+    assert error.response is not None
+    assert orjson.loads(error.response.body)["error"] == "origin_forbidden"
+
+    request = HTTPRequest(
+        f"ws://127.0.0.1:{edge.port}/ws?token={token_for('alice')}",
+        headers={"Origin": "https://app.example"},
+    )
+    client = Client(await websocket_connect(request))
+    assert (await client.recv())["type"] == "welcome"
+
+
+async def test_token_expiry_closes_the_socket_with_4001(
+    edge: EdgeServer, token_for: Callable[..., str]
+) -> None:
+    client = await Client.connect(edge.port, token_for("alice", ttl_s=1))
+    code, reason = await client.closed(timeout=5)
+    assert code == 4001
+    assert reason == "token expired"
+    assert edge.metrics.closed.labels("4001")._value.get() == 1

@@ -1,0 +1,114 @@
+"""POST /auth/login against users in a real database (SQLite, and PostgreSQL when present)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import orjson
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from shared.db import UserExists, UserStore, create_schema, make_engine, session_factory
+from services.ws_edge.server import EdgeServer
+from tests.support.client import Client
+
+POSTGRES_URL = os.environ.get(
+    "WARREN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+async def _login(port: int, body: bytes) -> tuple[int, dict[str, object]]:
+    try:
+        response = await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{port}/auth/login", method="POST", body=body
+        )
+    except HTTPClientError as exc:
+        assert exc.response is not None
+        assert exc.response.headers["Content-Type"] == "application/json"
+        return exc.code, orjson.loads(exc.response.body)
+    return response.code, orjson.loads(response.body)
+
+
+async def test_login_returns_a_token_that_opens_a_socket(edge: EdgeServer, users: UserStore) -> None:
+    users.add("alice", "correct horse", ("team",), ("admin",))
+    status, body = await _login(edge.port, b'{"username": "alice", "password": "correct horse"}')
+    assert status == 200
+    assert (body["user"], body["groups"], body["roles"], body["token_type"]) == (
+        "alice", ["team"], ["admin"], "Bearer"
+    )
+    client = await Client.connect(edge.port, str(body["token"]))
+    assert client.welcome["data"]["groups"] == ["team"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"username": "alice", "password": "wrong"}', 401, "invalid_credentials"),
+        (b'{"username": "nobody", "password": "x"}', 401, "invalid_credentials"),
+        (b'{"username": "../etc", "password": "x"}', 401, "invalid_credentials"),
+        (b"not json", 400, "bad_request"),
+        (b"[]", 400, "bad_request"),
+        (b'{"username": 1, "password": "x"}', 400, "bad_request"),
+        (b'{"username": "alice"}', 400, "bad_request"),
+        (b'{"username": "alice", "password": "' + b"x" * 2000 + b'"}', 400, "bad_request"),
+    ],
+)
+async def test_bad_logins_get_clear_json_errors(
+    edge: EdgeServer, users: UserStore, body: bytes, status: int, code: str
+) -> None:
+    users.add("alice", "correct horse")
+    got_status, got = await _login(edge.port, body)
+    assert (got_status, got["error"]) == (status, code)
+    assert got["message"]
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away database on the PostgreSQL server, dropped afterwards."""
+    admin_url = make_url(POSTGRES_URL)
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        admin.connect().close()
+    except Exception as exc:  # noqa: BLE001 - any failure means no server to test against
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    name = f"warren_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_user_store_on_postgresql(postgres_url: str) -> None:
+    engine = make_engine(postgres_url)
+    try:
+        create_schema(engine)
+        store = UserStore(session_factory(engine))
+        store.add("alice", "pw", ("team", "ops"), ("admin",))
+        with pytest.raises(UserExists):
+            store.add("alice", "pw2")
+        record = store.authenticate("alice", "pw")
+        assert record is not None and record.groups == ("ops", "team") and record.roles == ("admin",)
+        assert store.authenticate("alice", "nope") is None
+        assert store.count() == 1
+    finally:
+        engine.dispose()
+
+
+async def test_login_against_postgresql(
+    make_edge: Callable[..., EdgeServer], postgres_url: str
+) -> None:
+    engine = make_engine(postgres_url)
+    create_schema(engine)
+    UserStore(session_factory(engine)).add("pgalice", "pw", ("team",))
+    engine.dispose()
+    edge = make_edge(WARREN_DATABASE_URL=postgres_url)
+    await edge.start()
+    status, body = await _login(edge.port, b'{"username": "pgalice", "password": "pw"}')
+    assert status == 200 and body["groups"] == ["team"]

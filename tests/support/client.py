@@ -1,0 +1,74 @@
+"""A thin WebSocket test client over Tornado's client: JSON in, JSON out, with timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+TIMEOUT = 10.0
+
+
+class Client:
+    def __init__(self, connection: WebSocketClientConnection) -> None:
+        self.connection = connection
+        self.welcome: dict[str, Any] = {}
+
+    @classmethod
+    async def connect(
+        cls, port: int, token: str, *, via: str = "query", expect_welcome: bool = True
+    ) -> Client:
+        url = f"ws://127.0.0.1:{port}/ws"
+        headers: dict[str, str] = {}
+        if via == "query":
+            url += f"?token={token}"
+        elif via == "header":
+            headers["Authorization"] = f"Bearer {token}"
+        elif via == "cookie":
+            headers["Cookie"] = f"warren_token={token}"
+        connection = await asyncio.wait_for(
+            websocket_connect(HTTPRequest(url, headers=headers), max_message_size=8 << 20), TIMEOUT
+        )
+        client = cls(connection)
+        if expect_welcome:
+            client.welcome = await client.recv()
+            assert client.welcome["type"] == "welcome", client.welcome
+        return client
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        message = await asyncio.wait_for(self.connection.read_message(), timeout)
+        if message is None:
+            raise ConnectionError(
+                f"closed: {self.connection.close_code} {self.connection.close_reason}"
+            )
+        parsed = orjson.loads(message)
+        assert isinstance(parsed, dict)
+        return parsed
+
+    async def send(self, frame: dict[str, Any] | str | bytes) -> None:
+        if isinstance(frame, dict):
+            frame = orjson.dumps(frame).decode()
+        await self.connection.write_message(frame, binary=isinstance(frame, bytes))
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send a frame and return the ack or error with its ref."""
+        await self.send(frame)
+        while True:
+            reply = await self.recv()
+            if reply.get("type") in {"ack", "error"} and reply.get("ref") == frame.get("ref"):
+                return reply
+
+    async def closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
+        """Wait until the server closes the socket; return its close code and reason."""
+        async def drain() -> None:
+            while await self.connection.read_message() is not None:
+                pass
+
+        await asyncio.wait_for(drain(), timeout)
+        return self.connection.close_code, self.connection.close_reason
+
+    def close(self) -> None:
+        self.connection.close()

@@ -1,0 +1,232 @@
+"""Client frames in, server frames out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.ws_edge.errors import FrameError
+from services.ws_edge.frames import (
+    CLIENT_TYPES,
+    MAX_REF_LENGTH,
+    MESSAGE_SEND,
+    ClientFrame,
+    ack,
+    error,
+    parse_client_frame,
+    ref_of,
+    welcome,
+)
+
+PROPERTY = settings(database=None, max_examples=300, deadline=None)
+
+
+def text(raw: object) -> str:
+    return orjson.dumps(raw).decode()
+
+
+def code_of(frame: str) -> str:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(frame)
+    return info.value.code
+
+
+# --- accepted -------------------------------------------------------------------------
+
+
+def test_client_types() -> None:
+    assert CLIENT_TYPES == {"message.send", "chat.ask", "run.start", "run.stop", "excel.create"}
+
+
+def test_parse_message_send() -> None:
+    frame = parse_client_frame(
+        text({"type": "message.send", "ref": "r1", "to": "user:bob", "data": {"text": "hi"}})
+    )
+    assert frame == ClientFrame(type=MESSAGE_SEND, ref="r1", to="user:bob", data={"text": "hi"})
+
+
+@pytest.mark.parametrize("kind", sorted(CLIENT_TYPES))
+def test_every_client_type_is_accepted(kind: str) -> None:
+    assert parse_client_frame(text({"type": kind})).type == kind
+
+
+def test_optional_fields_default() -> None:
+    frame = parse_client_frame('{"type": "chat.ask"}')
+    assert frame == ClientFrame(type="chat.ask", ref=None, to=None, data={})
+
+
+@pytest.mark.parametrize("ref", [None, 0, -1, 7, 2**63 - 1, "", "abc", "x" * MAX_REF_LENGTH])
+def test_valid_refs_are_kept(ref: object) -> None:
+    assert parse_client_frame(text({"type": "chat.ask", "ref": ref})).ref == ref
+
+
+def test_to_is_passed_through_unparsed() -> None:
+    # Address validation happens later (AddressError -> invalid_address).
+    assert parse_client_frame(text({"type": "message.send", "to": 5})).to == 5
+
+
+def test_extra_fields_are_ignored() -> None:
+    assert parse_client_frame(text({"type": "chat.ask", "x": 1})).type == "chat.ask"
+
+
+# --- refused --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "frame", ["", "{", "not json", "{'type': 'x'}", "NaN", '{"type": "chat.ask"}x']
+)
+def test_invalid_json(frame: str) -> None:
+    assert code_of(frame) == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    "frame", ["[]", "1", '"message.send"', "null", "true", '[{"type": "chat.ask"}]']
+)
+def test_non_object(frame: str) -> None:
+    assert code_of(frame) == "invalid_frame"
+
+
+@pytest.mark.parametrize("ref", [True, False, 1.5, 1.0, "x" * (MAX_REF_LENGTH + 1), [], {}, ["a"]])
+def test_bad_ref(ref: object) -> None:
+    assert code_of(text({"type": "chat.ask", "ref": ref})) == "invalid_frame"
+
+
+@pytest.mark.parametrize("kind", [None, 1, True, ["chat.ask"], {"name": "chat.ask"}])
+def test_non_string_type(kind: object) -> None:
+    assert code_of(text({"type": kind})) == "invalid_frame"
+
+
+def test_missing_type() -> None:
+    assert code_of(text({"ref": 1})) == "invalid_frame"
+
+
+@pytest.mark.parametrize(
+    "kind", ["", "message", "Message.send", "chat.ask ", "welcome", "ack", "x" * 1000]
+)
+def test_unknown_type(kind: str) -> None:
+    assert code_of(text({"type": kind})) == "unknown_type"
+
+
+def test_unknown_type_message_is_truncated() -> None:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(text({"type": "y" * 1000}))
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("data", [None, [], "x", 1, True])
+def test_data_not_an_object(data: object) -> None:
+    assert code_of(text({"type": "chat.ask", "data": data})) == "invalid_frame"
+
+
+def test_bad_ref_is_reported_before_bad_type() -> None:
+    assert code_of(text({"type": "nope", "ref": True})) == "invalid_frame"
+
+
+def test_frame_error_is_a_value_error_with_code() -> None:
+    exc = FrameError("invalid_json", "msg")
+    assert isinstance(exc, ValueError)
+    assert exc.code == "invalid_json"
+    assert str(exc) == "msg"
+
+
+@PROPERTY
+@given(st.text(max_size=200))
+def test_parse_of_arbitrary_text_raises_only_frame_error(frame: str) -> None:
+    try:
+        result = parse_client_frame(frame)
+    except FrameError as exc:
+        assert exc.code in {"invalid_json", "invalid_frame", "unknown_type"}
+    else:
+        assert isinstance(result, ClientFrame)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=8,
+)
+
+
+@PROPERTY
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.one_of(st.sampled_from(sorted(CLIENT_TYPES)), json_values),
+            "ref": json_values,
+            "to": json_values,
+            "data": json_values,
+        },
+    )
+)
+def test_parse_of_frame_shaped_json_raises_only_frame_error(raw: dict[str, Any]) -> None:
+    try:
+        parse_client_frame(text(raw))
+    except FrameError:
+        pass
+
+
+# --- ref_of ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "ref"),
+    [
+        ('{"ref": "r1", "type": 5}', "r1"),
+        ('{"ref": 9, "data": []}', 9),
+        ('{"ref": true}', None),
+        ('{"ref": 1.5}', None),
+        (text({"ref": "x" * (MAX_REF_LENGTH + 1)}), None),
+        ('{"type": "chat.ask"}', None),
+        ("[1]", None),
+        ('"r1"', None),
+        ("not json", None),
+        ("", None),
+    ],
+)
+def test_ref_of(frame: str, ref: object) -> None:
+    assert ref_of(frame) == ref
+
+
+# --- server frames --------------------------------------------------------------------
+
+
+def test_welcome() -> None:
+    assert orjson.loads(welcome("alice", ("ops", "dev"), ("admin",), "edge-1")) == {
+        "type": "welcome",
+        "data": {"user": "alice", "groups": ["ops", "dev"], "roles": ["admin"], "edge": "edge-1"},
+    }
+
+
+def test_ack_without_data() -> None:
+    assert orjson.loads(ack("r1")) == {"type": "ack", "ref": "r1", "data": {}}
+
+
+def test_ack_with_data() -> None:
+    assert orjson.loads(ack(3, {"id": "m1"})) == {"type": "ack", "ref": 3, "data": {"id": "m1"}}
+
+
+def test_ack_with_null_ref() -> None:
+    assert orjson.loads(ack(None)) == {"type": "ack", "ref": None, "data": {}}
+
+
+def test_error() -> None:
+    assert orjson.loads(error("r1", "forbidden", "no")) == {
+        "type": "error",
+        "ref": "r1",
+        "data": {"code": "forbidden", "message": "no"},
+    }
+
+
+def test_server_frames_are_bytes() -> None:
+    assert isinstance(welcome("a", (), (), "e"), bytes)
+    assert isinstance(ack(None), bytes)
+    assert isinstance(error(None, "c", "m"), bytes)

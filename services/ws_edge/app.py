@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+
 import tornado.web
+from tornado.log import access_log
 
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.auth import LoginHandler
 from services.ws_edge.handlers.websocket import EdgeSocket
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log, without the query string: it may carry a token."""
+    request = handler.request
+    status = handler.get_status()
+    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    access_log.log(
+        level,
+        "%d %s %s",
+        status,
+        request.method,
+        request.path,
+        extra={"remote": request.remote_ip, "ms": round(1000 * request.request_time(), 2)},
+    )
 
 
 def make_app(deps: EdgeDeps) -> tornado.web.Application:
@@ -23,4 +41,5 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
         websocket_ping_interval=settings.ping_interval_s or None,
         websocket_ping_timeout=settings.ping_timeout_s or None,
         websocket_max_message_size=settings.max_inbound_frame_bytes,
+        log_function=log_request,
     )

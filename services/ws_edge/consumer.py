@@ -80,11 +80,15 @@ class EventConsumer:
             await self._channel.close()
 
     async def bind(self, key: str) -> None:
-        assert self._queue is not None and self._events is not None, "consumer not started"
+        # During a reconnect, wait for the channel to be restored: a binding made
+        # then is recorded by the robust queue and restored after later outages.
+        assert self._channel is not None and self._queue is not None and self._events is not None
+        await self._channel.ready()
         await self._queue.bind(self._events, routing_key=key)
 
     async def unbind(self, key: str) -> None:
-        assert self._queue is not None and self._events is not None, "consumer not started"
+        assert self._channel is not None and self._queue is not None and self._events is not None
+        await self._channel.ready()
         await self._queue.unbind(self._events, routing_key=key)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -94,11 +94,14 @@ def from_dict(raw: object) -> Envelope:
         sender = parse_sender(raw.get("from"))
     except AddressError as exc:
         raise EnvelopeError(str(exc)) from exc
+    ts = raw.get("ts")
+    if type(ts) is int:
+        ts = float(ts)
     return Envelope(
         type=raw.get("type"),  # type: ignore[arg-type]  # checked in __post_init__
         to=to,
         sender=sender,
         data=raw.get("data"),  # type: ignore[arg-type]
         id=raw.get("id"),  # type: ignore[arg-type]
-        ts=raw.get("ts"),  # type: ignore[arg-type]
+        ts=ts,  # type: ignore[arg-type]
     )

@@ -455,8 +455,8 @@ def test_rs256_key_files_are_read(tmp_path: Path) -> None:
         "WARREN_JWT_PRIVATE_KEY_FILE": str(tmp_path / "priv.pem"),
     }
     settings = AuthSettings.from_env(env, development=False)
-    assert settings.verify_key == public
-    assert settings.signing_key == private
+    assert settings.verify_key == public.strip()
+    assert settings.signing_key == private.strip()
     service = TokenService(settings)
     assert service.verify(service.issue("alice")).user_id == "alice"
 

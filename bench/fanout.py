@@ -28,14 +28,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import orjson
 import psutil
 from argon2 import PasswordHasher
 
-import shared.db.users
-from bench.broker import BrokerAdmin
 from bench.report import (
     MEMORY_HEADERS,
     RATIO_HEADERS,
@@ -54,6 +51,7 @@ from bench.report import (
 from bench.rpc import REPO_ROOT, Worker
 from bench.servers import ServerProcess, edge_process, peer_process, raise_file_limit
 from bench.stats import Histogram
+from tests.support.rabbit import BrokerAdmin
 from shared.auth import AuthSettings, TokenService
 from shared.db import UserStore, create_schema, make_engine, session_factory
 from shared.messaging import BROADCAST, Address
@@ -116,16 +114,15 @@ def make_users(clients: int, database_url: str) -> list[BenchUser]:
     engine = make_engine(database_url)
     try:
         create_schema(engine)
-        store = UserStore(session_factory(engine))
         cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        store = UserStore(session_factory(engine), hasher=cheap.hash)
         tokens = TokenService(AuthSettings.from_env({"WARREN_ENV": "development"}, development=True))
         groups = group_count(clients)
         users = []
-        with mock.patch.object(shared.db.users, "hash_password", cheap.hash):
-            for i in range(clients):
-                record = store.add(f"bench{i:04d}", f"pw-{i}", (f"benchg{i % groups:02d}",))
-                token = tokens.issue(record.id, record.groups, record.roles, ttl_s=3600)
-                users.append(BenchUser(record.id, record.groups, token))
+        for i in range(clients):
+            record = store.add(f"bench{i:04d}", f"pw-{i}", (f"benchg{i % groups:02d}",))
+            token = tokens.issue(record.id, record.groups, record.roles, ttl_s=3600)
+            users.append(BenchUser(record.id, record.groups, token))
         return users
     finally:
         engine.dispose()
@@ -403,7 +400,7 @@ async def run(plan: Plan, results: list[SystemResult]) -> None:
     admin = BrokerAdmin(plan.amqp_url, plan.api_url)
     with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
         workdir = Path(tmp)
-        vhost = await admin.create_vhost()
+        vhost = await asyncio.to_thread(admin.create_vhost, "warren-bench")
         try:
             started = time.perf_counter()
             users = await asyncio.to_thread(
@@ -422,7 +419,7 @@ async def run(plan: Plan, results: list[SystemResult]) -> None:
                     result, plan, users, workdir, clients_file, admin.vhost_url(vhost), steps
                 )
         finally:
-            await admin.delete_vhost(vhost)
+            await asyncio.to_thread(admin.delete_vhost, vhost)
             if plan.logs is not None and (workdir / "logs").is_dir():
                 shutil.copytree(workdir / "logs", plan.logs, dirs_exist_ok=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -30,8 +31,11 @@ def _record(user: User) -> UserRecord:
 class UserStore:
     """Blocking data access; async callers run it in an executor."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, hasher: Callable[[str], str] = hash_password
+    ) -> None:
         self._sessions = sessions
+        self._hash = hasher
 
     def add(
         self,
@@ -50,7 +54,7 @@ class UserStore:
                 raise UserExists(f"user {user_id!r} already exists")
             user = User(
                 id=user_id,
-                password_hash=hash_password(password),
+                password_hash=self._hash(password),
                 groups=[Membership(group=g) for g in dict.fromkeys(groups)],
                 roles=[RoleGrant(role=r) for r in dict.fromkeys(roles)],
             )

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import orjson
+from argon2 import PasswordHasher
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -112,3 +113,21 @@ async def test_login_against_postgresql(
     await edge.start()
     status, body = await _login(edge.port, b'{"username": "pgalice", "password": "pw"}')
     assert status == 200 and body["groups"] == ["team"]
+
+
+def test_user_store_takes_its_password_hasher(database_url: str) -> None:
+    engine = make_engine(database_url)
+    create_schema(engine)
+    fast = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    hashed: list[str] = []
+
+    def hasher(password: str) -> str:
+        hashed.append(password)
+        return fast.hash(password)
+
+    store = UserStore(session_factory(engine), hasher=hasher)
+    store.add("quick", "pw")
+    assert hashed == ["pw"]
+    assert store.authenticate("quick", "pw") is not None
+    assert store.authenticate("quick", "nope") is None
+    engine.dispose()

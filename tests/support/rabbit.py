@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from base64 import b64encode
 from dataclasses import dataclass
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class BrokerAdmin:
         with urllib.request.urlopen(request, timeout=10) as response:
             return bytes(response.read())
 
+    @cached_property
     def api_available(self) -> bool:
+        """Asked once: whether the management API answers."""
         try:
             self._api("GET", "/api/overview")
             return True
@@ -49,11 +52,11 @@ class BrokerAdmin:
         parsed = urllib.parse.urlsplit(self.amqp_url)
         return urllib.parse.urlunsplit(parsed._replace(path="/" + urllib.parse.quote(vhost, safe="")))
 
-    def create_vhost(self) -> str:
-        vhost = f"warren-test-{uuid.uuid4().hex[:12]}"
+    def create_vhost(self, prefix: str = "warren-test") -> str:
+        vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
         user, _ = self._credentials
         quoted = urllib.parse.quote(vhost, safe="")
-        if self.api_available():
+        if self.api_available:
             self._api("PUT", f"/api/vhosts/{quoted}")
             self._api(
                 "PUT",
@@ -66,7 +69,7 @@ class BrokerAdmin:
         return vhost
 
     def delete_vhost(self, vhost: str) -> None:
-        if self.api_available():
+        if self.api_available:
             self._api("DELETE", f"/api/vhosts/{urllib.parse.quote(vhost, safe='')}")
         else:
             _ctl("delete_vhost", vhost)
@@ -92,7 +95,7 @@ class BrokerAdmin:
 
     def bindings(self, vhost: str, queue: str) -> set[str]:
         """Routing keys bound to ``queue`` from non-default exchanges."""
-        if not self.api_available():
+        if not self.api_available:
             raise RuntimeError("the management API is needed to list bindings")
         path = f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}/bindings"
         return {b["routing_key"] for b in json.loads(self._api("GET", path)) if b["source"]}

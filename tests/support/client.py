@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from typing import Any
 
 import orjson
@@ -16,6 +17,9 @@ class Client:
     def __init__(self, connection: WebSocketClientConnection) -> None:
         self.connection = connection
         self.welcome: dict[str, Any] = {}
+        # Frames read while waiting for a reply to a request, kept for recv() in order:
+        # an event can reach the socket before the ack of the request that caused it.
+        self.pending: deque[dict[str, Any]] = deque()
 
     @classmethod
     async def connect(
@@ -39,6 +43,11 @@ class Client:
         return client
 
     async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        if self.pending:
+            return self.pending.popleft()
+        return await self._read(timeout)
+
+    async def _read(self, timeout: float) -> dict[str, Any]:
         message = await asyncio.wait_for(self.connection.read_message(), timeout)
         if message is None:
             raise ConnectionError(
@@ -54,12 +63,13 @@ class Client:
         await self.connection.write_message(frame, binary=isinstance(frame, bytes))
 
     async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
-        """Send a frame and return the ack or error with its ref."""
+        """Send a frame and return the ack or error with its ref; other frames stay for recv()."""
         await self.send(frame)
         while True:
-            reply = await self.recv()
+            reply = await self._read(TIMEOUT)
             if reply.get("type") in {"ack", "error"} and reply.get("ref") == frame.get("ref"):
                 return reply
+            self.pending.append(reply)
 
     async def closed(self, timeout: float = TIMEOUT) -> tuple[int | None, str | None]:
         """Wait until the server closes the socket; return its close code and reason."""

@@ -75,3 +75,20 @@ enable_management() {
     say "enabling rabbitmq_management"
     rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || say "could not enable rabbitmq_management; tests will use rabbitmqctl"
 }
+
+# A real Cheshire Cat 2.x for cat_relay's tests, in a virtualenv of its own so that its
+# dependencies never mix with Warren's. Not fatal: without it those tests are skipped
+# and say why.
+CAT_VENV=${WARREN_CAT_VENV:-$ROOT/.venv-cat}
+ensure_cat_venv() {
+    local stamp="$CAT_VENV/.warren-cat"
+    [ -f "$stamp" ] && return 0
+    say "installing Cheshire Cat 2.x into $CAT_VENV (its own virtualenv)"
+    if python3 -m venv "$CAT_VENV" \
+        && "$CAT_VENV/bin/python" -m pip install --quiet --upgrade pip \
+        && "$CAT_VENV/bin/python" -m pip install --quiet "cheshire-cat-ai>=2,<3"; then
+        touch "$stamp"
+    else
+        say "could not install cheshire-cat-ai; the tests against a real Cat 2.x will be skipped"
+    fi
+}

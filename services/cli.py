@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("edge", help="run the WebSocket edge")
+    sub.add_parser("cat-relay", help="run the Cheshire Cat relay")
+    sub.add_parser("runner", help="run the job runner")
+    sub.add_parser("excel-worker", help="run the Excel export worker")
     sub.add_parser("up", help="development: add demo users to an empty database, run the edge")
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
@@ -52,6 +55,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         if args.command == "edge":
             _edge(env)
+        elif args.command == "cat-relay":
+            _cat_relay(env)
+        elif args.command == "runner":
+            _runner(env)
+        elif args.command == "excel-worker":
+            _excel_worker(env)
         elif args.command == "up":
             _up(env)
         elif args.command == "user":
@@ -71,6 +80,33 @@ def _edge(env: Mapping[str, str]) -> None:
 
     settings = EdgeSettings.from_env(env)
     configure_logging("edge", settings.common.log_level)
+    asyncio.run(serve(settings))
+
+
+def _cat_relay(env: Mapping[str, str]) -> None:
+    from services.cat_relay.server import serve
+    from services.cat_relay.settings import RelaySettings
+
+    settings = RelaySettings.from_env(env)
+    configure_logging("cat_relay", settings.common.log_level)
+    asyncio.run(serve(settings))
+
+
+def _runner(env: Mapping[str, str]) -> None:
+    from services.runner.server import serve
+    from services.runner.settings import RunnerSettings
+
+    settings = RunnerSettings.from_env(env)
+    configure_logging("runner", settings.common.log_level)
+    asyncio.run(serve(settings))
+
+
+def _excel_worker(env: Mapping[str, str]) -> None:
+    from services.excel_worker.server import serve
+    from services.excel_worker.settings import ExcelSettings
+
+    settings = ExcelSettings.from_env(env)
+    configure_logging("excel_worker", settings.common.log_level)
     asyncio.run(serve(settings))
 
 

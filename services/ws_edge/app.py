@@ -10,6 +10,12 @@ from tornado.log import access_log
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.auth import LoginHandler
+from services.ws_edge.handlers.exports import (
+    ExportFileHandler,
+    ExportListHandler,
+    ExportStatusHandler,
+)
+from services.ws_edge.handlers.runs import RunListHandler, RunStatusHandler
 from services.ws_edge.handlers.websocket import EdgeSocket
 
 
@@ -34,6 +40,11 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
         [
             (r"/ws", EdgeSocket, {"deps": deps}),
             (r"/auth/login", LoginHandler, {"deps": deps}),
+            (r"/api/exports", ExportListHandler, {"deps": deps}),
+            (r"/api/exports/([^/]+)", ExportStatusHandler, {"deps": deps}),
+            (r"/api/exports/([^/]+)/file", ExportFileHandler, {"deps": deps}),
+            (r"/api/runs", RunListHandler, {"deps": deps}),
+            (r"/api/runs/([^/]+)", RunStatusHandler, {"deps": deps}),
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": deps.is_ready}),
             (r"/metrics", MetricsHandler, {"registry": deps.metrics.registry}),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from shared.auth import TokenService
 from shared.db import UserStore
@@ -13,6 +16,42 @@ from services.ws_edge.bindings import BindingTable
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 from services.ws_edge.settings import EdgeSettings
+from services.excel_worker.settings import Limits
+from shared.db.exports import ExportStore
+from shared.db.notifications import NotificationStore
+from shared.db.runs import RunStore
+
+
+class KeyedLocks:
+    """One asyncio lock per key (a user), dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportsDeps:
+    """What ``/api/exports`` and pending-notification delivery need (excel_worker's tables)."""
+
+    store: ExportStore
+    notifications: NotificationStore
+    directory: Path
+    limits: Limits
+    replay_locks: KeyedLocks = field(default_factory=lambda: KeyedLocks())
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,3 +66,5 @@ class EdgeDeps:
     metrics: EdgeMetrics
     blocking: Executor
     is_ready: Callable[[], bool]
+    exports: ExportsDeps | None = None
+    runs: RunStore | None = None  # the runner's runs table, for /api/runs

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from aio_pika.abc import AbstractRobustConnection
@@ -15,11 +14,15 @@ from tornado.netutil import bind_sockets
 
 from shared.auth import TokenService
 from shared.db import UserStore, create_schema, make_engine, session_factory
+from shared.db.exports import ExportStore
+from shared.db.runs import RunStore
+from shared.db.notifications import NotificationStore
 from shared.messaging.broker import Publisher, connect
+from shared.service import run_until_signalled
 from services.ws_edge.app import make_app
 from services.ws_edge.bindings import BindingTable
 from services.ws_edge.consumer import EventConsumer
-from services.ws_edge.deps import EdgeDeps
+from services.ws_edge.deps import EdgeDeps, ExportsDeps
 from services.ws_edge.errors import CloseCode
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
@@ -54,7 +57,12 @@ class EdgeServer:
         self._engine = make_engine(settings.common.database_url)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, create_schema, self._engine)
-        users = UserStore(session_factory(self._engine))
+        sessions = session_factory(self._engine)
+        users = UserStore(sessions)
+        exports = ExportsDeps(
+            store=ExportStore(sessions), notifications=NotificationStore(sessions),
+            directory=settings.exports_dir, limits=settings.export_limits,
+        )
 
         self.connection = connection = await connect(
             settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
@@ -78,6 +86,8 @@ class EdgeServer:
             metrics=self.metrics,
             blocking=self._executor,
             is_ready=self.is_ready,
+            exports=exports,
+            runs=RunStore(sessions),
         )
         sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
         self.port = sockets[0].getsockname()[1]
@@ -131,16 +141,4 @@ class EdgeServer:
 
 async def serve(settings: EdgeSettings) -> None:
     """Run an edge until SIGTERM or SIGINT."""
-    server = EdgeServer(settings)
-    try:
-        await server.start()
-    except BaseException:
-        await server.stop()
-        raise
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("edge stopping")
-    await server.stop()
+    await run_until_signalled(EdgeServer(settings), "edge")

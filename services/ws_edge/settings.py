@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.auth import AuthSettings
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_list, env_str
 from services.ws_edge.policy import SendPolicy
+from services.excel_worker.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,8 @@ class EdgeSettings:
     shutdown_deadline_s: float
     prefetch: int
     login_threads: int
+    exports_dir: Path = Path(DEFAULT_EXPORTS_DIR)  # shared with excel_worker (WARREN_EXPORTS_DIR)
+    export_limits: Limits = Limits.from_env({})
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -53,6 +57,8 @@ class EdgeSettings:
             shutdown_deadline_s=env_float(env, "WARREN_EDGE_SHUTDOWN_DEADLINE_S", 10.0),
             prefetch=env_int(env, "WARREN_EDGE_PREFETCH", 512, minimum=1),
             login_threads=env_int(env, "WARREN_EDGE_LOGIN_THREADS", 4, minimum=1),
+            exports_dir=exports_dir(env),
+            export_limits=Limits.from_env(env),
         )
 
     def __post_init__(self) -> None:

@@ -27,6 +27,7 @@ from shared.messaging.names import (
     EVENTS_DEAD_LETTER_QUEUE,
     EVENTS_EXCHANGE,
     Command,
+    chat_session_queue_name,
     command_key,
     dead_letter_queue_name,
     work_queue_name,
@@ -102,7 +103,9 @@ async def declare_work_queue(channel: AbstractChannel, command: Command | str) -
     """Declare the durable quorum work queue for one command type, with its dead-letter queue.
 
     The quorum queue's delivery limit ends redelivery loops: a message that keeps
-    failing goes to ``<queue>.dead`` instead of being requeued forever.
+    failing goes to ``<queue>.dead`` instead of being requeued forever. ``chat.ask``
+    has a single active consumer, so asks leave it in the order they arrived
+    (cat_relay then spreads the work over its replicas per user).
     """
     name = work_queue_name(command)
     dead_name = dead_letter_queue_name(name)
@@ -119,6 +122,7 @@ async def declare_work_queue(channel: AbstractChannel, command: Command | str) -
             "x-delivery-limit": WORK_QUEUE_DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": dead_name,
+            **({"x-single-active-consumer": True} if command == Command.CHAT_ASK else {}),
         },
     )
     commands = await channel.declare_exchange(
@@ -126,6 +130,28 @@ async def declare_work_queue(channel: AbstractChannel, command: Command | str) -
     )
     await queue.bind(commands, routing_key=command_key(command))
     return queue
+
+
+async def declare_session_queue(
+    channel: AbstractChannel, user_id: str, *, expires_ms: int
+) -> AbstractQueue:
+    """Declare one user's chat session queue: durable, one active consumer at a time.
+
+    Single active consumer makes one relay replica answer the user's asks, one by one
+    and in order, while the others stand by. The queue deletes itself after
+    ``expires_ms`` without consumers; rejected asks go to the ``chat.ask`` dead letters.
+    """
+    dead = dead_letter_queue_name(work_queue_name(Command.CHAT_ASK))
+    return await channel.declare_queue(
+        chat_session_queue_name(user_id),
+        durable=True,
+        arguments={
+            "x-single-active-consumer": True,
+            "x-expires": expires_ms,
+            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+            "x-dead-letter-routing-key": dead,
+        },
+    )
 
 
 class Publisher:

@@ -34,6 +34,22 @@ class Command(StrEnum):
     EXCEL_CREATE = "excel.create"
 
 
+class Event(StrEnum):
+    """Event types services publish on ``warren.events`` (section 9 of docs/protocol.md)."""
+
+    MESSAGE = "message"
+    CHAT_TOKEN = "chat.token"
+    CHAT_REPLY = "chat.reply"
+    CHAT_ERROR = "chat.error"
+    RUN_STARTED = "run.started"
+    RUN_OUTPUT = "run.output"
+    RUN_FINISHED = "run.finished"
+    RUN_ERROR = "run.error"
+    EXCEL_PROGRESS = "excel.progress"
+    EXCEL_DONE = "excel.done"
+    EXCEL_FAILED = "excel.failed"
+
+
 class AddressError(ValueError):
     """An address, user id, group name or type that must never be routed."""
 
@@ -80,9 +96,37 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dead"
 
 
+CHAT_SESSIONS_EXCHANGE: Final = "warren.chat.sessions"
+
+
+def chat_announcements_queue_name(instance_id: str) -> str:
+    """One relay's exclusive queue on ``warren.chat.sessions``: which sessions need a consumer."""
+    return f"warren.chat.sessions.{instance_id}"
+
+
+def chat_session_queue_name(user_id: str) -> str:
+    """The per-user queue through which cat_relay replicas answer one user's asks in order."""
+    return f"warren.chat.session.{check_name(user_id, 'user id')}"
+
+
 def edge_queue_name(instance_id: str) -> str:
     """The exclusive, auto-delete event queue owned by one edge process."""
     return f"warren.edge.{instance_id}"
+
+
+# Runner: each replica owns an exclusive control queue, bound to the control exchange
+# under its instance id, through which other replicas forward ``run.stop`` to it.
+RUNNER_CONTROL_EXCHANGE: Final = "warren.runner.control"
+
+
+def runner_control_key(instance_id: str) -> str:
+    """The routing key of one runner replica's control queue."""
+    return instance_id
+
+
+def runner_control_queue_name(instance_id: str) -> str:
+    """The exclusive, auto-delete control queue owned by one runner replica."""
+    return f"warren.runner.control.{instance_id}"
 
 
 class Kind(StrEnum):

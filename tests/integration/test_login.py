@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import orjson
 from argon2 import PasswordHasher
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from shared.db import UserExists, UserStore, create_schema, make_engine, session_factory
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
-
-POSTGRES_URL = os.environ.get(
-    "WARREN_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
 
 async def _login(port: int, body: bytes) -> tuple[int, dict[str, object]]:
     try:
@@ -65,24 +56,6 @@ async def test_bad_logins_get_clear_json_errors(
     got_status, got = await _login(edge.port, body)
     assert (got_status, got["error"]) == (status, code)
     assert got["message"]
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throw-away database on the PostgreSQL server, dropped afterwards."""
-    admin_url = make_url(POSTGRES_URL)
-    try:
-        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-        admin.connect().close()
-    except Exception as exc:  # noqa: BLE001 - any failure means no server to test against
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
-    name = f"warren_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield admin_url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.mark.postgres

@@ -25,11 +25,10 @@ from shared.messaging import (
 from services.ws_edge import frames
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, describe
+from services.ws_edge.handlers.api import request_token
+from services.ws_edge.handlers.exports import deliver_pending
 
 log = logging.getLogger(__name__)
-
-TOKEN_COOKIE = "warren_token"
-
 
 class EdgeSocket(tornado.websocket.WebSocketHandler):
     def initialize(self, deps: EdgeDeps) -> None:
@@ -53,7 +52,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if origin is not None and not self._origin_allowed(origin):
             self._refuse(403, "origin_forbidden", f"origin {origin!r} is not allowed")
             return
-        token = self._token()
+        token = request_token(self)
         if token is None:
             self._refuse(401, "token_missing", "a token is required (?token=, Bearer or cookie)")
             return
@@ -74,15 +73,6 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             return True
         allowed = self._deps.settings.allowed_origins
         return "*" in allowed or origin in allowed
-
-    def _token(self) -> str | None:
-        token = self.get_query_argument("token", None)
-        if token:
-            return token
-        scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-        return self.get_cookie(TOKEN_COOKIE) or None
 
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._deps.metrics.handshakes_refused.labels(code).inc()
@@ -119,6 +109,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         )
         delay = identity.expires_at - time.time()
         self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire)
+        # Notifications stored while the user was offline (docs/exports.md).
+        await deliver_pending(deps, self, identity.user_id)
 
     def on_close(self) -> None:
         if self._closed or not self._opened:

@@ -1,0 +1,82 @@
+"""Durable per-user notifications: events a user must see even if offline when they happened.
+
+A service writes the notification (the full encoded event envelope) in the same
+transaction as the state change it reports, then publishes the same envelope live.
+The row stays pending until it is known to have reached the user:
+
+- the publisher marks it delivered when the broker routed the live event to an edge
+  queue holding the user's key (the user had a socket open), or
+- the edge delivers every pending row right after ``welcome`` and marks those it wrote.
+
+See docs/exports.md ("Notifications") for the exact guarantee. Blocking: run in an executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import DateTime, String, Text, select, update
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from shared.db.models import Base, utcnow
+
+
+class Notification(Base):
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingNotification:
+    id: str
+    type: str
+    body: bytes
+
+
+def make_notification(envelope_id: str, user_id: str, type_: str, body: bytes) -> Notification:
+    """A pending notification row whose ``body`` is the encoded event envelope."""
+    return Notification(
+        id=envelope_id, user_id=user_id, type=type_, body=body.decode(), created_at=utcnow()
+    )
+
+
+class NotificationStore:
+    """Blocking data access to ``notifications``."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def pending(self, user_id: str, limit: int = 100) -> list[PendingNotification]:
+        """The user's undelivered notifications, oldest first."""
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Notification)
+                .where(Notification.user_id == user_id, Notification.delivered_at.is_(None))
+                .order_by(Notification.created_at, Notification.id)
+                .limit(limit)
+            ).all()
+            return [PendingNotification(r.id, r.type, r.body.encode()) for r in rows]
+
+    def mark_delivered(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with self._sessions.begin() as session:
+            return session.execute(
+                update(Notification)
+                .where(Notification.id.in_(list(ids)), Notification.delivered_at.is_(None))
+                .values(delivered_at=utcnow())
+            ).rowcount
+
+    def get(self, notification_id: str) -> Notification | None:
+        with self._sessions() as session:
+            return session.get(Notification, notification_id)

@@ -1,0 +1,177 @@
+"""Consuming a command work queue: decode, hand to the service, then ack, requeue or dead-letter.
+
+Every service that executes commands (cat_relay, runner, excel_worker) consumes its
+``warren.cmd.<type>`` queue through :class:`WorkConsumer`. The handler's outcome decides
+what happens to the message:
+
+- it returns: the message is acked;
+- it raises :class:`Reject`: the message is dead-lettered at once (it can never succeed);
+- it raises anything else: the message is returned to the queue. The quorum queue's
+  delivery limit (``x-delivery-limit``) dead-letters it after a few returns, so a
+  poison message never loops forever.
+
+A body that is not a valid envelope, or a command whose ``from`` is not a user, is
+dead-lettered without reaching the handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import (
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+
+from shared.messaging.broker import declare_work_queue
+from shared.messaging.envelope import Envelope, EnvelopeError, decode
+from shared.messaging.names import Command, Kind
+
+log = logging.getLogger(__name__)
+
+DELIVERY_COUNT_HEADER = "x-delivery-count"
+
+
+class Reject(Exception):
+    """The command can never succeed: dead-letter it now instead of retrying."""
+
+
+Handler = Callable[[Envelope, AbstractIncomingMessage], Awaitable[None]]
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the quorum queue delivered this message before (0 the first time)."""
+    value = (message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
+    return value if isinstance(value, int) else 0
+
+
+class WorkConsumer:
+    """Competing consumer of one command type's durable work queue."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        command: Command,
+        handler: Handler,
+        *,
+        prefetch: int,
+        on_rejected: Callable[[str], None] | None = None,
+    ) -> None:
+        self._connection = connection
+        self._command = command
+        self._handler = handler
+        self._prefetch = prefetch
+        self._on_rejected = on_rejected or (lambda _reason: None)
+        self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        channel = await self._connection.channel()
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        self._channel = channel
+        self._queue = await declare_work_queue(channel, self._command)
+        self._tag = await self._queue.consume(self._on_message)
+
+    def is_ready(self) -> bool:
+        channel = self._channel
+        return (
+            self._tag is not None
+            and channel is not None
+            and not channel.is_closed
+            and self._connection.connected.is_set()
+        )
+
+    async def stop_consuming(self) -> None:
+        """Take no new deliveries; those already received keep running."""
+        queue, tag = self._queue, self._tag
+        self._tag = None
+        if queue is not None and tag is not None and self._connection.connected.is_set():
+            await queue.cancel(tag)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait for in-flight handlers; False if some were still running at the deadline."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        """Cancel what is still running (the broker requeues it) and close the channel."""
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # Handlers run as tasks so that up to ``prefetch`` commands proceed at once.
+        task = asyncio.create_task(self._handle(message))
+        self._in_flight.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not self._in_flight:
+            self._idle.set()
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            envelope = decode(message.body)
+            if envelope.sender.kind is not Kind.USER:
+                raise EnvelopeError(f"a command must come from a user, not {envelope.sender}")
+            if envelope.type != self._command.value:
+                raise EnvelopeError(
+                    f"envelope of type {envelope.type!r} on the {self._command.value} queue"
+                )
+        except EnvelopeError as exc:
+            await self._dead_letter(message, str(exc))
+            return
+        try:
+            await self._handler(envelope, message)
+        except Reject as exc:
+            await self._dead_letter(message, str(exc))
+            return
+        except asyncio.CancelledError:
+            await self._settle(message.nack(requeue=True))
+            raise
+        except Exception:
+            log.exception(
+                "command failed; returned to the queue",
+                extra={"command": envelope.type, "id": envelope.id,
+                       "deliveries": delivery_count(message) + 1},
+            )
+            await self._settle(message.nack(requeue=True))
+            return
+        await self._settle(message.ack())
+
+    async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
+        log.warning(
+            "command dead-lettered",
+            extra={"queue": self._command.value, "reason": reason, "message_id": message.message_id},
+        )
+        self._on_rejected(reason)
+        await self._settle(message.reject(requeue=False))
+
+    @staticmethod
+    async def _settle(outcome: Awaitable[None]) -> None:
+        # After a connection loss the delivery is void: the broker requeues it itself.
+        try:
+            await outcome
+        except Exception:
+            log.warning("could not settle a delivery; the broker will redeliver it", exc_info=True)

@@ -1,0 +1,35 @@
+"""The relay's Tornado application: ``POST /send`` and the service endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import tornado.web
+
+from shared.auth import TokenService
+from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from services.cat_relay.cat import CatClient
+from services.cat_relay.handlers.send import CatStatusHandler, SendHandler
+from services.cat_relay.metrics import RelayMetrics
+from services.cat_relay.relay import Relay
+from services.cat_relay.settings import RelaySettings
+
+
+def make_app(
+    settings: RelaySettings,
+    relay: Relay,
+    cat: CatClient,
+    tokens: TokenService,
+    metrics: RelayMetrics,
+    is_ready: Callable[[], bool],
+) -> tornado.web.Application:
+    send = {"relay": relay, "tokens": tokens, "settings": settings, "metrics": metrics}
+    return tornado.web.Application(
+        [
+            (r"/send", SendHandler, send),
+            (r"/healthz", HealthHandler),
+            (r"/readyz", ReadyHandler, {"is_ready": is_ready}),
+            (r"/readyz/cat", CatStatusHandler, {"relay_cat": cat}),
+            (r"/metrics", MetricsHandler, {"registry": metrics.registry}),
+        ]
+    )

@@ -1,0 +1,140 @@
+"""Start-up and shutdown of one relay process, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from tornado.httpserver import HTTPServer
+
+from shared.auth import TokenService
+from shared.db import ChatHistory, create_schema, make_engine, session_factory
+from shared.messaging import Envelope
+from shared.messaging.broker import Publisher, connect
+from shared.messaging.names import Command
+from shared.messaging.work import WorkConsumer
+from shared.service import listen, run_until_signalled
+from services.cat_relay.app import make_app
+from services.cat_relay.cat import CatClient, make_client
+from services.cat_relay.metrics import RelayMetrics
+from services.cat_relay.relay import Relay
+from services.cat_relay.sessions import SessionRouter
+from services.cat_relay.settings import RelaySettings
+
+log = logging.getLogger(__name__)
+
+
+class RelayServer:
+    """Owns the relay's resources. ``start`` builds them in order, ``stop`` undoes it."""
+
+    def __init__(self, settings: RelaySettings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.metrics = RelayMetrics(registry or CollectorRegistry())
+        self.port = 0
+        self.connection: AbstractRobustConnection | None = None
+        self.cat: CatClient | None = None
+        self.sessions: SessionRouter | None = None
+        self._consumer: WorkConsumer | None = None
+        self._http: HTTPServer | None = None
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._draining = False
+        self._stopped = False
+
+    def is_ready(self) -> bool:
+        return (
+            not self._draining
+            and self._consumer is not None
+            and self._consumer.is_ready()
+            and self.sessions is not None
+            and self.sessions.is_ready()
+        )
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._executor = ThreadPoolExecutor(4, thread_name_prefix="relay-blocking")
+        self._engine = make_engine(settings.common.database_url)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, create_schema, self._engine)
+        history = ChatHistory(session_factory(self._engine), settings.history_turns)
+
+        self.cat = cat = make_client(settings.cat, self._executor)
+        self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
+        self.connection = connection = await connect(
+            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
+        )
+        publisher = await Publisher.open(connection)
+        relay = Relay(settings, cat, history, publisher, self.metrics, self._executor)
+        self.sessions = sessions = SessionRouter(
+            connection,
+            relay.answer,
+            relay.interrupted,
+            instance_id=settings.common.instance_id,
+            idle_s=settings.session_idle_s,
+            on_count=self.metrics.sessions.set,
+        )
+        await sessions.start()
+
+        async def take(envelope: Envelope, message: AbstractIncomingMessage) -> None:
+            await sessions.forward(envelope, message.body)
+
+        self._consumer = WorkConsumer(
+            connection, Command.CHAT_ASK, take, prefetch=settings.prefetch
+        )
+        await self._consumer.start()
+        app = make_app(settings, relay, cat, TokenService(settings.auth), self.metrics, self.is_ready)
+        self._http, self.port = listen(app, settings.http)
+        log.info(
+            "cat_relay ready",
+            extra={"port": self.port, "instance": settings.common.instance_id,
+                   "cat": settings.cat.url, "protocol": settings.cat.protocol.value},
+        )
+
+    async def stop(self) -> None:
+        """Stop taking asks, hand sessions to other replicas, finish in-flight asks, close."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._draining = True
+        deadline = self.settings.http.shutdown_deadline_s
+        if self._http is not None:
+            self._http.stop()
+        try:
+            async with asyncio.timeout(deadline):
+                if self._consumer is not None:
+                    await self._consumer.stop_consuming()
+                    await self._consumer.drain(deadline)
+                if self.sessions is not None:
+                    await self.sessions.stop_consuming()
+                    if not await self.sessions.drain(deadline):
+                        log.warning("asks still running at the shutdown deadline")
+        except TimeoutError:
+            log.warning("shutdown deadline passed while draining")
+        try:
+            async with asyncio.timeout(deadline):
+                if self.sessions is not None:
+                    await self.sessions.close()
+                if self._consumer is not None:
+                    await self._consumer.close()
+                if self._http is not None:
+                    await self._http.close_all_connections()
+                if self.cat is not None:
+                    await self.cat.close()
+                if self.connection is not None:
+                    await self.connection.close()
+        except TimeoutError:
+            log.warning("broker connection did not close before the deadline")
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._engine is not None:
+            self._engine.dispose()
+        log.info("cat_relay stopped")
+
+
+async def serve(settings: RelaySettings) -> None:
+    """Run a relay until SIGTERM or SIGINT."""
+    await run_until_signalled(RelayServer(settings), "cat_relay")

@@ -1,0 +1,1 @@
+"""The runner: runs registered Python jobs in child processes and streams their output."""

@@ -1,0 +1,141 @@
+"""What a job is: a name, a description, a small argument schema and a callable.
+
+Arguments are validated twice: by the runner before it starts a child (so bad input
+becomes a clear ``run.error``), and again in the child before the job runs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+
+class ArgsError(ValueError):
+    """The arguments do not fit the job's schema; the message says which and why."""
+
+
+_REQUIRED: Final = object()
+KINDS: Final = ("int", "float", "str", "bool", "str_list")
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    kind: str
+    help: str
+    default: Any = _REQUIRED
+    minimum: float | None = None
+    maximum: float | None = None
+    max_length: int | None = None  # characters of a str, items of a str_list
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown parameter kind {self.kind!r}")
+
+    @property
+    def required(self) -> bool:
+        return self.default is _REQUIRED
+
+    def check(self, name: str, value: Any) -> Any:
+        kind = self.kind
+        if kind == "int":
+            if type(value) is not int:
+                raise ArgsError(f"{name} must be an integer, got {_show(value)}")
+        elif kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ArgsError(f"{name} must be a number, got {_show(value)}")
+            value = float(value)
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ArgsError(f"{name} must be true or false, got {_show(value)}")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ArgsError(f"{name} must be a string, got {_show(value)}")
+            if self.choices and value not in self.choices:
+                raise ArgsError(f"{name} must be one of {', '.join(self.choices)}, got {value!r}")
+        else:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ArgsError(f"{name} must be a list of strings, got {_show(value)}")
+            if not value:
+                raise ArgsError(f"{name} must not be empty")
+        if self.minimum is not None and value < self.minimum:
+            raise ArgsError(f"{name} must be at least {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ArgsError(f"{name} must be at most {self.maximum:g}, got {value}")
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ArgsError(f"{name} must have at most {self.max_length} items/characters")
+        return value
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running job may use. ``running()`` turns False once Stop was asked."""
+
+    stop_event: threading.Event
+    http_base_url: str = ""
+
+    def running(self) -> bool:
+        return not self.stop_event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return False at once if Stop was asked."""
+        return not self.stop_event.wait(seconds)
+
+
+JobFunction = Callable[[dict[str, Any], JobContext], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    description: str
+    run: JobFunction
+    params: Mapping[str, Param] = field(default_factory=dict)
+    needs_http: bool = False
+    check: Callable[[dict[str, Any]], None] | None = None  # cross-argument rules
+
+    def validate(self, raw: object) -> dict[str, Any]:
+        """The arguments with defaults filled in; :class:`ArgsError` on any problem."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ArgsError(f"args must be a JSON object, got {type(raw).__name__}")
+        unknown = sorted(set(raw) - set(self.params))
+        if unknown:
+            allowed = ", ".join(sorted(self.params)) or "none"
+            raise ArgsError(
+                f"unknown argument(s) {', '.join(map(repr, unknown))[:200]} for {self.name} "
+                f"(allowed: {allowed})"
+            )
+        args: dict[str, Any] = {}
+        for name, param in self.params.items():
+            if name in raw:
+                args[name] = param.check(name, raw[name])
+            elif param.required:
+                raise ArgsError(f"{self.name} needs the argument {name!r}: {param.help}")
+            else:
+                args[name] = param.default
+        if self.check is not None:
+            self.check(args)
+        return args
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "args": {
+                name: {
+                    "kind": p.kind,
+                    "help": p.help,
+                    **({} if p.required else {"default": p.default}),
+                }
+                for name, p in self.params.items()
+            },
+        }

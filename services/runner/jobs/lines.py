@@ -1,0 +1,64 @@
+"""``lines``: prints numbered lines, fast or at a set rate, through print, the raw file
+descriptor (as C extensions do) or a grandchild process. For load tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from services.runner.jobs.base import Job, JobContext, Param
+
+_GRANDCHILD = (
+    "import sys\n"
+    "n, width, err = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == 'stderr'\n"
+    "out = sys.stderr if err else sys.stdout\n"
+    "for i in range(n): print(f'line {i}' + 'x' * width, file=out)\n"
+)
+
+
+def lines(args: dict[str, Any], ctx: JobContext) -> None:
+    count: int = args["count"]
+    pad = "x" * args["width"]
+    stream: str = args["stream"]
+    if args["via"] == "subprocess":
+        subprocess.run(
+            [sys.executable, "-c", _GRANDCHILD, str(count), str(args["width"]), stream], check=True
+        )
+        return
+    rate: float = args["rate"]
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    fd = out.fileno()
+    started = time.monotonic()
+    for i in range(count):
+        if rate:
+            due = started + i / rate
+            delay = due - time.monotonic()
+            if delay > 0 and not ctx.wait(delay):
+                return
+            elif i % 1000 == 0 and not ctx.running():
+                return
+        text = f"line {i}" + (f" {time.time():.6f}" if args["stamp"] else "") + pad
+        if args["via"] == "fd":
+            os.write(fd, (text + "\n").encode())
+        else:
+            print(text, file=out)
+
+
+JOB = Job(
+    name="lines",
+    description="Prints 'line <i>' count times (optionally padded, stamped or rate-limited).",
+    run=lines,
+    params={
+        "count": Param("int", "lines to print", default=1000, minimum=0, maximum=10_000_000),
+        "width": Param("int", "padding characters per line", default=0, minimum=0,
+                       maximum=1_000_000),
+        "rate": Param("float", "lines per second, 0 for as fast as possible", default=0.0,
+                      minimum=0, maximum=1_000_000),
+        "stream": Param("str", "where to print", default="stdout", choices=("stdout", "stderr")),
+        "via": Param("str", "how to print", default="print", choices=("print", "fd", "subprocess")),
+        "stamp": Param("bool", "append the Unix time of each print", default=False),
+    },
+)

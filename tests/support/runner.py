@@ -1,0 +1,200 @@
+"""Runner replicas for tests: in-process on a free port, or as a separate OS process,
+plus a WebSocket client helper that collects one run's events."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.runner.server import RunnerServer
+from services.runner.settings import RunnerSettings
+from tests.support.client import Client
+
+READY_TIMEOUT = 30.0
+
+
+def runner_env(amqp_url: str, database_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "WARREN_ENV": "development",
+        "WARREN_AMQP_URL": amqp_url,
+        "WARREN_DATABASE_URL": database_url,
+        "WARREN_RUNNER_HOST": "127.0.0.1",
+        "WARREN_RUNNER_PORT": "0",
+        "WARREN_LOG_LEVEL": "INFO",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+async def make_runner(
+    amqp_url: str, database_url: str
+) -> AsyncIterator[Callable[..., RunnerServer]]:
+    """Build in-process runner replicas; every one built is stopped afterwards."""
+    built: list[RunnerServer] = []
+
+    def build(**overrides: str) -> RunnerServer:
+        settings = RunnerSettings.from_env(runner_env(amqp_url, database_url, **overrides))
+        server = RunnerServer(settings, CollectorRegistry())
+        built.append(server)
+        return server
+
+    yield build
+    for server in built:
+        await server.stop()
+
+
+class RunnerProcess:
+    """``python -m services.runner`` in a child process; ready once it logs "runner ready"."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = {**os.environ, **env}
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.logs: list[dict[str, Any]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[int] | None = None
+        self._waiters: list[tuple[str, asyncio.Future[dict[str, Any]]]] = []
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    async def wait_log(self, message: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Wait for a log record whose message is ``message`` (one already logged counts)."""
+        for record in self.logs:
+            if record.get("message") == message:
+                return record
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters.append((message, waiter))
+        return await asyncio.wait_for(waiter, timeout)
+
+    async def start(self) -> RunnerProcess:
+        self._ready = asyncio.get_running_loop().create_future()
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.runner",
+            env=self._env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read())
+        self.port = await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        while line := await self.process.stdout.readline():
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                record = {"message": line.decode(errors="replace").rstrip()}
+            self.logs.append(record)
+            for message, waiter in tuple(self._waiters):
+                if record.get("message") == message and not waiter.done():
+                    waiter.set_result(record)
+                    self._waiters.remove((message, waiter))
+            if record.get("message") == "runner ready" and self._ready and not self._ready.done():
+                self._ready.set_result(int(record["port"]))
+        if self._ready and not self._ready.done():
+            output = "\n".join(str(r.get("message")) for r in self.logs[-20:])
+            self._ready.set_exception(RuntimeError(f"runner exited before ready:\n{output}"))
+
+    async def terminate(self, timeout: float = 20.0) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        if self._reader is not None:
+            await asyncio.wait_for(self._reader, timeout)
+        return code
+
+    async def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+@dataclass
+class RunEvents:
+    """Everything one client received about one run."""
+
+    run_id: str
+    started: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    finished: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def lines(self, stream: str | None = None) -> list[str]:
+        return [
+            line for o in self.outputs if stream is None or o["stream"] == stream
+            for line in o["lines"]
+        ]
+
+
+async def start_run(client: Client, job: str, args: dict[str, Any] | None = None,
+                    ref: str = "start") -> str:
+    data: dict[str, Any] = {"job": job}
+    if args is not None:
+        data["args"] = args
+    reply = await client.request({"type": "run.start", "ref": ref, "data": data})
+    assert reply["type"] == "ack", reply
+    return str(reply["data"]["id"])
+
+
+async def stop_run(client: Client, run_id: str, ref: str = "stop") -> str:
+    reply = await client.request({"type": "run.stop", "ref": ref, "data": {"run_id": run_id}})
+    assert reply["type"] == "ack", reply
+    return str(reply["data"]["id"])
+
+
+async def collect(
+    client: Client,
+    run_id: str,
+    *,
+    until: str = "run.finished",
+    timeout: float = 20.0,
+    events: RunEvents | None = None,
+    command_id: str | None = None,
+) -> RunEvents:
+    """Read ``client`` until an event of type ``until`` about ``run_id`` arrives.
+
+    With ``until="run.error"``, waits for the error whose command_id is ``command_id``
+    (default: ``run_id``, the start command's id).
+    """
+    events = events or RunEvents(run_id)
+    wanted_command = command_id or run_id
+
+    async def read() -> None:
+        while True:
+            frame = await client.recv(timeout)
+            data = frame.get("data") or {}
+            kind = frame.get("type")
+            if kind == "run.error" and data.get("command_id") == wanted_command:
+                events.errors.append(data)
+                if until == "run.error":
+                    return
+                continue
+            if data.get("run_id") != run_id:
+                continue
+            if kind == "run.started":
+                events.started = data
+            elif kind == "run.output":
+                events.outputs.append(data)
+            elif kind == "run.finished":
+                events.finished = data
+            if kind == until:
+                return
+
+    await asyncio.wait_for(read(), timeout)
+    return events

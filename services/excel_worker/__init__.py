@@ -1,0 +1,1 @@
+"""The Excel worker: builds xlsx exports off the event loop and tells their owners."""

@@ -1,0 +1,200 @@
+"""Workers as real processes: sharing the queue, killed mid-task, SIGTERM, broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from shared.db import make_engine, session_factory
+from shared.db.exports import ExportStatus, ExportStore
+from shared.db.notifications import Notification
+from services.excel_worker.server import ExcelWorkerServer
+from services.excel_worker.settings import ExcelSettings
+from services.ws_edge.server import EdgeServer
+from tests.support.client import Client
+from tests.support.excel import WorkerProcess, until_logged, worker_env
+from tests.support.rabbit import BrokerAdmin
+
+SLOW = {"WARREN_EXCEL_TEST_ROW_DELAY_S": "0.05"}
+
+
+@pytest.fixture
+def exports_dir(tmp_path: Path) -> Path:
+    return tmp_path / "exports"
+
+
+@pytest.fixture
+async def exports_edge(make_edge: Callable[..., EdgeServer], exports_dir: Path) -> EdgeServer:
+    server = make_edge(WARREN_EXPORTS_DIR=str(exports_dir))
+    await server.start()
+    return server
+
+
+@pytest.fixture
+async def spawn(
+    amqp_url: str, database_url: str, exports_dir: Path
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start worker processes; every one started is killed afterwards."""
+    started: list[WorkerProcess] = []
+
+    async def start(**overrides: str) -> WorkerProcess:
+        process = WorkerProcess(worker_env(amqp_url, database_url, exports_dir, **overrides))
+        started.append(process)
+        return await process.start()
+
+    yield start
+    for process in started:
+        await process.kill()
+
+
+@pytest.fixture
+def store(database_url: str) -> ExportStore:
+    return ExportStore(session_factory(make_engine(database_url)))
+
+
+def done_notifications(database_url: str, task_id: str) -> int:
+    with session_factory(make_engine(database_url))() as session:
+        return session.query(Notification).filter(Notification.id.like(f"{task_id}-%")).count()
+
+
+def xlsx_files(exports_dir: Path) -> list[str]:
+    return sorted(p.name for p in exports_dir.glob("*.xlsx"))
+
+
+async def until_event(client: Client, kind: str, task_id: str, *, min_rows: int = 0,
+                      timeout: float = 60.0) -> dict[str, Any]:
+    while True:
+        frame = await client.recv(timeout)
+        data = frame.get("data", {})
+        if frame.get("type") == kind and data.get("task_id") == task_id:
+            if kind != "excel.progress" or data["rows"] >= min_rows:
+                return frame
+
+
+async def ask(client: Client, rows: int, ref: int = 1) -> str:
+    ack = await client.request({"type": "excel.create", "ref": ref,
+                                "data": {"report": "sample", "params": {"rows": rows}}})
+    assert ack["type"] == "ack", ack
+    return str(ack["data"]["id"])
+
+
+async def test_two_workers_share_the_queue(
+    spawn: Callable[..., Any], exports_edge: EdgeServer, token_for: Callable[..., str],
+    exports_dir: Path,
+) -> None:
+    first, second = await spawn(**SLOW), await spawn(**SLOW)
+    client = await Client.connect(exports_edge.port, token_for("alice"))
+    ids = [await ask(client, 10, ref) for ref in range(6)]
+    pending = set(ids)
+    while pending:
+        frame = await client.recv(60)
+        if frame.get("type") == "excel.done":
+            pending.discard(frame["data"]["task_id"])
+    await until_logged([first, second], "export built", len(ids))
+    built = {
+        name: [r["task_id"] for r in process.messages("export built")]
+        for name, process in (("first", first), ("second", second))
+    }
+    assert built["first"] and built["second"], built  # both took work
+    assert sorted(built["first"] + built["second"]) == sorted(ids)  # each task built once
+    assert xlsx_files(exports_dir) == sorted(f"{i}.xlsx" for i in ids)
+
+
+async def test_worker_killed_mid_task_completes_once_on_another(
+    spawn: Callable[..., Any], exports_edge: EdgeServer, token_for: Callable[..., str],
+    exports_dir: Path, store: ExportStore, database_url: str,
+) -> None:
+    doomed = await spawn(**SLOW)
+    client = await Client.connect(exports_edge.port, token_for("alice"))
+    task_id = await ask(client, 60)
+    await until_event(client, "excel.progress", task_id, min_rows=5)
+    await doomed.kill()  # SIGKILL to the worker and its build child, mid-build
+    record = store.get(task_id)
+    assert record is not None and record.status is ExportStatus.RUNNING
+
+    survivor = await spawn(**SLOW)
+    done = await until_event(client, "excel.done", task_id)
+    assert done["data"]["rows"] == 60
+    await until_logged([survivor], "export built", 1)
+    assert [r["task_id"] for r in survivor.messages("export built")] == [task_id]
+    assert doomed.messages("export built") == []
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 2)
+    assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+    assert done_notifications(database_url, task_id) == 1
+
+
+async def test_sigterm_finishes_the_current_task(
+    spawn: Callable[..., Any], exports_edge: EdgeServer, token_for: Callable[..., str],
+    store: ExportStore,
+) -> None:
+    worker = await spawn(**SLOW, WARREN_EXCEL_SHUTDOWN_DEADLINE_S="20")
+    client = await Client.connect(exports_edge.port, token_for("alice"))
+    task_id = await ask(client, 30)
+    await until_event(client, "excel.progress", task_id, min_rows=2)
+    stopping = asyncio.create_task(worker.terminate())
+    await until_event(client, "excel.done", task_id)
+    assert await stopping == 0
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 1)
+
+
+async def test_sigterm_past_the_deadline_leaves_the_task_to_another_replica(
+    spawn: Callable[..., Any], exports_edge: EdgeServer, token_for: Callable[..., str],
+    store: ExportStore, exports_dir: Path,
+) -> None:
+    worker = await spawn(**SLOW, WARREN_EXCEL_SHUTDOWN_DEADLINE_S="0.5")
+    client = await Client.connect(exports_edge.port, token_for("alice"))
+    task_id = await ask(client, 400)
+    await until_event(client, "excel.progress", task_id, min_rows=2)
+    assert await worker.terminate() == 0
+    assert worker.messages("shutdown deadline passed mid-task; leaving it unacknowledged")
+    assert list(exports_dir.glob(".*.part")) == []  # the killed build cleaned up
+    await spawn(WARREN_EXCEL_TEST_ROW_DELAY_S="0")
+    await until_event(client, "excel.done", task_id)
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 2)
+
+
+async def test_broker_connection_loss_mid_task(
+    amqp_url: str, database_url: str, exports_dir: Path, exports_edge: EdgeServer,
+    broker_admin: BrokerAdmin, vhost: str, token_for: Callable[..., str], store: ExportStore,
+) -> None:
+    settings = ExcelSettings.from_env(worker_env(amqp_url, database_url, exports_dir, **SLOW))
+    worker = ExcelWorkerServer(settings, CollectorRegistry())
+    await worker.start()
+    try:
+        token = token_for("alice")
+        client = await Client.connect(exports_edge.port, token)
+        task_id = await ask(client, 120)
+        await until_event(client, "excel.progress", task_id, min_rows=5)
+
+        loop = asyncio.get_running_loop()
+        restored = [loop.create_future(), loop.create_future()]
+        for connection, future in zip((worker.connection, exports_edge.connection), restored):
+            assert connection is not None
+            connection.reconnect_callbacks.add(
+                lambda *_a, f=future: f.done() or f.set_result(None)  # type: ignore[misc]
+            )
+        await broker_admin.close_connections(vhost)
+        await asyncio.wait_for(asyncio.gather(*restored), 30)
+
+        # The done event reaches a socket live, or waits as a pending notification for
+        # the next one; read both sockets and take the first.
+        late = await Client.connect(exports_edge.port, token)
+        waits = [asyncio.create_task(until_event(c, "excel.done", task_id)) for c in (client, late)]
+        finished, others = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        for other in others:
+            other.cancel()
+        assert finished, "no excel.done after the broker came back"
+        record = store.get(task_id)
+        assert record is not None and record.status is ExportStatus.DONE and record.rows == 120
+        assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+        assert done_notifications(database_url, task_id) == 1
+    finally:
+        await worker.stop()

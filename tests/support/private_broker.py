@@ -41,6 +41,7 @@ class PrivateBroker:
     node: str
     port: int
     dist_port: int
+    prometheus_port: int
 
     @classmethod
     def start(cls, directory: Path) -> PrivateBroker:
@@ -54,13 +55,18 @@ class PrivateBroker:
             node=f"warren-test-{uuid.uuid4().hex[:8]}@localhost",
             port=_free_port(),
             dist_port=_free_port(),
+            prometheus_port=_free_port(),
         )
         (directory / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{broker.port}\n"
+            f"prometheus.tcp.ip = 127.0.0.1\n"
+            f"prometheus.tcp.port = {broker.prometheus_port}\n"
             "loopback_users = none\n"
             "log.console = false\n"
         )
-        (directory / "enabled_plugins").write_text("[].\n")
+        # The Prometheus plugin lets the deployment tests check the metric names that
+        # alerts and dashboards use against a real node.
+        (directory / "enabled_plugins").write_text("[rabbitmq_prometheus].\n")
         for path in directory.iterdir():
             path.chmod(0o666)
         broker._boot()
@@ -102,6 +108,10 @@ class PrivateBroker:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     def vhost_url(self, vhost: str) -> str:
         parsed = urllib.parse.urlsplit(self.url)

@@ -4,6 +4,10 @@
 writing ``stop`` on stdin (``running()`` turns False). If stdin reaches end of file
 the parent is gone: the job is told to stop and, after ``orphan_grace_s``, the whole
 process group is killed, so no run outlives its runner.
+
+The runner starts it with ``PYTHONUNBUFFERED=1``, which makes CPython unbuffer the C
+library's stdio as well as its own streams: what C extensions print with ``printf``
+reaches the runner as it is printed, not in 4 KiB blocks or at exit.
 """
 
 from __future__ import annotations

@@ -11,6 +11,15 @@ from shared.messaging.names import Event
 SENDER: Final = Address.service("runner")
 
 
+def queued(record: RunRecord) -> Envelope:
+    return Envelope(
+        type=Event.RUN_QUEUED.value,
+        to=Address.user(record.owner),
+        sender=SENDER,
+        data={"run_id": record.id, "job": record.job, "args": record.args},
+    )
+
+
 def started(record: RunRecord) -> Envelope:
     return Envelope(
         type=Event.RUN_STARTED.value,

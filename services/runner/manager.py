@@ -1,10 +1,11 @@
-"""The runs of one replica: starting them, supervising them, and recording how they end.
+"""The runs of one replica: accepting them, executing them, and recording how they end.
 
-A ``run.start`` delivery stays unacknowledged while its run executes, so the start
-queue's prefetch is this replica's concurrency limit, and a replica that dies gives its
-deliveries back to the broker. The database, not the broker, says whether a run is
-still running: every transition out of ``running`` is a conditional update, and only
-the replica whose update wins publishes ``run.finished``.
+A ``run.start`` is accepted (checked, recorded as queued, put into the runs queue) by
+whichever replica consumes it. A run's delivery from the runs queue stays
+unacknowledged while the run executes, so that queue's prefetch is this replica's
+concurrency limit, and a replica that dies gives its deliveries back to the broker.
+The database, not the broker, says where a run is: every transition is a conditional
+update, and only the replica whose update wins publishes the event.
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from shared.db.runs import RunExists, RunLimitReached, RunRecord, RunStatus, Run
 from shared.db.users import UserStore
 from shared.messaging import Envelope
 from shared.messaging.broker import Publisher
-from shared.messaging.work import delivery_count
+from shared.messaging.names import Command
 from services.runner import events
+from services.runner.dispatch import RunQueue
 from services.runner.jobs import Job
 from services.runner.metrics import RunnerMetrics
 from services.runner.output import Batch
 from services.runner.process import ChildRun, Limits, Outcome
-from services.runner.requests import Refused, StartRequest, parse_start
+from services.runner.requests import Refused, parse_start
 from services.runner.settings import RunnerSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RunManager:
         store: RunStore,
         users: UserStore,
         publisher: Publisher,
+        queue: RunQueue,
         metrics: RunnerMetrics,
         executor: Executor,
     ) -> None:
@@ -70,6 +73,7 @@ class RunManager:
         self._store = store
         self._users = users
         self._publisher = publisher
+        self._queue = queue
         self._metrics = metrics
         self._executor = executor
         self._active: dict[str, ActiveRun] = {}
@@ -104,12 +108,14 @@ class RunManager:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
-    # -- run.start -------------------------------------------------------------------
+    # -- run.start: accepting -------------------------------------------------------
 
-    async def handle_start(self, envelope: Envelope, message: AbstractIncomingMessage) -> None:
-        if self._draining:
-            raise RuntimeError("runner shutting down; the start goes back to the queue")
-        owner = envelope.sender.name
+    async def handle_start(self, envelope: Envelope, _message: AbstractIncomingMessage) -> None:
+        """Check a ``run.start``, record the run as queued and put it in the runs queue.
+
+        Also while the replica shuts down: accepting is quick, and the run waits in the
+        queue for another replica.
+        """
         try:
             request = parse_start(
                 envelope.data, self._jobs, max_args_bytes=self.settings.max_args_bytes,
@@ -118,23 +124,23 @@ class RunManager:
         except Refused as exc:
             await self.refuse(envelope, exc)
             return
-        if delivery_count(message) > 0 or message.redelivered:
-            existing = await self.db(self._store.get, envelope.id)
-            if existing is not None:
-                await self._redelivered(existing)
-                return
         try:
             record = await self.db(
-                self._store.create, envelope.id, owner, request.job.name, request.args,
-                self.replica, max_per_user=self.settings.max_per_user,
+                self._store.create, envelope.id, envelope.sender.name, request.job.name,
+                request.args, max_per_user=self.settings.max_per_user,
             )
         except RunExists as exc:
-            await self._redelivered(exc.record)
-            return
+            # A redelivered start: it was accepted before, perhaps not queued yet. A second
+            # copy in the runs queue is harmless, since only one replica can claim the run.
+            if exc.record.status is not RunStatus.QUEUED:
+                return
         except RunLimitReached as exc:
             await self.refuse(envelope, Refused("too_many_runs", str(exc)))
             return
-        await self._execute(record, request)
+        else:
+            self._metrics.queued.inc()
+            await self.publish(events.queued(record))
+        await self._queue.put(envelope)
 
     async def refuse(self, envelope: Envelope, exc: Refused, run_id: str | None = None) -> None:
         self._metrics.refused.labels(exc.code).inc()
@@ -143,11 +149,31 @@ class RunManager:
         await self.publish(events.error(
             envelope.sender, envelope.type, envelope.id, exc.code, exc.message,
             run_id=run_id if run_id is not None else (
-                envelope.id if envelope.type == "run.start" else None),
+                envelope.id if envelope.type == Command.RUN_START.value else None),
         ))
 
+    # -- runs queue: executing -------------------------------------------------------
+
+    async def handle_run(self, envelope: Envelope, _message: AbstractIncomingMessage) -> None:
+        """A queued run reached a free slot of this replica: claim it and execute it."""
+        if self._draining:
+            raise RuntimeError("runner shutting down; the run goes back to the queue")
+        record = await self.db(self._store.claim, envelope.id, self.replica)
+        if record is None:
+            existing = await self.db(self._store.get, envelope.id)
+            if existing is None:
+                log.warning("queued run not in the database; dropped", extra={"id": envelope.id})
+                return
+            await self._redelivered(existing)
+            return
+        job = self._jobs.get(record.job)
+        if job is None:  # accepted by a replica running other code
+            await self.fail(record.id, f"job {record.job} does not exist on runner {self.replica}")
+            return
+        await self._execute(record, job)
+
     async def _redelivered(self, record: RunRecord) -> None:
-        """A start command seen before: never run it twice; end it if its replica is gone."""
+        """A run claimed before: never run it twice; end it if its replica is gone."""
         if record.status is not RunStatus.RUNNING:
             return
         active = self._active.get(record.id)
@@ -160,11 +186,11 @@ class RunManager:
             reason = f"runner {self.replica} restarted while the run was running"
         elif time.time() - record.heartbeat_at > self.settings.heartbeat_timeout_s:
             reason = f"runner {record.replica} stopped sending heartbeats"
-        elif not await self.owner_alive(record.replica):
+        elif record.replica is None or not await self.owner_alive(record.replica):
             reason = f"runner {record.replica} died"
         else:
-            log.info("start redelivered; its runner is alive", extra={"run_id": record.id,
-                                                                       "replica": record.replica})
+            log.info("run redelivered; its runner is alive", extra={"run_id": record.id,
+                                                                     "replica": record.replica})
             return
         await self.fail(record.id, reason)
 
@@ -176,11 +202,11 @@ class RunManager:
             log.warning("run marked failed", extra={"run_id": run_id, "reason": reason})
             await self.announce_finished(record)
 
-    async def _execute(self, record: RunRecord, request: StartRequest) -> None:
+    async def _execute(self, record: RunRecord, job: Job) -> None:
         workdir = tempfile.mkdtemp(prefix=f"warren-run-{record.id[:16]}-")
         child = ChildRun(
             record.id,
-            self._argv(request),
+            self._argv(job, record.args),
             self._child_env(),
             workdir,
             self._limits,
@@ -223,11 +249,11 @@ class RunManager:
         self._metrics.finished[record.status].inc()
         await self.publish(events.finished(record))
 
-    def _argv(self, request: StartRequest) -> list[str]:
+    def _argv(self, job: Job, args: dict[str, Any]) -> list[str]:
         context = {"http_base_url": self.settings.http_job_url, "orphan_grace_s": 1.0}
         return [
-            sys.executable, "-m", "services.runner.child", request.job.name,
-            orjson.dumps(request.args).decode(), orjson.dumps(context).decode(),
+            sys.executable, "-m", "services.runner.child", job.name,
+            orjson.dumps(args).decode(), orjson.dumps(context).decode(),
         ]
 
     def _child_env(self) -> dict[str, str]:
@@ -237,7 +263,7 @@ class RunManager:
             "PATH": self.settings.child_path,
             "PYTHONPATH": REPO_ROOT,
             "PYTHONSAFEPATH": "1",
-            "PYTHONUNBUFFERED": "1",
+            "PYTHONUNBUFFERED": "1",  # C stdio too: C extensions' printf arrives live
             "PYTHONIOENCODING": "utf-8",
             "LANG": "C.UTF-8",
         }
@@ -275,6 +301,18 @@ class RunManager:
         log.info("stop requested", extra={"run_id": run_id, "by": requester})
         return True
 
+    async def stop_queued(self, run_id: str, requester: str, stop_ts: float) -> bool:
+        """End a run that no replica has claimed yet; False if one has (or it ended)."""
+        record = await self.db(
+            self._store.finish, run_id, RunStatus.STOPPED, exit_code=None,
+            reason=f"stopped by {requester}", was=RunStatus.QUEUED,
+        )
+        if record is None:
+            return False
+        await self.announce_finished(record)
+        self._metrics.stop_latency.observe(max(0.0, time.time() - stop_ts))
+        return True
+
     async def is_admin(self, user_id: str) -> bool:
         record = await self.db(self._users.get, user_id)
         return record is not None and self.settings.admin_role in record.roles
@@ -289,17 +327,25 @@ class RunManager:
             await self.announce_finished(record)
 
     async def heartbeat(self) -> None:
-        """Refresh our runs in the database, then fail runs of silent replicas."""
+        """Refresh our runs in the database, then end runs of silent replicas and runs
+        that waited too long for a slot."""
         progress = [active.child.progress() for active in self._active.values()]
         lost = await self.db(self._store.heartbeat, self.replica, progress)
         for run_id in lost:
             self._abandon(run_id)
-        cutoff = time.time() - self.settings.heartbeat_timeout_s
+        now = time.time()
         failed = await self.db(
-            self._store.fail_stale, cutoff, "runner {replica} stopped sending heartbeats"
+            self._store.fail_stale, now - self.settings.heartbeat_timeout_s,
+            "runner {replica} stopped sending heartbeats",
         )
         for record in failed:
             self._abandon(record.id)
+            await self.announce_finished(record)
+        wait = self.settings.max_queue_s
+        expired = await self.db(
+            self._store.expire_queued, now - wait, f"no runner had a free slot within {wait:g} s"
+        )
+        for record in expired:
             await self.announce_finished(record)
 
     def _abandon(self, run_id: str) -> None:
@@ -313,9 +359,13 @@ class RunManager:
 
     # -- shutdown ------------------------------------------------------------------------
 
+    def stop_accepting(self) -> None:
+        """From now on, runs delivered here go back to the queue for other replicas."""
+        self._draining = True
+
     async def shutdown(self, deadline_s: float) -> None:
         """Let runs finish for most of the deadline, then stop the rest."""
-        self._draining = True
+        self.stop_accepting()
         if not self._active:
             return
         escalation = self.settings.stop_grace_s + self.settings.kill_grace_s + 0.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from shared.db.runs import RunStatus
+from shared.db.runs import UNFINISHED, RunStatus
 
 STOP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 
@@ -12,6 +12,10 @@ STOP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 class RunnerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.queued = Counter(
+            "warren_runner_runs_queued_total", "Runs accepted into the runs queue by this replica.",
+            registry=registry,
+        )
         self.started = Counter(
             "warren_runner_runs_started_total", "Runs started on this replica, by job.", ["job"],
             registry=registry,
@@ -22,7 +26,9 @@ class RunnerMetrics:
             ["status"],
             registry=registry,
         )
-        self.finished = {s: finished.labels(s.value) for s in RunStatus if s is not RunStatus.RUNNING}
+        self.finished = {
+            s: finished.labels(s.value) for s in RunStatus if s.value not in UNFINISHED
+        }
         self.active = Gauge(
             "warren_runner_active_runs", "Runs executing on this replica.", registry=registry
         )

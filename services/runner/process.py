@@ -3,7 +3,12 @@
 The child runs in its own session (process group), so signals reach the job and any
 processes it started. Stop escalates: ``stop`` on the child's stdin (the job's
 ``running()`` turns False), then SIGTERM to the group after ``stop_grace_s``, then
-SIGKILL after ``kill_grace_s``.
+SIGKILL after ``kill_grace_s``. Once the child exits, whatever is left in its group is
+killed.
+
+The pipes are read through an :class:`asyncio.SubprocessProtocol` rather than
+``asyncio.subprocess.Process``, whose ``wait()`` also waits for the pipes to close:
+a process the job left behind would hold them open, and the run with them.
 """
 
 from __future__ import annotations
@@ -12,17 +17,19 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from shared.db.runs import Progress, RunStatus
 from services.runner.output import Batch, Batcher, LineSplitter
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 << 10
+STREAMS: Final = {1: "stdout", 2: "stderr"}  # pipe fd -> stream name
 DRAIN_TIMEOUT_S = 2.0  # after the child exits, how long output may stall before we stop reading
 DRAIN_MAX_S = 30.0  # and the most time spent reading after the child exits
 PUBLISH_RETRY_S = 10.0
@@ -51,6 +58,53 @@ class Outcome:
     reason: str | None
 
 
+class _Pipes(asyncio.SubprocessProtocol):
+    """The child's side of the loop: its output, its exit, and each pipe's end."""
+
+    def __init__(self, on_data: Callable[[str, bytes], None]) -> None:
+        self._on_data = on_data
+        self._transport: asyncio.SubprocessTransport | None = None
+        self.exited = asyncio.Event()
+        self.closed = {fd: asyncio.Event() for fd in STREAMS}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.SubprocessTransport)
+        self._transport = transport
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        assert isinstance(data, bytes)
+        self._on_data(STREAMS[fd], data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd in self.closed:
+            self.closed[fd].set()
+
+    def process_exited(self) -> None:
+        self.exited.set()
+
+    def pause(self) -> None:
+        """Stop reading: the pipes fill up and the job blocks in ``print``."""
+        for fd in STREAMS:
+            pipe = self._pipe(fd)
+            if isinstance(pipe, asyncio.ReadTransport) and not pipe.is_closing():
+                pipe.pause_reading()
+
+    def resume(self) -> None:
+        for fd in STREAMS:
+            pipe = self._pipe(fd)
+            if isinstance(pipe, asyncio.ReadTransport) and not pipe.is_closing():
+                pipe.resume_reading()
+
+    def ask_to_stop(self) -> None:
+        """Write ``stop`` on the child's stdin (its ``running()`` turns False)."""
+        pipe = self._pipe(0)
+        if isinstance(pipe, asyncio.WriteTransport) and not pipe.is_closing():
+            pipe.write(b"stop\n")
+
+    def _pipe(self, fd: int) -> asyncio.BaseTransport | None:
+        return self._transport.get_pipe_transport(fd) if self._transport is not None else None
+
+
 class ChildRun:
     def __init__(
         self,
@@ -71,11 +125,12 @@ class ChildRun:
         self._publish = publish
         self._on_lines = on_lines
         self._on_dropped = on_dropped
+        self._splitters = {s: LineSplitter(limits.max_line_chars) for s in STREAMS.values()}
         self._batcher = Batcher(limits.batch_lines, limits.batch_bytes)
         self._high_water = 4 * limits.batch_lines
+        self._pipes = _Pipes(self._received)
+        self._paused = False
         self._changed = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
         self._closed = False
         self._stop: tuple[RunStatus, str | None] | None = None
         self._stop_asked = asyncio.Event()
@@ -102,26 +157,23 @@ class ChildRun:
 
     async def run(self) -> Outcome:
         """Start the child and supervise it until it and its output are done."""
+        loop = asyncio.get_running_loop()
         try:
-            process = await asyncio.create_subprocess_exec(
+            transport, _ = await loop.subprocess_exec(
+                lambda: self._pipes,
                 *self._argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=self._env,
                 cwd=self._cwd,
                 start_new_session=True,
             )
         except OSError as exc:
             return Outcome(RunStatus.FAILED, None, f"could not start the job process: {exc}")
-        self.pid = process.pid
-        assert process.stdout is not None and process.stderr is not None
+        pid = self.pid = transport.get_pid()
         pump = asyncio.create_task(self._pump())
-        readers = [
-            asyncio.create_task(self._read(process.stdout, "stdout")),
-            asyncio.create_task(self._read(process.stderr, "stderr")),
-        ]
-        exited = asyncio.create_task(process.wait())
+        exited = asyncio.create_task(self._pipes.exited.wait())
         asked = asyncio.create_task(self._stop_asked.wait())
         try:
             await asyncio.wait(
@@ -132,15 +184,18 @@ class ChildRun:
                 self.request_stop(
                     RunStatus.TIMEOUT, f"wall time of {self._limits.max_wall_s:g} s exceeded"
                 )
-                await self._escalate(process, exited)
+                await self._escalate(pid, exited)
         finally:
             asked.cancel()
             if not exited.done():  # cancelled: never leave a job behind
-                _signal_group(process.pid, signal.SIGKILL)
+                _signal_group(pid, signal.SIGKILL)
                 await asyncio.shield(exited)
-            _signal_group(process.pid, signal.SIGKILL)  # whatever the job left in its group
-            await self._finish_output(process, readers, pump)
-        return self._outcome(exited.result())
+            _signal_group(pid, signal.SIGKILL)  # whatever the job left in its group
+            await self._finish_output(pump)
+            transport.close()
+        code = transport.get_returncode()
+        assert code is not None
+        return self._outcome(code)
 
     def _outcome(self, code: int) -> Outcome:
         if self._stop is not None:
@@ -155,53 +210,43 @@ class ChildRun:
             return Outcome(RunStatus.FAILED, code, f"job killed by {name}")
         return Outcome(RunStatus.FAILED, code, f"job exited with code {code}")
 
-    async def _escalate(self, process: asyncio.subprocess.Process, exited: asyncio.Task[int]) -> None:
+    async def _escalate(self, pid: int, exited: asyncio.Task[bool]) -> None:
         limits = self._limits
-        if process.stdin is not None:
-            try:
-                process.stdin.write(b"stop\n")
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+        self._pipes.ask_to_stop()
         if await _within(exited, limits.stop_grace_s):
             return
-        _signal_group(process.pid, signal.SIGTERM)
+        _signal_group(pid, signal.SIGTERM)
         if await _within(exited, limits.kill_grace_s):
             return
-        _signal_group(process.pid, signal.SIGKILL)
+        _signal_group(pid, signal.SIGKILL)
         await exited
 
-    async def _finish_output(
-        self,
-        process: asyncio.subprocess.Process,
-        readers: list[asyncio.Task[None]],
-        pump: asyncio.Task[None],
-    ) -> None:
+    async def _finish_output(self, pump: asyncio.Task[None]) -> None:
         # The job's group is dead; a pipe still open after that is held by a process that
         # left the group. Wait while output still flows, stop waiting once it stalls.
+        closed = [asyncio.create_task(event.wait()) for event in self._pipes.closed.values()]
         give_up = time.monotonic() + DRAIN_MAX_S
         while True:
             seen = (self.line_count, len(self._batcher))
-            _done, pending = await asyncio.wait(readers, timeout=DRAIN_TIMEOUT_S)
+            _done, pending = await asyncio.wait(closed, timeout=DRAIN_TIMEOUT_S)
             stalled = (self.line_count, len(self._batcher)) == seen
             if not pending or stalled or time.monotonic() > give_up:
                 break
-        for task in pending:
+        for task in closed:
             task.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-        if process.stdin is not None:
-            process.stdin.close()
+        for stream, splitter in self._splitters.items():
+            self._accept(stream, splitter.close())  # an unfinished last line
         self._closed = True
         self._changed.set()
         await pump
 
-    async def _read(self, pipe: asyncio.StreamReader, stream: str) -> None:
-        splitter = LineSplitter(self._limits.max_line_chars)
-        while chunk := await pipe.read(READ_CHUNK):
-            self._accept(stream, splitter.feed(chunk))
-            if len(self._batcher) >= self._high_water:
-                self._room.clear()
-                await self._room.wait()
-        self._accept(stream, splitter.close())
+    def _received(self, stream: str, data: bytes) -> None:
+        if self._closed:  # after a stalled drain: nothing is published any more
+            return
+        self._accept(stream, self._splitters[stream].feed(data))
+        if len(self._batcher) >= self._high_water and not self._paused:
+            self._paused = True
+            self._pipes.pause()
 
     def _accept(self, stream: str, lines: list[str]) -> None:
         if self._capped or not lines:
@@ -252,8 +297,9 @@ class ChildRun:
                 except asyncio.TimeoutError:
                     break
             batch = self._batcher.take()
-            if len(self._batcher) < self._high_water:
-                self._room.set()
+            if self._paused and len(self._batcher) < self._high_water:
+                self._paused = False
+                self._pipes.resume()
             assert batch is not None
             if await self._publish_batch(seq, batch):
                 seq += 1
@@ -277,7 +323,7 @@ class ChildRun:
                 delay = min(1.0, delay * 2)
 
 
-async def _within(task: asyncio.Task[int], seconds: float) -> bool:
+async def _within(task: asyncio.Task[bool], seconds: float) -> bool:
     if seconds > 0:
         await asyncio.wait({task}, timeout=seconds)
     return task.done()

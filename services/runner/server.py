@@ -21,6 +21,7 @@ from shared.messaging.work import WorkConsumer
 from shared.service import listen, run_until_signalled
 from services.runner.app import make_app
 from services.runner.control import ControlLink
+from services.runner.dispatch import RunQueue, declare_runs_queue
 from services.runner.jobs import JOBS
 from services.runner.manager import RunManager
 from services.runner.metrics import RunnerMetrics
@@ -44,7 +45,9 @@ class RunnerServer:
         self._engine: Engine | None = None
         self._connection: AbstractRobustConnection | None = None
         self._control: ControlLink | None = None
+        self._queue: RunQueue | None = None
         self._starts: WorkConsumer | None = None
+        self._runs: WorkConsumer | None = None
         self._stops: WorkConsumer | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._http: HTTPServer | None = None
@@ -54,7 +57,7 @@ class RunnerServer:
         return self.settings.common.instance_id
 
     def is_ready(self) -> bool:
-        parts = (self._control, self._starts, self._stops)
+        parts = (self._control, self._starts, self._runs, self._stops)
         return not self._draining and all(p is not None and p.is_ready() for p in parts)
 
     async def start(self) -> None:
@@ -69,9 +72,11 @@ class RunnerServer:
             settings.common.amqp_url, name=f"warren-{self.replica}"
         )
         publisher = await Publisher.open(connection)
+        self._queue = queue = RunQueue(connection)
+        await queue.start()
         self.manager = manager = RunManager(
-            settings, JOBS, RunStore(sessions), UserStore(sessions), publisher, self.metrics,
-            self._executor,
+            settings, JOBS, RunStore(sessions), UserStore(sessions), publisher, queue,
+            self.metrics, self._executor,
         )
         stops = StopService(manager)
         self._control = stops.control = ControlLink(connection, self.replica, stops.handle_control)
@@ -80,13 +85,21 @@ class RunnerServer:
         await manager.fail_own_stale_runs()
         self._heartbeat = asyncio.create_task(self._beat())
 
-        self._http, self.port = listen(make_app(self.metrics.registry, self.is_ready), settings.http)
+        app = make_app(self.metrics.registry, self.is_ready)
+        self._http, self.port = listen(app, settings.http)
         self._stops = WorkConsumer(
-            connection, Command.RUN_STOP, stops.handle_command, prefetch=settings.stop_prefetch
+            connection, Command.RUN_STOP, stops.handle_command, prefetch=settings.command_prefetch
         )
         await self._stops.start()
+        # The runs queue's prefetch is this replica's number of slots.
+        self._runs = WorkConsumer(
+            connection, Command.RUN_START, manager.handle_run, prefetch=settings.max_concurrent,
+            declare=declare_runs_queue,
+        )
+        await self._runs.start()
         self._starts = WorkConsumer(
-            connection, Command.RUN_START, manager.handle_start, prefetch=settings.max_concurrent
+            connection, Command.RUN_START, manager.handle_start,
+            prefetch=settings.command_prefetch,
         )
         await self._starts.start()
         log.info("runner ready", extra={"port": self.port, "instance": self.replica,
@@ -107,16 +120,19 @@ class RunnerServer:
             return
         self._stopped = True
         self._draining = True
+        if self.manager is not None:
+            self.manager.stop_accepting()
         deadline = self.settings.http.shutdown_deadline_s
         try:
             async with asyncio.timeout(deadline):
-                if self._starts is not None:
-                    await self._starts.stop_consuming()
+                for consumer in (self._starts, self._runs):
+                    if consumer is not None:
+                        await consumer.stop_consuming()
         except (TimeoutError, Exception):
-            log.warning("could not cancel the start consumer", exc_info=True)
+            log.warning("could not cancel the start and run consumers", exc_info=True)
         if self.manager is not None:
             await self.manager.shutdown(deadline)
-        for consumer in (self._starts, self._stops):
+        for consumer in (self._starts, self._runs, self._stops):
             if consumer is not None:
                 with contextlib.suppress(Exception):
                     await consumer.stop_consuming()
@@ -130,6 +146,8 @@ class RunnerServer:
             async with asyncio.timeout(deadline):
                 if self._control is not None:
                     await self._control.close()
+                if self._queue is not None:
+                    await self._queue.close()
                 if self._connection is not None:
                     await self._connection.close()
         except (TimeoutError, Exception):

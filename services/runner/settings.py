@@ -15,8 +15,9 @@ DEFAULT_CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
 class RunnerSettings:
     common: CommonSettings
     http: HttpSettings
-    max_concurrent: int  # runs at once on this replica (also the start queue's prefetch)
-    max_per_user: int  # running runs per user, across replicas
+    max_concurrent: int  # runs at once on this replica (the runs queue's prefetch)
+    max_per_user: int  # queued or running runs per user, across replicas
+    max_queue_s: float  # longest wait of an accepted run for a free slot
     max_wall_s: float
     max_line_chars: int
     max_output_bytes: int
@@ -29,7 +30,7 @@ class RunnerSettings:
     heartbeat_s: float
     heartbeat_timeout_s: float
     tail_lines: int
-    stop_prefetch: int
+    command_prefetch: int  # run.start and run.stop commands handled at once
     db_threads: int
     consumer_timeout_s: float  # the broker's consumer_timeout: a run must end before it
     http_job_url: str
@@ -45,6 +46,7 @@ class RunnerSettings:
             http=HttpSettings.from_env(env, "RUNNER", DEFAULT_PORT),
             max_concurrent=env_int(env, p + "MAX_CONCURRENT", 4, minimum=1),
             max_per_user=env_int(env, p + "MAX_PER_USER", 2, minimum=1),
+            max_queue_s=env_float(env, p + "MAX_QUEUE_S", 300.0, minimum=0.1),
             max_wall_s=env_float(env, p + "MAX_WALL_S", 600.0, minimum=0.1),
             max_line_chars=env_int(env, p + "MAX_LINE_CHARS", 4096, minimum=16),
             max_output_bytes=env_int(env, p + "MAX_OUTPUT_BYTES", 16 << 20, minimum=1024),
@@ -57,7 +59,7 @@ class RunnerSettings:
             heartbeat_s=env_float(env, p + "HEARTBEAT_S", 5.0, minimum=0.05),
             heartbeat_timeout_s=env_float(env, p + "HEARTBEAT_TIMEOUT_S", 30.0, minimum=0.1),
             tail_lines=env_int(env, p + "TAIL_LINES", 100, minimum=0),
-            stop_prefetch=env_int(env, p + "STOP_PREFETCH", 16, minimum=1),
+            command_prefetch=env_int(env, p + "COMMAND_PREFETCH", 16, minimum=1),
             db_threads=env_int(env, p + "DB_THREADS", 4, minimum=1),
             consumer_timeout_s=env_float(env, p + "CONSUMER_TIMEOUT_S", 1800.0, minimum=1),
             http_job_url=env_str(env, p + "HTTP_JOB_URL", ""),

@@ -2,9 +2,10 @@
 
 Any replica consumes ``warren.cmd.run.stop``, looks the run up in the database and
 checks that the requester is its owner or holds the admin role (roles come from the
-users table: a command carries only the user id). If the run executes elsewhere, the
-command is forwarded to that replica's control queue. A forward that no queue accepts
-means that replica is gone: the run is marked failed at once.
+users table: a command carries only the user id). A run still queued is ended right
+there. If the run executes elsewhere, the command is forwarded to that replica's
+control queue. A replica whose control queue stays missing for ``owner_probe_s`` is
+gone: the run is marked failed.
 """
 
 from __future__ import annotations
@@ -50,23 +51,28 @@ class StopService:
             await manager.refuse(envelope, Refused(
                 "forbidden", f"only the owner of run {run_id} or an admin may stop it"), run_id)
             return
+        if record.status is RunStatus.QUEUED:
+            if await manager.stop_queued(run_id, requester, envelope.ts):
+                return
+            # A replica claimed it meanwhile.
+            record = await manager.db(manager.store.get, run_id)
+            assert record is not None
         if record.status is not RunStatus.RUNNING:
             await manager.refuse(envelope, Refused(
                 "run_finished", f"run {run_id} already finished: {record.status.value}"), run_id)
             return
+        assert record.replica is not None
         if record.replica == manager.replica:
             await self._stop_here(envelope, run_id)
             return
-        assert self.control is not None
         forward = Envelope(
             type=Command.RUN_STOP.value, to=envelope.sender, sender=envelope.sender,
             data={"run_id": run_id}, id=envelope.id, ts=envelope.ts,
         )
-        try:
-            await self.control.forward(record.replica, forward)
-            self._manager.metrics.forwarded.inc()
-        except Unroutable:
-            await manager.fail(run_id, f"runner {record.replica} is gone")
+        if await self._deliver(record.replica, forward):
+            manager.metrics.forwarded.inc()
+        else:
+            await manager.fail(run_id, f"runner {record.replica} died")
 
     async def handle_control(self, envelope: Envelope) -> None:
         if envelope.type == PING:
@@ -88,16 +94,20 @@ class StopService:
             )
 
     async def owner_alive(self, replica: str) -> bool:
-        """Whether ``replica`` holds its control queue, looking twice ``owner_probe_s`` apart.
+        """Whether ``replica`` is connected: it takes a ping in its control queue."""
+        ping = Envelope(type=PING, to=ADDRESS_BROADCAST, sender=events.SENDER, data={})
+        return await self._deliver(replica, ping)
+
+    async def _deliver(self, replica: str, envelope: Envelope) -> bool:
+        """Put ``envelope`` in ``replica``'s control queue, trying twice ``owner_probe_s`` apart.
 
         A replica whose broker connection dropped for a moment loses its exclusive queue
         until it reconnects (about a second); one that died never gets it back.
         """
         assert self.control is not None
-        ping = Envelope(type=PING, to=ADDRESS_BROADCAST, sender=events.SENDER, data={})
         for attempt in range(2):
             try:
-                await self.control.forward(replica, ping)
+                await self.control.forward(replica, envelope)
                 return True
             except Unroutable:
                 if attempt == 0:

@@ -1,9 +1,10 @@
 """Runs of the runner service: who started which job where, its state and its output tail.
 
-Times are Unix seconds (floats) so that heartbeat comparisons behave the same on
-SQLite and PostgreSQL. Every state change out of ``running`` is a conditional
-update (``WHERE status = 'running'``), so when two replicas race to finish or fail
-the same run exactly one of them wins and publishes ``run.finished``.
+A run is ``queued`` once accepted, ``running`` once a replica claimed it, then one of
+the final statuses. Times are Unix seconds (floats) so that heartbeat comparisons
+behave the same on SQLite and PostgreSQL. Every state change is a conditional update
+(``WHERE status = ...``), so when two replicas race to claim, finish or fail the same
+run exactly one of them wins (and only the winner publishes the event).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from sqlalchemy import Float, Integer, String, Text, func, select, update
@@ -22,11 +23,15 @@ from shared.db.models import Base
 
 
 class RunStatus(StrEnum):
+    QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     STOPPED = "stopped"
     FAILED = "failed"
     TIMEOUT = "timeout"
+
+
+UNFINISHED: Final = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
 
 
 class Run(Base):
@@ -36,11 +41,12 @@ class Run(Base):
     owner: Mapped[str] = mapped_column(String(64), index=True)
     job: Mapped[str] = mapped_column(String(64))
     args: Mapped[str] = mapped_column(Text)
-    replica: Mapped[str] = mapped_column(String(255), index=True)
+    replica: Mapped[str | None] = mapped_column(String(255), index=True, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[float] = mapped_column(Float)  # accepted (queued)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # claimed by a replica
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     heartbeat_at: Mapped[float] = mapped_column(Float)
     line_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -54,11 +60,12 @@ class RunRecord:
     owner: str
     job: str
     args: dict[str, Any]
-    replica: str
+    replica: str | None  # None while queued
     status: RunStatus
     reason: str | None
     exit_code: int | None
     created_at: float
+    started_at: float | None
     finished_at: float | None
     heartbeat_at: float
     line_count: int
@@ -67,8 +74,11 @@ class RunRecord:
 
     @property
     def duration_s(self) -> float:
+        """Time the job ran: 0 for a run that ended before a replica started it."""
+        if self.started_at is None:
+            return 0.0
         end = self.finished_at if self.finished_at is not None else time.time()
-        return max(0.0, end - self.created_at)
+        return max(0.0, end - self.started_at)
 
     def summary(self) -> dict[str, Any]:
         """The run without its tail, as the HTTP API shows it."""
@@ -81,7 +91,8 @@ class RunRecord:
             "status": self.status.value,
             "reason": self.reason,
             "exit_code": self.exit_code,
-            "started_at": self.created_at,
+            "queued_at": self.created_at,
+            "started_at": self.started_at,
             "finished_at": self.finished_at,
             "duration_s": round(self.duration_s, 3),
             "lines": self.line_count,
@@ -99,6 +110,7 @@ def _record(row: Run) -> RunRecord:
         reason=row.reason,
         exit_code=row.exit_code,
         created_at=row.created_at,
+        started_at=row.started_at,
         finished_at=row.finished_at,
         heartbeat_at=row.heartbeat_at,
         line_count=row.line_count,
@@ -108,7 +120,7 @@ def _record(row: Run) -> RunRecord:
 
 
 class RunLimitReached(RuntimeError):
-    """The owner already has as many running runs as allowed."""
+    """The owner already has as many unfinished (queued or running) runs as allowed."""
 
 
 class RunExists(RuntimeError):
@@ -141,39 +153,39 @@ class RunStore:
         owner: str,
         job: str,
         args: dict[str, Any],
-        replica: str,
         *,
         max_per_user: int,
         now: float | None = None,
     ) -> RunRecord:
-        """Record a new running run; raise :class:`RunExists` or :class:`RunLimitReached`.
+        """Record a new queued run; raise :class:`RunExists` or :class:`RunLimitReached`.
 
-        The per-user count and the insert share one transaction. Two replicas
-        starting runs for the same user at the same instant may both pass the
-        count on databases without serialisable isolation: the limit is exact per
-        replica and best-effort across replicas.
+        The per-user count (queued and running runs) and the insert share one
+        transaction. Two replicas accepting runs for the same user at the same instant
+        may both pass the count on databases without serialisable isolation: the limit
+        is best-effort across replicas.
         """
         now = time.time() if now is None else now
         with self._sessions.begin() as session:
             existing = session.get(Run, run_id)
             if existing is not None:
                 raise RunExists(_record(existing))
-            running = session.scalar(
+            unfinished = session.scalar(
                 select(func.count())
                 .select_from(Run)
-                .where(Run.owner == owner, Run.status == RunStatus.RUNNING.value)
+                .where(Run.owner == owner, Run.status.in_(UNFINISHED))
             ) or 0
-            if running >= max_per_user:
+            if unfinished >= max_per_user:
                 raise RunLimitReached(
-                    f"{owner} already has {running} running run(s); the limit is {max_per_user}"
+                    f"{owner} already has {unfinished} queued or running run(s); "
+                    f"the limit is {max_per_user}"
                 )
             row = Run(
                 id=run_id,
                 owner=owner,
                 job=job,
                 args=orjson.dumps(args).decode(),
-                replica=replica,
-                status=RunStatus.RUNNING.value,
+                replica=None,
+                status=RunStatus.QUEUED.value,
                 created_at=now,
                 heartbeat_at=now,
                 line_count=0,
@@ -182,6 +194,22 @@ class RunStore:
             )
             session.add(row)
             session.flush()
+            return _record(row)
+
+    def claim(self, run_id: str, replica: str, now: float | None = None) -> RunRecord | None:
+        """Move a queued run to ``running`` on ``replica``; None if it was no longer queued."""
+        now = time.time() if now is None else now
+        with self._sessions.begin() as session:
+            done = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED.value)
+                .values(status=RunStatus.RUNNING.value, replica=replica, started_at=now,
+                        heartbeat_at=now)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = session.get(Run, run_id)
+            assert row is not None
             return _record(row)
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -234,9 +262,10 @@ class RunStore:
         exit_code: int | None,
         reason: str | None,
         progress: Progress | None = None,
+        was: RunStatus = RunStatus.RUNNING,
         now: float | None = None,
     ) -> RunRecord | None:
-        """Move a running run to ``status``; None if it was no longer running."""
+        """Move a run from ``was`` to ``status``; None if it was no longer in ``was``."""
         now = time.time() if now is None else now
         values: dict[str, Any] = {
             "status": status.value,
@@ -253,7 +282,7 @@ class RunStore:
         with self._sessions.begin() as session:
             done = session.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == RunStatus.RUNNING.value)
+                .where(Run.id == run_id, Run.status == was.value)
                 .values(**values)
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
@@ -287,6 +316,23 @@ class RunStore:
                 [run_id], reason_for.format(replica=replica), heartbeat_before=heartbeat_before
             )
         return failed
+
+    def expire_queued(self, queued_before: float, reason: str) -> list[RunRecord]:
+        """End with ``timeout`` the runs still queued since before the cutoff."""
+        with self._sessions() as session:
+            ids = session.scalars(
+                select(Run.id).where(
+                    Run.status == RunStatus.QUEUED.value, Run.created_at < queued_before
+                )
+            ).all()
+        expired: list[RunRecord] = []
+        for run_id in ids:
+            record = self.finish(
+                run_id, RunStatus.TIMEOUT, exit_code=None, reason=reason, was=RunStatus.QUEUED
+            )
+            if record is not None:
+                expired.append(record)
+        return expired
 
     def _fail_each(
         self, ids: Sequence[str], reason: str, heartbeat_before: float | None

@@ -52,10 +52,11 @@ async def test_owner_and_admin_read_a_run_and_its_tail_others_get_404(
     client.close()
 
 
-async def test_a_running_run_shows_its_progress_and_the_list_its_owners_runs(
+async def test_a_running_run_shows_its_progress_a_queued_one_its_wait_and_the_list_both(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
 ) -> None:
-    runner = make_runner(WARREN_RUNNER_HEARTBEAT_S="0.1", WARREN_RUNNER_HEARTBEAT_TIMEOUT_S="5")
+    runner = make_runner(WARREN_RUNNER_HEARTBEAT_S="0.1", WARREN_RUNNER_HEARTBEAT_TIMEOUT_S="5",
+                         WARREN_RUNNER_MAX_CONCURRENT="1", WARREN_RUNNER_MAX_PER_USER="3")
     await runner.start()
     alice = token_for("alice")
     client = await Client.connect(edge.port, alice)
@@ -63,21 +64,31 @@ async def test_a_running_run_shows_its_progress_and_the_list_its_owners_runs(
     await collect(client, done)
     running = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="b")
     await collect(client, running, until="run.output")
+    waiting = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="c")
+    await collect(client, waiting, until="run.queued")
     await runner.manager.heartbeat()  # type: ignore[union-attr]  # as the timer would
 
     code, body = await _get(edge.port, f"/api/runs/{running}", alice)
     assert code == 200
     assert body["status"] == "running" and body["finished_at"] is None
     assert body["replica"] == runner.replica
+    assert body["queued_at"] <= body["started_at"]
     assert body["tail"] == ["misbehaving: sleep for 60.0 s"]
+
+    code, body = await _get(edge.port, f"/api/runs/{waiting}", alice)
+    assert code == 200
+    assert body["status"] == "queued" and body["replica"] is None
+    assert body["started_at"] is None and body["duration_s"] == 0 and body["tail"] == []
 
     code, body = await _get(edge.port, "/api/runs", alice)
     assert code == 200
-    assert [r["run_id"] for r in body["runs"]] == [running, done]
-    assert [r["status"] for r in body["runs"]] == ["running", "completed"]
+    assert [r["run_id"] for r in body["runs"]] == [waiting, running, done]
+    assert [r["status"] for r in body["runs"]] == ["queued", "running", "completed"]
     code, body = await _get(edge.port, "/api/runs", token_for("bob"))
     assert body == {"runs": []}
 
-    await stop_run(client, running)
+    await stop_run(client, waiting, ref="s1")
+    await collect(client, waiting)
+    await stop_run(client, running, ref="s2")
     await collect(client, running)
     client.close()

@@ -1,10 +1,12 @@
 """The shipped jobs, and output capture from every source: print, stderr, the raw file
-descriptor (as C extensions write), grandchild processes, and a crashing job."""
+descriptor, the C library's stdio (as C extensions write), grandchild processes, a
+crashing job, and a job that leaves a process behind."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 
+import psutil
 import pytest
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -13,7 +15,7 @@ from tornado.netutil import bind_sockets
 from services.runner.server import RunnerServer
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
-from tests.support.runner import collect, make_runner, start_run  # noqa: F401
+from tests.support.runner import collect, make_runner, start_run, stop_run  # noqa: F401
 
 
 async def _client(
@@ -25,7 +27,7 @@ async def _client(
     return await Client.connect(edge.port, token_for("alice"))
 
 
-@pytest.mark.parametrize("via", ["fd", "subprocess"])
+@pytest.mark.parametrize("via", ["fd", "c_stdio", "subprocess"])
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 async def test_output_from_raw_writes_and_grandchildren_is_captured(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str],
@@ -37,6 +39,42 @@ async def test_output_from_raw_writes_and_grandchildren_is_captured(
     assert events.lines(stream) == [f"line {i}" for i in range(2000)]
     assert {o["stream"] for o in events.outputs} == {stream}
     assert events.finished is not None and events.finished["status"] == "completed"
+    client.close()
+
+
+async def test_c_stdio_lines_arrive_as_they_are_printed(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    client = await _client(edge, make_runner, token_for)
+    # Line 1 is due 2 s after line 0. Had the C library buffered the pipe, line 0 would
+    # only arrive with line 1, or when the job ends.
+    run_id = await start_run(client, "lines", {"count": 2, "rate": 0.5, "via": "c_stdio"})
+    events = await collect(client, run_id, until="run.output")
+    assert events.outputs[0]["lines"] == ["line 0"] and events.finished is None
+    await stop_run(client, run_id)
+    events = await collect(client, run_id, events=events)
+    assert events.lines() == ["line 0"]
+    assert events.finished is not None and events.finished["status"] == "stopped"
+    client.close()
+
+
+def _ended(pid: int) -> bool:
+    try:
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+async def test_processes_a_job_leaves_behind_are_killed_when_it_ends(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    client = await _client(edge, make_runner, token_for)
+    run_id = await start_run(client, "misbehave", {"mode": "orphan", "seconds": 60})
+    events = await collect(client, run_id)
+    assert events.finished is not None and events.finished["status"] == "completed"
+    left = events.lines()[-1]
+    assert left.startswith("left process ")
+    assert _ended(int(left.split()[2]))
     client.close()
 
 

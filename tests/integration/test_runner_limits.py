@@ -65,35 +65,106 @@ async def test_output_limit_stops_the_run_as_failed(
     client.close()
 
 
-async def test_runs_per_replica_wait_for_a_free_slot(
+async def _frames_until(
+    client: Client, done: Callable[[list[tuple[str, dict[str, Any]]]], bool]
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every run.* frame (type, data) the client reads, until ``done`` says enough."""
+    seen: list[tuple[str, dict[str, Any]]] = []
+    while not done(seen):
+        frame = await client.recv()
+        if str(frame.get("type", "")).startswith("run."):
+            seen.append((frame["type"], frame["data"]))
+    return seen
+
+
+def _finished(*run_ids: str) -> Callable[[list[tuple[str, dict[str, Any]]]], bool]:
+    return lambda seen: set(run_ids) <= {d["run_id"] for t, d in seen if t == "run.finished"}
+
+
+async def test_runs_over_the_replica_limit_are_queued_and_start_when_a_slot_frees(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    client = await _client(edge, make_runner, token_for, WARREN_RUNNER_MAX_CONCURRENT="1",
+                           WARREN_RUNNER_MAX_PER_USER="5")
+    first = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="a")
+    await collect(client, first, until="run.output")
+    second = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="b")
+    queued = await collect(client, second, until="run.queued")
+    assert queued.queued == {"run_id": second, "job": "countdown",
+                             "args": {"start": 1, "interval_s": 0.0}}
+    # The only slot is busy, yet bad input is answered at once.
+    bad = await start_run(client, "no_such_job", ref="c")
+    refused = await collect(client, bad, until="run.error")
+    assert refused.errors[0]["code"] == "unknown_job"
+
+    await stop_run(client, first)
+    seen = await _frames_until(client, _finished(first, second))
+    order = [(t, d["run_id"]) for t, d in seen if t in {"run.started", "run.finished"}]
+    assert order == [("run.finished", first), ("run.started", second), ("run.finished", second)]
+    assert seen[-1][1]["status"] == "completed"
+    client.close()
+
+
+async def test_a_queued_run_can_be_stopped_before_it_starts(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
 ) -> None:
     client = await _client(edge, make_runner, token_for, WARREN_RUNNER_MAX_CONCURRENT="1")
-    first = await start_run(client, "countdown", {"start": 3, "interval_s": 0.1}, ref="a")
-    second = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="b")
-    order: list[tuple[str, str]] = []
-    while len(order) < 4:
-        frame = await client.recv()
-        if frame.get("type") in {"run.started", "run.finished"}:
-            order.append((frame["type"], frame["data"]["run_id"]))
-    assert order == [
-        ("run.started", first), ("run.finished", first),
-        ("run.started", second), ("run.finished", second),
-    ]
+    busy = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="a")
+    await collect(client, busy, until="run.output")
+    waiting = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="b")
+    await collect(client, waiting, until="run.queued")
+    await stop_run(client, waiting, ref="s1")
+    stopped = await collect(client, waiting)
+    assert stopped.finished == {"run_id": waiting, "status": "stopped", "exit_code": None,
+                                "duration_s": 0.0, "lines": 0, "reason": "stopped by alice"}
+    assert stopped.started is None
+
+    await stop_run(client, busy, ref="s2")
+    await collect(client, busy)
+    # The runs queue is first in, first out: once a later run has gone through, the
+    # stopped run's turn has passed without a start.
+    later = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="c")
+    seen = await _frames_until(client, _finished(later))
+    assert [d["run_id"] for t, d in seen if t == "run.started"] == [later]
+    client.close()
+
+
+async def test_a_run_waiting_too_long_for_a_slot_times_out(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    client = await _client(edge, make_runner, token_for, WARREN_RUNNER_MAX_CONCURRENT="1",
+                           WARREN_RUNNER_MAX_QUEUE_S="0.5", WARREN_RUNNER_HEARTBEAT_S="0.1")
+    busy = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="a")
+    await collect(client, busy, until="run.output")
+    waiting = await start_run(client, "countdown", {"start": 1}, ref="b")
+    events = await collect(client, waiting)
+    assert events.queued is not None and events.started is None
+    assert events.finished is not None
+    assert events.finished["status"] == "timeout"
+    assert events.finished["reason"] == "no runner had a free slot within 0.5 s"
+    await stop_run(client, busy)
+    await collect(client, busy)
     client.close()
 
 
 async def test_runs_per_user_over_the_limit_are_refused(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
 ) -> None:
-    client = await _client(edge, make_runner, token_for, WARREN_RUNNER_MAX_PER_USER="1")
+    client = await _client(edge, make_runner, token_for, WARREN_RUNNER_MAX_PER_USER="2",
+                           WARREN_RUNNER_MAX_CONCURRENT="1")
     first = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="a")
     await collect(client, first, until="run.started")
     second = await start_run(client, "countdown", {"start": 1}, ref="b")
-    refused = await collect(client, second, until="run.error")
+    await collect(client, second, until="run.queued")
+    # One running and one queued: a third is refused, with the run id the ack gave.
+    third = await start_run(client, "countdown", {"start": 1}, ref="c")
+    refused = await collect(client, third, until="run.error")
     assert refused.errors[0]["code"] == "too_many_runs"
-    assert refused.errors[0]["run_id"] == second
-    await stop_run(client, first)
+    assert refused.errors[0]["run_id"] == third
+    assert "2 queued or running" in refused.errors[0]["message"]
+    await stop_run(client, second, ref="s1")
+    await collect(client, second)
+    await stop_run(client, first, ref="s2")
     await collect(client, first)
     client.close()
 

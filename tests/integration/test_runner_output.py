@@ -29,6 +29,8 @@ async def test_countdown_streams_every_line_then_finishes(
     runner, client = await _setup(edge, make_runner, token_for)
     run_id = await start_run(client, "countdown", {"start": 5, "interval_s": 0.01})
     events = await collect(client, run_id)
+    assert events.queued == {"run_id": run_id, "job": "countdown",
+                             "args": {"start": 5, "interval_s": 0.01}}
     assert events.started == {"run_id": run_id, "job": "countdown",
                               "args": {"start": 5, "interval_s": 0.01},
                               "replica": runner.replica}

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -116,6 +117,45 @@ async def test_a_frozen_replica_loses_its_runs_through_the_heartbeat(
     # Thawed, the replica sees the run was failed elsewhere and ends its job silently.
     await frozen.wait_log("run already ended elsewhere")
     await frozen.terminate()
+    client.close()
+
+
+async def test_a_stopping_replica_finishes_short_runs_stops_long_ones_and_takes_no_new_ones(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    leaving = make_runner(WARREN_RUNNER_SHUTDOWN_DEADLINE_S="4", WARREN_RUNNER_MAX_PER_USER="3")
+    await leaving.start()
+    client = await Client.connect(edge.port, token_for("alice"))
+    short = await start_run(client, "countdown", {"start": 5, "interval_s": 0.1}, ref="a")
+    long = await start_run(client, "misbehave", {"mode": "sleep", "seconds": 60}, ref="b")
+    frames: list[tuple[str, dict[str, Any]]] = []
+
+    async def until(done: Callable[[], bool]) -> None:
+        while not done():
+            frame = await client.recv(20)
+            if str(frame.get("type", "")).startswith("run."):
+                frames.append((frame["type"], frame["data"]))
+
+    def of(kind: str) -> dict[str, dict[str, Any]]:
+        return {data["run_id"]: data for t, data in frames if t == kind}
+
+    await until(lambda: {short, long} <= set(of("run.started")))
+    staying = make_runner(WARREN_RUNNER_MAX_PER_USER="3")
+    await staying.start()
+    # The stop begins before the next start can reach any replica (the loop runs the
+    # task's first step, which refuses further runs, before any I/O completes).
+    stopping = asyncio.create_task(leaving.stop())
+    late = await start_run(client, "countdown", {"start": 1, "interval_s": 0}, ref="c")
+    await until(lambda: {short, long, late} <= set(of("run.finished")))
+    await stopping
+
+    started, finished = of("run.started"), of("run.finished")
+    assert started[short]["replica"] == started[long]["replica"] == leaving.replica
+    assert finished[short]["status"] == "completed"
+    assert finished[long]["status"] == "stopped"
+    assert finished[long]["reason"] == "runner shutting down"
+    assert started[late]["replica"] == staying.replica
+    assert finished[late]["status"] == "completed"
     client.close()
 
 

@@ -29,6 +29,7 @@ async def test_health_readiness_and_metrics(
     await collect(client, bad, until="run.error")
     metrics = (await http.fetch(base + "/metrics")).body.decode()
     for sample in (
+        "warren_runner_runs_queued_total 1.0",
         'warren_runner_runs_started_total{job="countdown"} 1.0',
         'warren_runner_runs_finished_total{status="completed"} 1.0',
         'warren_runner_lines_total{stream="stdout"} 4.0',

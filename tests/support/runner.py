@@ -130,6 +130,7 @@ class RunEvents:
     """Everything one client received about one run."""
 
     run_id: str
+    queued: dict[str, Any] | None = None
     started: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     finished: dict[str, Any] | None = None
@@ -187,7 +188,9 @@ async def collect(
                 continue
             if data.get("run_id") != run_id:
                 continue
-            if kind == "run.started":
+            if kind == "run.queued":
+                events.queued = data
+            elif kind == "run.started":
                 events.started = data
             elif kind == "run.output":
                 events.outputs.append(data)

@@ -36,7 +36,9 @@ def test_every_job_has_a_description_and_valid_defaults() -> None:
         ("countdown", "start=3", "args must be a JSON object"),
     ],
 )
-def test_bad_arguments_are_refused_with_a_clear_message(job: str, args: object, message: str) -> None:
+def test_bad_arguments_are_refused_with_a_clear_message(
+    job: str, args: object, message: str
+) -> None:
     with pytest.raises(ArgsError, match=None) as caught:
         JOBS[job].validate(args)
     assert message in str(caught.value)

@@ -12,6 +12,7 @@ def test_defaults() -> None:
     settings = RunnerSettings.from_env({})
     assert settings.http.port == 8200
     assert settings.max_concurrent == 4 and settings.max_per_user == 2
+    assert settings.max_queue_s == 300 and settings.command_prefetch == 16
     assert settings.stop_grace_s + settings.kill_grace_s < 1.0
     assert settings.http_job_url == ""
     assert settings.common.instance_id.startswith("runner-")

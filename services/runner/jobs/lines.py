@@ -1,12 +1,15 @@
 """``lines``: prints numbered lines, fast or at a set rate, through print, the raw file
-descriptor (as C extensions do) or a grandchild process. For load tests and benchmarks."""
+descriptor, the C library's stdio (as C extensions do) or a grandchild process. For load
+tests and benchmarks."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from services.runner.jobs.base import Job, JobContext, Param
@@ -17,6 +20,14 @@ _GRANDCHILD = (
     "out = sys.stderr if err else sys.stdout\n"
     "for i in range(n): print(f'line {i}' + 'x' * width, file=out)\n"
 )
+
+
+def _c_stdio(stream: str) -> Callable[[bytes], None]:
+    """``fputs`` to the C library's ``stdout`` or ``stderr``, as a C extension's printf."""
+    libc = ctypes.CDLL(None)
+    target = ctypes.c_void_p.in_dll(libc, stream)
+    libc.fputs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
+    return lambda data: libc.fputs(data, target)
 
 
 def lines(args: dict[str, Any], ctx: JobContext) -> None:
@@ -31,6 +42,7 @@ def lines(args: dict[str, Any], ctx: JobContext) -> None:
     rate: float = args["rate"]
     out = sys.stderr if stream == "stderr" else sys.stdout
     fd = out.fileno()
+    c_write = _c_stdio(stream) if args["via"] == "c_stdio" else None
     started = time.monotonic()
     for i in range(count):
         if rate:
@@ -43,6 +55,8 @@ def lines(args: dict[str, Any], ctx: JobContext) -> None:
         text = f"line {i}" + (f" {time.time():.6f}" if args["stamp"] else "") + pad
         if args["via"] == "fd":
             os.write(fd, (text + "\n").encode())
+        elif c_write is not None:
+            c_write((text + "\n").encode())
         else:
             print(text, file=out)
 
@@ -58,7 +72,8 @@ JOB = Job(
         "rate": Param("float", "lines per second, 0 for as fast as possible", default=0.0,
                       minimum=0, maximum=1_000_000),
         "stream": Param("str", "where to print", default="stdout", choices=("stdout", "stderr")),
-        "via": Param("str", "how to print", default="print", choices=("print", "fd", "subprocess")),
+        "via": Param("str", "how to print", default="print",
+                     choices=("print", "fd", "c_stdio", "subprocess")),
         "stamp": Param("bool", "append the Unix time of each print", default=False),
     },
 )

@@ -8,28 +8,28 @@ import tornado.web
 
 from shared.auth import TokenService
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient
 from services.cat_relay.handlers.send import CatStatusHandler, SendHandler
 from services.cat_relay.metrics import RelayMetrics
-from services.cat_relay.relay import Relay
 from services.cat_relay.settings import RelaySettings
 
 
 def make_app(
     settings: RelaySettings,
-    relay: Relay,
+    asker: Asker,
     cat: CatClient,
     tokens: TokenService,
     metrics: RelayMetrics,
     is_ready: Callable[[], bool],
 ) -> tornado.web.Application:
-    send = {"relay": relay, "tokens": tokens, "settings": settings, "metrics": metrics}
+    send = {"asker": asker, "tokens": tokens, "settings": settings}
     return tornado.web.Application(
         [
             (r"/send", SendHandler, send),
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": is_ready}),
-            (r"/readyz/cat", CatStatusHandler, {"relay_cat": cat}),
+            (r"/readyz/cat", CatStatusHandler, {"cat": cat}),
             (r"/metrics", MetricsHandler, {"registry": metrics.registry}),
         ]
     )

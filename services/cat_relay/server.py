@@ -6,23 +6,25 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustConnection
+from aio_pika.exceptions import AMQPError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 
 from shared.auth import TokenService
 from shared.db import ChatHistory, create_schema, make_engine, session_factory
-from shared.messaging import Envelope
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command
 from shared.messaging.work import WorkConsumer
 from shared.service import listen, run_until_signalled
 from services.cat_relay.app import make_app
+from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient, make_client
+from services.cat_relay.dispatch import Dispatcher
 from services.cat_relay.metrics import RelayMetrics
 from services.cat_relay.relay import Relay
-from services.cat_relay.sessions import SessionRouter
+from services.cat_relay.sessions import SessionTable
 from services.cat_relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,8 @@ class RelayServer:
         self.port = 0
         self.connection: AbstractRobustConnection | None = None
         self.cat: CatClient | None = None
-        self.sessions: SessionRouter | None = None
+        self.sessions: SessionTable | None = None
+        self._asker: Asker | None = None
         self._consumer: WorkConsumer | None = None
         self._http: HTTPServer | None = None
         self._engine: Engine | None = None
@@ -69,24 +72,24 @@ class RelayServer:
         )
         publisher = await Publisher.open(connection)
         relay = Relay(settings, cat, history, publisher, self.metrics, self._executor)
-        self.sessions = sessions = SessionRouter(
+        self.sessions = sessions = SessionTable(
             connection,
-            relay.answer,
-            relay.interrupted,
-            instance_id=settings.common.instance_id,
+            relay,
+            cat,
             idle_s=settings.session_idle_s,
+            local_limit=max(1, settings.prefetch // 2),
             on_count=self.metrics.sessions.set,
         )
         await sessions.start()
-
-        async def take(envelope: Envelope, message: AbstractIncomingMessage) -> None:
-            await sessions.forward(envelope, message.body)
-
+        self._asker = asker = Asker(connection, publisher, settings.common.instance_id)
+        await asker.start()
+        dispatcher = Dispatcher(sessions, self.metrics)
         self._consumer = WorkConsumer(
-            connection, Command.CHAT_ASK, take, prefetch=settings.prefetch
+            connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch
         )
         await self._consumer.start()
-        app = make_app(settings, relay, cat, TokenService(settings.auth), self.metrics, self.is_ready)
+        tokens = TokenService(settings.auth)
+        app = make_app(settings, asker, cat, tokens, self.metrics, self.is_ready)
         self._http, self.port = listen(app, settings.http)
         log.info(
             "cat_relay ready",
@@ -95,33 +98,49 @@ class RelayServer:
         )
 
     async def stop(self) -> None:
-        """Stop taking asks, hand sessions to other replicas, finish in-flight asks, close."""
+        """Stop taking asks, answer those taken, hand sessions to other replicas, close."""
         if self._stopped:
             return
         self._stopped = True
         self._draining = True
         deadline = self.settings.http.shutdown_deadline_s
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline
         if self._http is not None:
             self._http.stop()
         try:
             async with asyncio.timeout(deadline):
                 if self._consumer is not None:
                     await self._consumer.stop_consuming()
-                    await self._consumer.drain(deadline)
                 if self.sessions is not None:
-                    await self.sessions.stop_consuming()
-                    if not await self.sessions.drain(deadline):
-                        log.warning("asks still running at the shutdown deadline")
-        except TimeoutError:
-            log.warning("shutdown deadline passed while draining")
+                    await self.sessions.stop_taking()
+        except (TimeoutError, AMQPError, ConnectionError):
+            log.warning("could not stop consuming cleanly", exc_info=True)
+        drained = True
+        if self._consumer is not None:
+            drained = await self._consumer.drain(max(0.0, until - loop.time())) and drained
+        if self.sessions is not None:
+            drained = await self.sessions.wait_released(max(0.0, until - loop.time())) and drained
+        if self._asker is not None:
+            drained = await self._asker.wait_answered(max(0.0, until - loop.time())) and drained
+        if not drained:
+            log.warning("asks still running at the shutdown deadline: answered interrupted")
         try:
             async with asyncio.timeout(deadline):
                 if self.sessions is not None:
-                    await self.sessions.close()
+                    await self.sessions.interrupt()
+        except TimeoutError:
+            log.warning("could not answer every ask left before the deadline")
+        if self._asker is not None:
+            self._asker.abandon()
+        try:
+            async with asyncio.timeout(deadline):
                 if self._consumer is not None:
                     await self._consumer.close()
                 if self._http is not None:
                     await self._http.close_all_connections()
+                if self.sessions is not None:
+                    await self.sessions.close()
                 if self.cat is not None:
                     await self.cat.close()
                 if self.connection is not None:

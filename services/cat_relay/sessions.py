@@ -1,17 +1,30 @@
-"""One user's asks answered in order, by one replica at a time, spread over all replicas.
+"""Who answers a user: the replica whose consumer on the user's session queue is active.
 
-``warren.cmd.chat.ask`` has a single active consumer: one relay replica takes asks off
-it, in the order they arrived, and forwards each to the asking user's session queue
-(``warren.chat.session.<user>``), one user's asks strictly one after another. Session
-queues have a single active consumer and a prefetch of one, so a user's asks reach
-the Cat one at a time, in order, over one Cat socket.
+Each user being answered has a session queue ``warren.chat.session.<user>`` with a
+single active consumer. The replica holding the active consumer *owns* the session:
+it alone answers that user's asks, one at a time and in order, and it alone holds the
+user's Cat socket (opened on the first ask, closed before the session is let go).
 
-Who answers a session: when a forward finds the session queue without consumers, it
-announces the user on the ``warren.chat.sessions`` fanout. Every replica subscribes
-to the announced session; the first to do so becomes its active consumer and the
-others stand by, taking over if it dies. Which replica wins is a race, so sessions
-spread over the replicas. A replica cancels a session consumer after ``idle_s``
-without asks; an empty session queue deletes itself once nobody consumes it.
+Sessions are taken through *claims*: messages naming a user, in the durable queue
+``warren.chat.claims`` that every replica consumes. The dispatcher publishes a claim
+when it puts an ask into a session queue that nobody consumes; the broker hands it to
+one replica (round robin, so sessions spread over the replicas), which subscribes to
+the session queue and keeps the claim unacknowledged for as long as it does. If that
+replica dies, the broker returns the claim and another replica takes the session over,
+with the ask the dead one was answering (which it answers ``interrupted``). If no
+replica runs at all, the claim waits for the next one to start.
+
+A session is let go after ``idle_s`` without asks, once it is ``max_age_s`` old (so
+that no claim stays unacknowledged long enough to meet the broker's consumer timeout),
+and on shutdown. Letting go closes the Cat socket, cancels the consumer, then
+acknowledges the claims, or returns them when asks are waiting so that another replica
+answers those.
+
+Asks reach a session by two ways, kept in one queue of jobs per user:
+
+- deliveries from the session queue (prefetch one), acknowledged once answered;
+- asks the dispatcher answers here directly, without the hop through the session queue
+  (:meth:`SessionTable.local` says when that keeps the order).
 """
 
 from __future__ import annotations
@@ -19,306 +32,498 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 import orjson
 from aio_pika.abc import (
-    AbstractExchange,
+    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
     DeliveryMode,
 )
-from aio_pika.exceptions import AMQPError, PublishError
 
-from shared.messaging import Envelope, EnvelopeError, decode
-from shared.messaging.broker import CONTENT_TYPE, BrokerUnavailable, declare_session_queue
-from shared.messaging.names import (
-    CHAT_SESSIONS_EXCHANGE,
-    chat_announcements_queue_name,
-    chat_session_queue_name,
-    valid_name,
-)
+from shared.messaging import EnvelopeError, decode
+from shared.messaging.broker import CONTENT_TYPE, declare_chat_claims_queue, declare_session_queue
+from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
+from services.cat_relay.cat import CatClient
+from services.cat_relay.locks import KeyedLocks
+from services.cat_relay.relay import Ask, Relay
 
 log = logging.getLogger(__name__)
 
-ANSWERED_MEMORY = 4096  # ask ids remembered to recognise a redelivery of an answered ask
+HANDED_BACK_HEADER = "x-warren-handed-back"  # set on an ask forwarded after a redelivery
+ANSWERED_MEMORY = 4096  # ask ids remembered, to answer a redelivered copy only once
+FORWARD_MEMORY = 65536  # users whose last forwarded ask is remembered
+PUBLISH_TIMEOUT_S = 5.0
+# A session's claim stays unacknowledged for the session's whole life, and RabbitMQ
+# closes a channel holding a delivery longer than its consumer_timeout (30 min by default).
+MAX_AGE_S = 600.0
 
-Answer = Callable[[Envelope], Awaitable[None]]
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    ask: Ask
+    delivery: AbstractIncomingMessage | None  # None: taken from chat.ask, acked by its consumer
+    done: asyncio.Future[None]
 
 
-@dataclass(slots=True)
-class _Subscription:
+@dataclass(slots=True, eq=False)
+class Session:
+    user: str
     queue: AbstractQueue
-    tag: str
-    busy: int = 0
+    tag: str | None = None
+    claims: list[AbstractIncomingMessage] = field(default_factory=list)
+    active: bool = False  # a delivery arrived: the broker made our consumer the active one
+    retiring: bool = False  # being let go: takes no more asks from the dispatcher
+    released: bool = False
+    jobs: deque[_Job] = field(default_factory=deque)
+    runner: asyncio.Task[None] | None = None
     idle: asyncio.TimerHandle | None = None
+    ends: asyncio.TimerHandle | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.jobs) or self.runner is not None
 
 
-@dataclass(slots=True)
-class _Queue:
-    """Asks of one user being forwarded: they wait for ``lock`` in the order taken."""
+class SessionTable:
+    """The sessions this replica consumes, and the forwarding of asks into session queues."""
 
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: int = 0
-
-
-class SessionRouter:
     def __init__(
         self,
         connection: AbstractRobustConnection,
-        answer: Answer,
-        interrupted: Answer,
+        relay: Relay,
+        cat: CatClient,
         *,
-        instance_id: str,
         idle_s: float,
+        local_limit: int,
+        max_age_s: float = MAX_AGE_S,
         on_count: Callable[[int], None] = lambda _n: None,
     ) -> None:
         self._connection = connection
-        self._answer = answer
-        self._interrupted = interrupted
-        self._instance_id = instance_id
+        self._relay = relay
+        self._cat = cat
         self._idle_s = idle_s
-        self._expires_ms = max(60_000, int(idle_s * 10_000))
+        self._max_age_s = max_age_s
+        self._local_limit = local_limit
+        self._local = 0  # asks answered here straight from chat.ask, not finished yet
         self._on_count = on_count
         self._channel: AbstractRobustChannel | None = None
-        self._announcements: AbstractExchange | None = None
-        self._subscriptions: dict[str, _Subscription] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._forwarding: dict[str, _Queue] = {}
+        self._claims_channel: AbstractChannel | None = None
+        self._claims_queue: AbstractQueue | None = None
+        self._claims_tag: str | None = None
+        self._sessions: dict[str, Session] = {}
+        self._subscription = KeyedLocks()  # taking or letting go of a session vs forwarding to it
+        self._order = KeyedLocks()  # one user's forwards, one after another
         self._answered: OrderedDict[str, None] = OrderedDict()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._accepting = True
+        self._last_forward: OrderedDict[str, str] = OrderedDict()
+        self._synced: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._taking = True
 
     async def start(self) -> None:
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         assert isinstance(channel, AbstractRobustChannel)
-        # Per-consumer prefetch of one: each session hands over one ask at a time.
-        await channel.set_qos(prefetch_count=1)
+        await channel.set_qos(prefetch_count=1)  # per consumer: one ask at a time per session
+        channel.close_callbacks.add(self._on_channel_lost)
         self._channel = channel
-        self._announcements = await channel.declare_exchange(
-            CHAT_SESSIONS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        inbox = await channel.declare_queue(
-            chat_announcements_queue_name(self._instance_id), exclusive=True, auto_delete=True
-        )
-        await inbox.bind(self._announcements)
-        await inbox.consume(self._on_announcement, no_ack=True)
+        claims = await self._connection.channel()
+        await claims.set_qos(prefetch_count=0)  # no limit: each claim held is a session consumed
+        claims.close_callbacks.add(self._on_claims_lost)
+        self._claims_channel = claims
+        self._claims_queue = await declare_chat_claims_queue(claims)
+        self._claims_tag = await self._claims_queue.consume(self._on_claim)
 
     def is_ready(self) -> bool:
-        return self._channel is not None and not self._channel.is_closed
+        return (
+            self._channel is not None
+            and not self._channel.is_closed
+            and self._claims_channel is not None
+            and not self._claims_channel.is_closed
+        )
 
-    # -- forwarding (the replica that holds the chat.ask queue) ---------------------
+    def __len__(self) -> int:
+        return len(self._sessions)
 
-    async def forward(self, envelope: Envelope, body: bytes) -> None:
-        """Put an ask into its user's session queue; see that some replica consumes it.
+    # -- for the dispatcher ------------------------------------------------------------
 
-        Raises :class:`BrokerUnavailable` if the broker did not confirm.
+    def new_tenure(self) -> None:
+        """The dispatcher took ``chat.ask`` on a new channel: what it forwarded before is void."""
+        self._last_forward.clear()
+        self._synced.clear()
+
+    def local(self, user: str) -> Session | None:
+        """The session to answer the user's next ask in, or None to forward it.
+
+        Answering here keeps the order only if this replica owns the session and no
+        earlier ask of the user can still be in the session queue: the last ask this
+        dispatcher forwarded there has arrived here (in a session queue, it arrives after
+        every earlier one, forwarded by this dispatcher or by the one before it). And an
+        ask answered here holds a ``chat.ask`` prefetch slot until it is answered: past
+        ``local_limit`` of them, asks are forwarded, so slow answers never stop the
+        dispatcher from handing out the other users' asks.
         """
-        user = envelope.sender.name
-        message = aio_pika.Message(
-            body,
-            content_type=CONTENT_TYPE,
-            message_id=envelope.id,
-            correlation_id=envelope.id,
-            type=envelope.type,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        )
-        queue = self._forwarding.get(user)
-        if queue is None:
-            queue = self._forwarding[user] = _Queue()
-        queue.pending += 1
+        session = self._sessions.get(user)
+        if (
+            session is None
+            or not session.active
+            or session.retiring
+            or not self._taking
+            or user not in self._synced
+            or self._local >= self._local_limit
+        ):
+            return None
+        return session
+
+    async def answer_here(self, session: Session, ask: Ask) -> None:
+        """Answer an ask from ``chat.ask`` in its turn; return once it is answered."""
+        job = _Job(ask, None, asyncio.get_running_loop().create_future())
+        self._enqueue(session, job)
+        self._local += 1
         try:
-            async with queue.lock:  # FIFO: one user's asks are forwarded in the order taken
-                await self._forward(user, message)
-        except (PublishError, asyncio.TimeoutError, AMQPError, ConnectionError) as exc:
-            raise BrokerUnavailable(f"could not forward ask {envelope.id}: {exc!r}") from exc
+            await job.done
         finally:
-            queue.pending -= 1
-            if not queue.pending:
-                del self._forwarding[user]
+            self._local -= 1
 
-    async def _forward(self, user: str, message: aio_pika.Message) -> None:
-        assert self._channel is not None
-        await self._channel.ready()
-        async with self._lock(user):
-            if user in self._subscriptions:
-                # This replica consumes the session (actively or standing by), and cannot
-                # let go of it while we hold the lock: one publish is enough.
-                await self._publish(message, chat_session_queue_name(user))
-                self._touch(user, self._subscriptions[user])
-                return
-        queue = await declare_session_queue(self._channel, user, expires_ms=self._expires_ms)
-        await self._publish(message, queue.name)
-        # Checked after the publish: a consumer that cancels before this check is seen
-        # here, and one that cancels after it sees the ask in the queue (``_expire``).
-        consumers, _waiting = await self._count(user)
-        if consumers == 0:
-            await self._announce(user)
+    async def forward(self, ask: Ask, message: aio_pika.Message) -> None:
+        """Put an ask into its user's session queue and see that some replica consumes it."""
+        user = ask.user
+        self._synced.discard(user)
+        self._last_forward[user] = ask.id
+        self._last_forward.move_to_end(user)
+        if len(self._last_forward) > FORWARD_MEMORY:
+            self._last_forward.popitem(last=False)
+        async with self._order.hold(user):
+            async with self._subscription.hold(user):
+                if user in self._sessions:
+                    # We consume it, and cannot let go while we hold the lock.
+                    await self._publish(chat_session_queue_name(user), message)
+                    return
+            await self._declare(user)
+            await self._publish(chat_session_queue_name(user), message)
+            # Counted after the publish: a consumer that leaves before the count is seen
+            # here, one that leaves after it sees the ask when it counts (_settle_claims).
+            consumers, _waiting = await self._count(user)
+            if consumers == 0:
+                await self._claim(user)
 
-    async def _publish(self, message: aio_pika.Message, queue: str) -> None:
-        assert self._channel is not None
-        await self._channel.default_exchange.publish(message, routing_key=queue, mandatory=True, timeout=5.0)
+    # -- taking sessions ---------------------------------------------------------------
 
-    def _lock(self, user: str) -> asyncio.Lock:
-        """Guards this replica's subscription to one user's session."""
-        return self._locks.setdefault(user, asyncio.Lock())
-
-    async def _count(self, user: str) -> tuple[int, int]:
-        """The session queue's consumers and waiting asks, as the broker sees them now."""
-        assert self._channel is not None
-        queue = await declare_session_queue(self._channel, user, expires_ms=self._expires_ms)
-        result = queue.declaration_result
-        if result is None:
-            return 0, 0
-        return int(result.consumer_count), int(result.message_count)
-
-    async def _announce(self, user: str) -> None:
-        assert self._announcements is not None
-        await self._announcements.publish(
-            aio_pika.Message(orjson.dumps({"user": user})), routing_key="", timeout=5.0
-        )
-
-    # -- answering (every replica) ---------------------------------------------------
-
-    async def _on_announcement(self, message: AbstractIncomingMessage) -> None:
+    async def _on_claim(self, claim: AbstractIncomingMessage) -> None:
         try:
-            user = orjson.loads(message.body).get("user")
+            user = orjson.loads(claim.body).get("user")
         except (orjson.JSONDecodeError, AttributeError):
             user = None
-        if not valid_name(user) or not self._accepting:
+        if not valid_name(user):
+            log.warning("dropped a malformed session claim", extra={"body": claim.body[:200]})
+            await _settle(claim.reject(requeue=False))
+            return
+        if not self._taking:
+            await _settle(claim.nack(requeue=True))  # shutting down: for another replica
             return
         try:
-            await self._subscribe(user)
+            await self._take(user, claim)
         except Exception:
-            log.warning("could not subscribe to a session", extra={"user": user}, exc_info=True)
+            log.warning("could not take a session; its claim goes back", extra={"user": user},
+                        exc_info=True)
+            await _settle(claim.nack(requeue=True))
 
-    async def _subscribe(self, user: str) -> None:
-        async with self._lock(user):
-            subscription = self._subscriptions.get(user)
-            if subscription is None:
-                assert self._channel is not None
-                queue = await declare_session_queue(self._channel, user, expires_ms=self._expires_ms)
-                tag = await queue.consume(functools.partial(self._deliver, user))
-                subscription = self._subscriptions[user] = _Subscription(queue, tag)
-                self._on_count(len(self._subscriptions))
-            self._touch(user, subscription)
-
-    def _touch(self, user: str, subscription: _Subscription) -> None:
-        if subscription.idle is not None:
-            subscription.idle.cancel()
-        subscription.idle = asyncio.get_running_loop().call_later(
-            self._idle_s, lambda: asyncio.ensure_future(self._expire(user))
-        )
-
-    async def _expire(self, user: str) -> None:
-        async with self._lock(user):
-            subscription = self._subscriptions.get(user)
-            if subscription is None or not self._accepting:
+    async def _take(self, user: str, claim: AbstractIncomingMessage) -> None:
+        async with self._subscription.hold(user):
+            session = self._sessions.get(user)
+            if session is not None:
+                session.claims.append(claim)
                 return
-            if subscription.busy:
-                self._touch(user, subscription)
-                return
-            del self._subscriptions[user]
-            self._on_count(len(self._subscriptions))
-            await self._cancel(subscription)
-        try:
-            consumers, waiting = await self._count(user)
-            if waiting and not consumers:
-                await self._subscribe(user)  # an ask arrived as we let go: take it after all
-        except Exception:
-            log.warning("could not re-check an idle session", extra={"user": user}, exc_info=True)
-
-    async def _cancel(self, subscription: _Subscription) -> None:
-        if subscription.idle is not None:
-            subscription.idle.cancel()
-        if self._connection.connected.is_set():
+            queue = await self._declare(user)
+            session = Session(user, queue)
+            self._sessions[user] = session
+            self._counted()
             try:
-                await subscription.queue.cancel(subscription.tag)
+                session.tag = await queue.consume(functools.partial(self._deliver, session))
+            except BaseException:
+                self._forget(session)
+                raise
+            session.claims.append(claim)
+            loop = asyncio.get_running_loop()
+            session.ends = loop.call_later(self._max_age_s, self._retire, session)
+            self._rest(session)
+
+    async def _deliver(self, session: Session, message: AbstractIncomingMessage) -> None:
+        # Runs in delivery order up to _enqueue: nothing here may await before it.
+        if session.released:
+            await _settle(message.nack(requeue=True))  # for the next owner
+            return
+        session.active = True
+        try:
+            envelope = decode(message.body)
+        except EnvelopeError as exc:
+            log.warning("dead-lettered a session message",
+                        extra={"user": session.user, "reason": str(exc)})
+            await _settle(message.reject(requeue=False))
+            return
+        handed_back = bool(message.redelivered or (message.headers or {}).get(HANDED_BACK_HEADER))
+        ask = Ask(envelope, reply_to=message.reply_to, handed_back=handed_back)
+        if self._last_forward.get(session.user) == ask.id:
+            del self._last_forward[session.user]
+            self._synced.add(session.user)
+        self._enqueue(session, _Job(ask, message, asyncio.get_running_loop().create_future()))
+
+    # -- answering, one job at a time --------------------------------------------------
+
+    def _enqueue(self, session: Session, job: _Job) -> None:
+        session.jobs.append(job)
+        if session.idle is not None:
+            session.idle.cancel()
+            session.idle = None
+        if session.runner is None:
+            session.runner = asyncio.create_task(self._run(session))
+
+    async def _run(self, session: Session) -> None:
+        try:
+            while session.jobs:
+                job = session.jobs[0]
+                failure = await self._work(job)
+                if job.delivery is not None:
+                    if session.retiring and len(session.jobs) == 1:
+                        await self._stop_consuming(session)  # before the ack: no new delivery
+                    if failure is None:
+                        await _settle(job.delivery.ack())
+                    else:
+                        await _settle(job.delivery.nack(requeue=True))
+                session.jobs.popleft()
+                _resolve(job, failure)
+        finally:
+            session.runner = None
+        if session.retiring:
+            await self._release(session)
+        else:
+            self._rest(session)
+
+    async def _work(self, job: _Job) -> Exception | None:
+        if job.ask.id in self._answered:
+            return None  # a copy of an ask answered here already (a lost ack, a re-forward)
+        try:
+            await self._relay.answer(job.ask)
+        except Exception as exc:  # the broker did not take the answer: the ask goes back
+            log.warning("could not answer an ask", extra={"ask_id": job.ask.id}, exc_info=True)
+            return exc
+        self._answered[job.ask.id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            self._answered.popitem(last=False)
+        return None
+
+    # -- letting go --------------------------------------------------------------------
+
+    def _rest(self, session: Session) -> None:
+        """Idle now: let go after ``idle_s`` unless an ask comes."""
+        if session.idle is not None:
+            session.idle.cancel()
+        session.idle = asyncio.get_running_loop().call_later(self._idle_s, self._retire, session)
+
+    def _retire(self, session: Session) -> None:
+        session.retiring = True
+        if not session.busy and not session.released:
+            self._spawn(self._release(session))
+
+    async def _stop_consuming(self, session: Session) -> None:
+        """Close the Cat socket, then cancel the consumer: the next owner's socket comes after."""
+        async with self._subscription.hold(session.user):
+            session.retiring = True
+            await self._cat.release(session.user)
+            await self._cancel_consumer(session)
+
+    async def _cancel_consumer(self, session: Session) -> None:
+        tag, session.tag = session.tag, None
+        if tag is not None and self._channel is not None and not self._channel.is_closed:
+            try:
+                await session.queue.cancel(tag)
             except Exception:
                 log.warning("could not cancel a session consumer", exc_info=True)
 
-    async def _deliver(self, user: str, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._handle(user, message))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+    async def _release(self, session: Session) -> None:
+        if session.released or session.busy:
+            return  # the runner lets go after its last job
+        await self._stop_consuming(session)
+        if session.busy:
+            return  # an ask was delivered while we let go: answered first, by the runner
+        async with self._subscription.hold(session.user):
+            self._forget(session)
+        await self._settle_claims(session)
 
-    async def _handle(self, user: str, message: AbstractIncomingMessage) -> None:
-        subscription = self._subscriptions.get(user)
-        if subscription is not None:
-            subscription.busy += 1
+    async def _settle_claims(self, session: Session) -> None:
+        claims, session.claims = session.claims, []
         try:
-            try:
-                envelope = decode(message.body)
-            except EnvelopeError as exc:
-                log.warning("rejected a session message", extra={"user": user, "reason": str(exc)})
-                await message.reject(requeue=False)
-                return
-            if not message.redelivered:
-                await self._answer(envelope)
-            elif envelope.id not in self._answered:
-                # The replica answering it stopped mid-answer. Answering again could
-                # loop on an ask that kills relays: say so instead.
-                await self._interrupted(envelope)
-            self._remember(envelope.id)
-            await message.ack()
-        except asyncio.CancelledError:
-            raise
+            consumers, waiting = await self._count(session.user)
         except Exception:
-            log.exception("session delivery failed; returned to the queue", extra={"user": user})
+            log.warning("could not count a session queue", extra={"user": session.user},
+                        exc_info=True)
+            consumers, waiting = 0, 1  # unknown: hand the session on
+        if consumers == 0 and waiting == 0:
+            for claim in claims:
+                await _settle(claim.ack())
+        elif claims:
+            # Asks wait, or other replicas still consume: keep the session claimed.
+            for claim in claims:
+                await _settle(claim.nack(requeue=True))
+        elif consumers == 0:
             try:
-                await message.nack(requeue=True)
+                await self._claim(session.user)
             except Exception:
-                log.warning("could not return the delivery; the broker will redeliver it")
-        finally:
-            if subscription is not None:
-                subscription.busy -= 1
-                if self._accepting and self._subscriptions.get(user) is subscription:
-                    self._touch(user, subscription)
+                log.warning("could not claim a session with asks waiting",
+                            extra={"user": session.user}, exc_info=True)
 
-    def _remember(self, ask_id: str) -> None:
-        self._answered[ask_id] = None
-        if len(self._answered) > ANSWERED_MEMORY:
-            self._answered.popitem(last=False)
+    def _forget(self, session: Session) -> None:
+        session.released = True
+        session.retiring = True
+        for timer in (session.idle, session.ends):
+            if timer is not None:
+                timer.cancel()
+        session.idle = session.ends = None
+        if self._sessions.get(session.user) is session:
+            del self._sessions[session.user]
+            self._synced.discard(session.user)
+            self._counted()
 
-    # -- shutdown --------------------------------------------------------------------
+    def _counted(self) -> None:
+        self._on_count(len(self._sessions))
+        if self._sessions:
+            self._empty.clear()
+        else:
+            self._empty.set()
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._in_flight)
+    # -- broker losses -----------------------------------------------------------------
 
-    async def stop_consuming(self) -> None:
-        """Hand every session to another replica: cancel this replica's session consumers.
+    def _on_channel_lost(self, *_args: Any) -> None:
+        """The consumers are gone with the channel, and other replicas may own the sessions
+        now: stop every answer in progress (the broker redelivers those asks) and let go."""
+        for session in list(self._sessions.values()):
+            log.warning("session channel lost; letting the session go",
+                        extra={"user": session.user})
+            self._forget(session)
+            if session.runner is not None:
+                session.runner.cancel()
+            for job in session.jobs:
+                job.done.cancel()
+            session.jobs.clear()
+            self._spawn(self._cat.release(session.user))
+            for claim in session.claims:
+                self._spawn(_settle(claim.nack(requeue=True)))
+            session.claims = []
 
-        Standbys take over at once; a session with asks waiting and no standby is
-        announced again so that a running replica subscribes.
-        """
-        self._accepting = False
-        subscriptions = dict(self._subscriptions)
-        self._subscriptions.clear()
-        self._on_count(0)
-        await asyncio.gather(*(self._cancel(s) for s in subscriptions.values()), return_exceptions=True)
-        await asyncio.gather(*(self._hand_over(user) for user in subscriptions), return_exceptions=True)
+    def _on_claims_lost(self, *_args: Any) -> None:
+        """The broker returned every claim held: other replicas may take the sessions."""
+        for session in self._sessions.values():
+            session.claims = []
 
-    async def _hand_over(self, user: str) -> None:
-        consumers, waiting = await self._count(user)
-        if waiting and not consumers:
-            await self._announce(user)
+    # -- shutdown ----------------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> bool:
-        if not self._in_flight:
+    async def stop_taking(self) -> None:
+        """Take no more sessions or asks from the dispatcher; let each session go once idle."""
+        self._taking = False
+        tag, self._claims_tag = self._claims_tag, None
+        queue = self._claims_queue
+        if tag is not None and queue is not None and self._connection.connected.is_set():
+            await queue.cancel(tag)
+        for session in list(self._sessions.values()):
+            self._retire(session)
+
+    async def wait_released(self, timeout: float) -> bool:
+        """Wait until every session is let go; False if some were left at the deadline."""
+        try:
+            await asyncio.wait_for(self._empty.wait(), timeout)
             return True
-        _done, pending = await asyncio.wait(set(self._in_flight), timeout=timeout)
-        return not pending
+        except asyncio.TimeoutError:
+            return False
+
+    async def interrupt(self) -> None:
+        """At the shutdown deadline: answer what is left ``interrupted`` and let go.
+
+        The Cat sockets are not waited for (a Cat busy answering may not close them
+        promptly): closing the Cat client afterwards closes them all.
+        """
+        sessions = list(self._sessions.values())
+        await asyncio.gather(*(self._interrupt(s) for s in sessions), return_exceptions=True)
+
+    async def _interrupt(self, session: Session) -> None:
+        if session.runner is not None:
+            session.runner.cancel()
+            await asyncio.gather(session.runner, return_exceptions=True)
+        async with self._subscription.hold(session.user):
+            session.retiring = True
+            await self._cancel_consumer(session)  # before the acks: no new delivery
+        while session.jobs:
+            job = session.jobs.popleft()
+            if job.ask.id not in self._answered:
+                try:
+                    await asyncio.wait_for(self._relay.interrupted(job.ask), PUBLISH_TIMEOUT_S)
+                except Exception:
+                    log.warning("could not say an ask was interrupted", extra={"ask_id": job.ask.id})
+            if job.delivery is not None:
+                await _settle(job.delivery.ack())
+            _resolve(job, None)
+        self._forget(session)
+        await self._settle_claims(session)
 
     async def close(self) -> None:
-        for task in list(self._in_flight):
+        for task in list(self._background):
             task.cancel()
-        if self._in_flight:
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for channel in (self._channel, self._claims_channel):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
+
+    # -- broker operations -------------------------------------------------------------
+
+    async def _declare(self, user: str) -> AbstractQueue:
+        assert self._channel is not None
+        return await declare_session_queue(self._channel, user)
+
+    async def _count(self, user: str) -> tuple[int, int]:
+        """The session queue's consumers and waiting asks, as the broker sees them now."""
+        result = (await self._declare(user)).declaration_result
+        return int(result.consumer_count or 0), int(result.message_count or 0)
+
+    async def _publish(self, queue: str, message: aio_pika.Message) -> None:
+        assert self._channel is not None
+        await self._channel.default_exchange.publish(
+            message, routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT_S
+        )
+
+    async def _claim(self, user: str) -> None:
+        claim = aio_pika.Message(
+            orjson.dumps({"user": user}),
+            content_type=CONTENT_TYPE,
+            delivery_mode=DeliveryMode.PERSISTENT,
+        )
+        await self._publish(CHAT_CLAIMS_QUEUE, claim)
+
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _resolve(job: _Job, failure: Exception | None) -> None:
+    if job.done.done():
+        return
+    if failure is None:
+        job.done.set_result(None)
+    else:
+        job.done.set_exception(failure)
+        job.done.exception()  # nobody awaits a delivery's future: mark the exception seen
+
+
+async def _settle(outcome: Awaitable[None]) -> None:
+    # After a channel loss the delivery is void: the broker has returned it already.
+    try:
+        await outcome
+    except Exception:
+        log.warning("could not settle a delivery; the broker returns it", exc_info=True)

@@ -19,6 +19,7 @@ from shared.config import (
 from shared.service import HttpSettings
 
 DEVELOPMENT_CAT_KEY = "meow"  # Cat 2.x's own default key; accepted only in development
+SEND_MARGIN_S = 5.0
 
 
 class CatProtocol(StrEnum):
@@ -84,6 +85,11 @@ class RelaySettings:
     token_flush_chars: int
     session_idle_s: float
 
+    @property
+    def send_timeout_s(self) -> float:
+        """How long ``POST /send`` waits: the Cat's own limits, plus time for the broker hops."""
+        return self.cat.connect_timeout_s + self.cat.timeout_s + SEND_MARGIN_S
+
     @classmethod
     def from_env(cls, env: Env) -> RelaySettings:
         common = CommonSettings.from_env(env, "cat_relay")
@@ -96,7 +102,7 @@ class RelaySettings:
             http=HttpSettings.from_env(env, "RELAY", 8100),
             cat=CatSettings.from_env(env, development=common.development),
             service_api_key=service_key,
-            prefetch=env_int(env, "WARREN_RELAY_PREFETCH", 256, minimum=1),
+            prefetch=env_int(env, "WARREN_RELAY_PREFETCH", 1024, minimum=1),
             max_ask_chars=env_int(env, "WARREN_RELAY_MAX_ASK_CHARS", 8000, minimum=1),
             history_turns=env_int(env, "WARREN_RELAY_HISTORY_TURNS", 20),
             token_flush_s=env_float(env, "WARREN_RELAY_TOKEN_FLUSH_S", 0.05),

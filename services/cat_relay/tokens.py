@@ -67,9 +67,13 @@ class TokenStream:
         if flush:
             self._flush()
         else:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self._parts, self._size = [], 0
+            self.discard()
         if self._chain is not None:
             await self._chain
+
+    def discard(self) -> None:
+        """Drop the tokens not sent yet, and send no more (the ask was abandoned)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._parts, self._size = [], 0

@@ -15,6 +15,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
     DeliveryMode,
 )
@@ -22,6 +23,7 @@ from aio_pika.exceptions import PublishError
 
 from shared.messaging.envelope import Envelope, encode
 from shared.messaging.names import (
+    CHAT_CLAIMS_QUEUE,
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
     EVENTS_DEAD_LETTER_QUEUE,
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE: Final = "application/json"
 WORK_QUEUE_DELIVERY_LIMIT: Final = 5
+CHAT_SESSION_EXPIRES_MS: Final = 3_600_000
 
 
 class BrokerUnavailable(ConnectionError):
@@ -132,14 +135,13 @@ async def declare_work_queue(channel: AbstractChannel, command: Command | str) -
     return queue
 
 
-async def declare_session_queue(
-    channel: AbstractChannel, user_id: str, *, expires_ms: int
-) -> AbstractQueue:
+async def declare_session_queue(channel: AbstractRobustChannel, user_id: str) -> AbstractQueue:
     """Declare one user's chat session queue: durable, one active consumer at a time.
 
     Single active consumer makes one relay replica answer the user's asks, one by one
-    and in order, while the others stand by. The queue deletes itself after
-    ``expires_ms`` without consumers; rejected asks go to the ``chat.ask`` dead letters.
+    and in order (docs/cat_relay.md). The queue deletes itself after an hour without
+    consumers; rejected asks go to the ``chat.ask`` dead letters. Not re-declared by
+    aio-pika after a reconnect: the relay takes sessions again through claims.
     """
     dead = dead_letter_queue_name(work_queue_name(Command.CHAT_ASK))
     return await channel.declare_queue(
@@ -147,25 +149,38 @@ async def declare_session_queue(
         durable=True,
         arguments={
             "x-single-active-consumer": True,
-            "x-expires": expires_ms,
+            "x-expires": CHAT_SESSION_EXPIRES_MS,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": dead,
         },
+        robust=False,
     )
+
+
+async def declare_chat_claims_queue(channel: AbstractChannel) -> AbstractQueue:
+    """Declare the durable queue of chat session claims, which every relay replica consumes.
+
+    Classic, without a delivery limit: a claim is held unacknowledged by the replica
+    that owns the session and returns to the queue each time an owner stops.
+    """
+    return await channel.declare_queue(CHAT_CLAIMS_QUEUE, durable=True)
 
 
 class Publisher:
     """Publishes envelopes with publisher confirms on one long-lived channel."""
 
-    def __init__(self, events: AbstractExchange, commands: AbstractExchange) -> None:
+    def __init__(
+        self, events: AbstractExchange, commands: AbstractExchange, default: AbstractExchange
+    ) -> None:
         self._events = events
         self._commands = commands
+        self._default = default
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection) -> Publisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         events, commands = await declare_exchanges(channel)
-        return cls(events, commands)
+        return cls(events, commands, channel.default_exchange)
 
     async def publish_event(self, envelope: Envelope, *, timeout: float = 5.0) -> None:
         """Publish to ``warren.events`` under the envelope's destination key."""
@@ -178,8 +193,14 @@ class Publisher:
             timeout=timeout,
         )
 
-    async def publish_command(self, envelope: Envelope, *, timeout: float = 5.0) -> None:
-        """Publish to ``warren.commands``; raise :class:`Unroutable` if no service listens."""
+    async def publish_command(
+        self, envelope: Envelope, *, timeout: float = 5.0, reply_to: str | None = None
+    ) -> None:
+        """Publish to ``warren.commands``; raise :class:`Unroutable` if no service listens.
+
+        ``reply_to`` names the caller's queue for a service that answers the caller
+        directly (cat_relay's ``POST /send``) instead of with events.
+        """
         await self._publish(
             self._commands,
             envelope,
@@ -187,6 +208,24 @@ class Publisher:
             persistent=True,
             mandatory=True,
             timeout=timeout,
+            reply_to=reply_to,
+        )
+
+    async def publish_reply(
+        self, envelope: Envelope, reply_to: str, request_id: str, *, timeout: float = 5.0
+    ) -> None:
+        """Answer a command that named ``reply_to``: to that queue, correlated by the command's id.
+
+        Not mandatory: when the asker is gone, nobody waits for the answer.
+        """
+        await self._publish(
+            self._default,
+            envelope,
+            reply_to,
+            persistent=False,
+            mandatory=False,
+            timeout=timeout,
+            correlation_id=request_id,
         )
 
     async def _publish(
@@ -198,12 +237,15 @@ class Publisher:
         persistent: bool,
         mandatory: bool,
         timeout: float,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         message = aio_pika.Message(
             encode(envelope),
             content_type=CONTENT_TYPE,
             message_id=envelope.id,
-            correlation_id=envelope.id,
+            correlation_id=correlation_id or envelope.id,
+            reply_to=reply_to,
             type=envelope.type,
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
         )

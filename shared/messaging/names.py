@@ -41,6 +41,7 @@ class Event(StrEnum):
     CHAT_TOKEN = "chat.token"
     CHAT_REPLY = "chat.reply"
     CHAT_ERROR = "chat.error"
+    RUN_QUEUED = "run.queued"
     RUN_STARTED = "run.started"
     RUN_OUTPUT = "run.output"
     RUN_FINISHED = "run.finished"
@@ -96,17 +97,19 @@ def dead_letter_queue_name(queue: str) -> str:
     return f"{queue}.dead"
 
 
-CHAT_SESSIONS_EXCHANGE: Final = "warren.chat.sessions"
-
-
-def chat_announcements_queue_name(instance_id: str) -> str:
-    """One relay's exclusive queue on ``warren.chat.sessions``: which sessions need a consumer."""
-    return f"warren.chat.sessions.{instance_id}"
+# cat_relay: a user's session queue is consumed by the replica that answers that user;
+# a claim (a message naming the user) in the claims queue asks some replica to take it.
+CHAT_CLAIMS_QUEUE: Final = "warren.chat.claims"
 
 
 def chat_session_queue_name(user_id: str) -> str:
     """The per-user queue through which cat_relay replicas answer one user's asks in order."""
     return f"warren.chat.session.{check_name(user_id, 'user id')}"
+
+
+def chat_replies_queue_name(instance_id: str) -> str:
+    """One relay's exclusive queue for the outcomes of the ``POST /send`` asks it made."""
+    return f"warren.chat.replies.{instance_id}"
 
 
 def edge_queue_name(instance_id: str) -> str:
@@ -127,6 +130,11 @@ def runner_control_key(instance_id: str) -> str:
 def runner_control_queue_name(instance_id: str) -> str:
     """The exclusive, auto-delete control queue owned by one runner replica."""
     return f"warren.runner.control.{instance_id}"
+
+
+# Runner: accepted ``run.start`` commands wait in this durable queue, published to the
+# default exchange under its name, until a replica has a free slot.
+RUNNER_RUNS_QUEUE: Final = "warren.runner.runs"
 
 
 class Kind(StrEnum):

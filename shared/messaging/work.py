@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aio_pika.abc import (
+    AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustChannel,
@@ -41,6 +42,7 @@ class Reject(Exception):
 
 
 Handler = Callable[[Envelope, AbstractIncomingMessage], Awaitable[None]]
+QueueDeclarer = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
 
 
 def delivery_count(message: AbstractIncomingMessage) -> int:
@@ -60,8 +62,12 @@ class WorkConsumer:
         *,
         prefetch: int,
         on_rejected: Callable[[str], None] | None = None,
+        declare: QueueDeclarer | None = None,
     ) -> None:
+        """``declare`` consumes another queue of this command's envelopes instead of its
+        work queue: the runner moves accepted starts into a queue of its own."""
         self._connection = connection
+        self._declare = declare
         self._command = command
         self._handler = handler
         self._prefetch = prefetch
@@ -82,7 +88,10 @@ class WorkConsumer:
         assert isinstance(channel, AbstractRobustChannel)
         await channel.set_qos(prefetch_count=self._prefetch)
         self._channel = channel
-        self._queue = await declare_work_queue(channel, self._command)
+        if self._declare is not None:
+            self._queue = await self._declare(channel)
+        else:
+            self._queue = await declare_work_queue(channel, self._command)
         self._tag = await self._queue.consume(self._on_message)
 
     def is_ready(self) -> bool:

@@ -11,6 +11,10 @@
 
 Texts steer it: ``!error`` answers an error frame, ``!hold`` waits until the test
 releases ``hold`` (or stops the server), ``!notify`` sends a notification first.
+
+Not part of the protocol, for tests and benchmarks: ``pace_s`` spaces the frames of an
+answer out like a streaming model; the double counts asks in progress per user
+(``max_busy``) and sets ``closed[user]`` when a user's socket closes.
 """
 
 from __future__ import annotations
@@ -42,16 +46,22 @@ def reply_frame(user_id: str, text: str) -> dict[str, Any]:
 
 
 class CatV1Double:
-    def __init__(self, *, api_key: str = "", token_size: int = 3, port: int = 0) -> None:
+    def __init__(
+        self, *, api_key: str = "", token_size: int = 3, port: int = 0, pace_s: float = 0.0
+    ) -> None:
         self.api_key = api_key
         self.token_size = token_size
         self.port = port
+        self.pace_s = pace_s
         self.hold = asyncio.Event()
         self.holding = asyncio.Event()  # set while an ask waits on ``hold``
         self.sockets: dict[str, CatSocket] = {}  # user id -> newest socket
         self.open_count: Counter[str] = Counter()  # user id -> open sockets now
         self.max_open: Counter[str] = Counter()  # user id -> most sockets open at once
         self.asks: defaultdict[str, list[str]] = defaultdict(list)
+        self.busy: Counter[str] = Counter()  # user id -> asks being answered now
+        self.max_busy: Counter[str] = Counter()  # user id -> most asks answered at once
+        self.closed: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.dropped = 0
         self.served: dict[str, float] = {}  # ask text -> seconds from receipt to the last frame
         self._server: HTTPServer | None = None
@@ -147,7 +157,7 @@ class CatSocket(tornado.websocket.WebSocketHandler):
             self.set_status(403)
             self.finish({"detail": {"error": "Invalid Credentials"}})
 
-    def open(self, user_id: str) -> None:  # type: ignore[override]
+    def open(self, user_id: str) -> None:
         self.user_id = user_id
         self.set_nodelay(True)  # as a real server does: small frames go out at once
         self.cat.sockets[user_id] = self  # the newest socket takes the user's replies
@@ -163,13 +173,21 @@ class CatSocket(tornado.websocket.WebSocketHandler):
             self.drop()  # like the real Cat: no close code
             return
         received = time.perf_counter()
-        frames = await self.cat.answer(self.user_id, text)
-        target = self.cat.sockets.get(self.user_id)
-        for frame in frames:
-            if target is None or target.ws_connection is None:
-                return
-            await target.write_message(orjson.dumps(frame).decode())
-        self.cat.served[text] = time.perf_counter() - received
+        cat = self.cat
+        cat.busy[self.user_id] += 1
+        cat.max_busy[self.user_id] = max(cat.max_busy[self.user_id], cat.busy[self.user_id])
+        try:
+            frames = await cat.answer(self.user_id, text)
+            for n, frame in enumerate(frames):
+                if n and cat.pace_s:
+                    await asyncio.sleep(cat.pace_s)  # a model producing its next token
+                target = cat.sockets.get(self.user_id)
+                if target is None or target.ws_connection is None:
+                    return
+                await target.write_message(orjson.dumps(frame).decode())
+            cat.served[text] = time.perf_counter() - received
+        finally:
+            cat.busy[self.user_id] -= 1
 
     def drop(self) -> None:
         if self.ws_connection is not None and self.ws_connection.stream is not None:
@@ -180,3 +198,4 @@ class CatSocket(tornado.websocket.WebSocketHandler):
         self.cat.open_count[self.user_id] -= 1
         if self.cat.sockets.get(self.user_id) is self:
             del self.cat.sockets[self.user_id]
+        self.cat.closed[self.user_id].set()

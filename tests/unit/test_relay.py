@@ -1,4 +1,5 @@
-"""cat_relay's pure parts: ask validation, token batching, settings, v2 event handling, history."""
+"""cat_relay's pure parts: ask validation, token batching, settings, v2 event handling, history,
+the reconnect backoff, per-user locks and the POST /send error table."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pytest
 
 from shared.config import ConfigError
 from shared.db import ChatHistory, create_schema, make_engine, session_factory
-from services.cat_relay.cat.errors import CatFailed
+from services.cat_relay.cat.errors import CatError, CatFailed, CatTimeout, CatUnavailable
+from services.cat_relay.cat.v1 import BACKOFF_MAX_S, backoff
 from services.cat_relay.cat.v2 import _on_event
-from services.cat_relay.relay import AskError, ask_text
+from services.cat_relay.handlers.send import STATUS_BY_CODE
+from services.cat_relay.locks import KeyedLocks
+from services.cat_relay.relay import INTERRUPTED, AskError, ask_text
 from services.cat_relay.settings import CatProtocol, CatSettings, RelaySettings
 from services.cat_relay.tokens import TokenStream
 
@@ -126,3 +130,61 @@ async def test_closing_without_flush_drops_unsent_tokens_but_waits_for_sent_ones
         stream.add(token)
     await stream.close(flush=False)
     assert sent == ["abc"]
+
+
+def test_reconnect_backoff_doubles_up_to_its_cap() -> None:
+    delays = backoff()
+    first = [next(delays) for _ in range(8)]
+    assert first[:4] == [0.05, 0.1, 0.2, 0.4]
+    assert first[-1] == BACKOFF_MAX_S and max(first) == BACKOFF_MAX_S
+
+
+async def test_keyed_locks_serialise_one_key_in_order_and_forget_it_afterwards() -> None:
+    locks = KeyedLocks()
+    order: list[str] = []
+    first_in = asyncio.Event()
+    release_first = asyncio.Event()
+
+    async def hold(key: str, name: str, wait: asyncio.Event | None = None) -> None:
+        async with locks.hold(key):
+            order.append(name)
+            if wait is not None:
+                first_in.set()
+                await wait.wait()
+
+    first = asyncio.create_task(hold("alice", "a1", release_first))
+    await first_in.wait()
+    second = asyncio.create_task(hold("alice", "a2"))
+    other = asyncio.create_task(hold("bob", "b1"))
+    await other  # another key does not wait
+    assert order == ["a1", "b1"]
+    release_first.set()
+    await asyncio.gather(first, second)
+    assert order == ["a1", "b1", "a2"]
+    assert len(locks) == 0  # no lock is kept for a user nobody waits for
+
+
+def test_every_error_code_has_an_http_status() -> None:
+    codes = {cls.code for cls in (CatError, CatFailed, CatTimeout, CatUnavailable)}
+    codes |= {AskError.code, INTERRUPTED}
+    assert codes <= set(STATUS_BY_CODE)
+    assert STATUS_BY_CODE["cat_unavailable"] == 502 and STATUS_BY_CODE["cat_timeout"] == 504
+
+
+def test_relay_settings_defaults() -> None:
+    settings = RelaySettings.from_env({"WARREN_ENV": "development"})
+    assert settings.prefetch == 1024
+    assert settings.send_timeout_s == settings.cat.timeout_s + settings.cat.connect_timeout_s + 5
+
+
+async def test_discarded_tokens_are_never_sent() -> None:
+    sent: list[str] = []
+
+    async def send(seq: int, text: str) -> None:
+        sent.append(text)
+
+    stream = TokenStream(send, interval_s=10.0, max_chars=1000)
+    stream.add("abandoned")
+    stream.discard()
+    await stream.close()  # would flush what is pending
+    assert sent == [] and stream.batches == 0

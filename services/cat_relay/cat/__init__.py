@@ -68,11 +68,11 @@ class DetectingClient:
         self._lock = asyncio.Lock()
 
     @property
-    def protocol(self) -> str:  # type: ignore[override]
+    def protocol(self) -> str:
         return self._client.protocol if self._client is not None else "auto"
 
     @property
-    def keeps_history(self) -> bool:  # type: ignore[override]
+    def keeps_history(self) -> bool:
         return self._client.keeps_history if self._client is not None else False
 
     @property
@@ -89,6 +89,10 @@ class DetectingClient:
 
     async def ask(self, user_id: str, text: str, history: History, on_token: OnToken) -> str:
         return await (await self.client()).ask(user_id, text, history, on_token)
+
+    async def release(self, user_id: str) -> None:
+        if self._client is not None:
+            await self._client.release(user_id)
 
     async def status(self) -> CatStatus:
         try:

@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+STATUS_TIMEOUT_S = 5.0  # GET /status (v2) or / (v1), for /readyz/cat
+
 Role = Literal["user", "assistant"]
 OnToken = Callable[[str], None]
 
@@ -31,8 +33,13 @@ class CatStatus:
 
 
 class CatClient(Protocol):
-    protocol: str
-    keeps_history: bool  # True when the Cat remembers the conversation itself (v1)
+    @property
+    def protocol(self) -> str: ...
+
+    @property
+    def keeps_history(self) -> bool:
+        """True when the Cat remembers the conversation itself (v1)."""
+        ...
 
     async def ask(
         self, user_id: str, text: str, history: History, on_token: OnToken
@@ -40,6 +47,14 @@ class CatClient(Protocol):
         """Ask as ``user_id``; call ``on_token`` for each streamed token; return the reply.
 
         Raises :class:`~services.cat_relay.cat.errors.CatError` subclasses only.
+        """
+        ...
+
+    async def release(self, user_id: str) -> None:
+        """Close the user's connection to the Cat, if any, and wait until it is closed.
+
+        Called before the user's session passes to another replica, which may then open
+        its own (a v1 Cat keeps one socket per user).
         """
         ...
 

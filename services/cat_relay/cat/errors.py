@@ -1,11 +1,10 @@
-"""How a Cat call fails, each with a stable code for ``chat.error`` and an HTTP status."""
+"""How a Cat call fails, each with a stable code for ``chat.error`` (docs/cat_relay.md)."""
 
 from __future__ import annotations
 
 
 class CatError(Exception):
     code = "cat_error"
-    status = 502
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -16,18 +15,15 @@ class CatUnavailable(CatError):
     """The Cat could not be reached, or dropped the connection mid-answer."""
 
     code = "cat_unavailable"
-    status = 502
 
 
 class CatTimeout(CatError):
     """The Cat did not answer within ``WARREN_CAT_TIMEOUT_S``."""
 
     code = "cat_timeout"
-    status = 504
 
 
 class CatFailed(CatError):
     """The Cat answered with an error (v1 ``error`` frame, v2 ``RUN_ERROR``, HTTP 4xx/5xx)."""
 
     code = "cat_error"
-    status = 502

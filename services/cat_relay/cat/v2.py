@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from services.cat_relay.cat.base import CatStatus, History, OnToken
+from services.cat_relay.cat.base import STATUS_TIMEOUT_S, CatStatus, History, OnToken
 from services.cat_relay.cat.errors import CatFailed, CatTimeout, CatUnavailable
 from services.cat_relay.settings import CatSettings
 
@@ -67,9 +67,12 @@ class V2Client:
         finally:
             self._streams -= 1
 
+    async def release(self, user_id: str) -> None:
+        """Nothing to close: each ask is its own HTTP request."""
+
     async def status(self) -> CatStatus:
         try:
-            response = await self._http.get("/status", timeout=5.0)
+            response = await self._http.get("/status", timeout=STATUS_TIMEOUT_S)
             response.raise_for_status()
             version = str(response.json().get("version", ""))
         except (httpx.HTTPError, ValueError, AttributeError) as exc:

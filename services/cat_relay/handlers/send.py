@@ -3,34 +3,43 @@
 The body is ``{"user_id": ..., "message": ...}`` and the answer ``{"response": ...}``,
 the shape existing scripts use. The caller presents either the relay's service key or
 a Warren JWT; with a JWT, a user may ask only as themself unless they hold ``admin``.
+The ask goes through ``chat.ask`` (services/cat_relay/asker.py), so it is answered in
+order with the user's other asks, over the user's one Cat socket.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
 from shared.auth import TokenError, TokenService
-from shared.messaging.names import valid_name
+from shared.messaging.broker import BrokerUnavailable, Unroutable
+from shared.messaging.names import Event, valid_name
 from shared.web import JsonHandler
-from services.cat_relay.cat import CatError
-from services.cat_relay.metrics import RelayMetrics
-from services.cat_relay.relay import Relay
+from services.cat_relay.asker import Abandoned, Asker
+from services.cat_relay.cat import CatClient
+from services.cat_relay.relay import INTERRUPTED
 from services.cat_relay.settings import RelaySettings
 
 ADMIN_ROLE = "admin"
 
+# A chat.error code -> the HTTP status POST /send answers with.
+STATUS_BY_CODE: Final = {
+    "bad_request": 400,
+    "cat_unavailable": 502,
+    "cat_error": 502,
+    "cat_timeout": 504,
+    "interrupted": 503,
+}
+
 
 class SendHandler(JsonHandler):
-    def initialize(
-        self, relay: Relay, tokens: TokenService, settings: RelaySettings, metrics: RelayMetrics
-    ) -> None:
-        self._relay = relay
+    def initialize(self, asker: Asker, tokens: TokenService, settings: RelaySettings) -> None:
+        self._asker = asker
         self._tokens = tokens
         self._settings = settings
-        self._metrics = metrics
 
     async def post(self) -> None:
         scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
@@ -44,15 +53,22 @@ class SendHandler(JsonHandler):
         user_id, message = body
         if not self._allowed(credential, user_id):
             return
-        self._metrics.asks.labels("http").inc()
         try:
-            reply = await self._relay.chat(user_id, message, lambda _token: None)
-        except CatError as exc:
-            self._metrics.errors.labels(exc.code).inc()
-            self.fail(exc.status, exc.code, exc.message)
+            outcome = await self._asker.ask(user_id, message, self._settings.send_timeout_s)
+        except (BrokerUnavailable, Unroutable) as exc:
+            self.fail(503, "broker_unavailable", f"the ask could not be queued: {exc}")
             return
-        self._metrics.replies.inc()
-        self.write_json({"response": reply})
+        except TimeoutError:
+            self.fail(504, "cat_timeout", f"no answer within {self._settings.send_timeout_s:g} s")
+            return
+        except Abandoned as exc:
+            self.fail(STATUS_BY_CODE[INTERRUPTED], INTERRUPTED, str(exc))
+            return
+        if outcome.type == Event.CHAT_REPLY:
+            self.write_json({"response": outcome.data.get("text", "")})
+            return
+        code = str(outcome.data.get("code", "cat_error"))
+        self.fail(STATUS_BY_CODE.get(code, 502), code, str(outcome.data.get("message", "")))
 
     def _body(self) -> tuple[str, str] | None:
         try:
@@ -64,7 +80,7 @@ class SendHandler(JsonHandler):
             self.fail(400, "bad_request", 'body must be {"user_id": ..., "message": ...}')
             return None
         user_id, message = raw.get("user_id"), raw.get("message")
-        if not valid_name(user_id):
+        if not isinstance(user_id, str) or not valid_name(user_id):
             self.fail(400, "bad_request", "user_id must match [A-Za-z0-9_-]{1,64}")
             return None
         if not isinstance(message, str) or not message.strip():
@@ -93,8 +109,8 @@ class SendHandler(JsonHandler):
 class CatStatusHandler(JsonHandler):
     """``GET /readyz/cat``: whether the Cat answers, reported apart from readiness."""
 
-    def initialize(self, relay_cat: Any) -> None:
-        self._cat = relay_cat
+    def initialize(self, cat: CatClient) -> None:
+        self._cat = cat
 
     async def get(self) -> None:
         status = await self._cat.status()

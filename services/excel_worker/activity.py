@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.exports import ExportStore
+from shared.db.runs import Run
 
 
 def _when(text: str | None) -> datetime | None:
@@ -55,10 +56,6 @@ def _run_rows(
     until: datetime | None,
     limit: int,
 ) -> list[list[Any]]:
-    try:  # the runner's table; absent in deployments without the runner
-        from shared.db.runs import Run
-    except ImportError:
-        return []
     query = select(Run).where(Run.owner == owner)
     if statuses:
         query = query.where(Run.status.in_(statuses))

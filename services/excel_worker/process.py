@@ -3,15 +3,14 @@
 Builds run in fresh children of a ``forkserver`` that has openpyxl imported already, so
 starting one costs milliseconds. The child's pipe is read by the event loop itself
 (``loop.add_reader``); no thread and no Tornado or aio-pika object is involved. A
-cancelled or timed-out build kills its child and removes the temporary file.
+cancelled or timed-out build kills its child; the caller owns the build's work directory
+and removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import multiprocessing
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -30,6 +29,7 @@ class BuildOutcome:
     rows: int
     size: int
     peak_rss_kb: int
+    cpu_s: float  # the child's user + system CPU time
 
 
 def build_context() -> ForkServerContext:
@@ -75,7 +75,8 @@ async def run_build(
                     on_progress(message[1], message[2])
                 elif message[0] == "done":
                     await _exit_code(process)
-                    return BuildOutcome(rows=message[1], size=message[2], peak_rss_kb=message[3])
+                    _, rows, size, peak_rss_kb, cpu_s = message
+                    return BuildOutcome(rows, size, peak_rss_kb, cpu_s)
                 else:
                     await _exit_code(process)
                     raise BuildFailed(str(message[1]))
@@ -87,8 +88,6 @@ async def run_build(
         if process.is_alive():
             process.kill()
             await _exit_code(process)
-            with contextlib.suppress(OSError):
-                os.unlink(job.temp_path)
         process.close()
 
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+from shared.exports.requests import ColumnType, ReportKind
 from services.excel_worker.sheet import Column, parse_date, parse_datetime
-from services.excel_worker.spec import ColumnType, ReportKind
 
 SAMPLE_COLUMNS: Final = (
     Column("id", ColumnType.INTEGER, 10, ""),
@@ -50,8 +50,11 @@ def table_columns(params: dict[str, Any]) -> tuple[Column, ...]:
     sized = []
     for index, column in enumerate(columns):
         if column.type is ColumnType.STRING:
-            longest = max((len(str(r[index])) for r in rows[:200] if r[index] is not None), default=0)
-            column = Column(column.name, column.type, max(10, min(longest + 2, 60), len(column.name) + 4))
+            longest = max(
+                (len(str(r[index])) for r in rows[:200] if r[index] is not None), default=0
+            )
+            width = max(10, min(longest + 2, 60), len(column.name) + 4)
+            column = Column(column.name, column.type, width)
         sized.append(column)
     return tuple(sized)
 

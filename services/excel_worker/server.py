@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Final
 
 import tornado.web
 from aio_pika.abc import AbstractRobustConnection
@@ -30,6 +32,21 @@ from services.excel_worker.worker import ExportWorker, WorkerDeps
 log = logging.getLogger(__name__)
 
 PREFETCH = 1  # one build at a time per replica; more replicas for more throughput
+COUNTS_TIMEOUT_S: Final = 5.0
+
+
+class TaskMetricsHandler(MetricsHandler):
+    """``/metrics``, with the task table's counts by status read first (off the loop)."""
+
+    def initialize(  # type: ignore[override]
+        self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[None]]
+    ) -> None:
+        super().initialize(registry)
+        self._refresh = refresh
+
+    async def get(self) -> None:  # type: ignore[override]
+        await self._refresh()
+        super().get()
 
 
 class ExcelWorkerServer:
@@ -43,6 +60,7 @@ class ExcelWorkerServer:
         self.consumer: WorkConsumer | None = None
         self.worker: ExportWorker | None = None
         self._engine: Engine | None = None
+        self._store: ExportStore | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._http: HTTPServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -60,6 +78,7 @@ class ExcelWorkerServer:
         self._engine = make_engine(settings.common.database_url)
         await loop.run_in_executor(self._executor, create_schema, self._engine)
         sessions = session_factory(self._engine)
+        self._store = store = ExportStore(sessions)
         await loop.run_in_executor(
             self._executor, lambda: settings.exports_dir.mkdir(parents=True, exist_ok=True)
         )
@@ -72,7 +91,7 @@ class ExcelWorkerServer:
         publisher = await Publisher.open(connection)
         routed = await RoutedPublisher.open(connection)
         self.worker = ExportWorker(WorkerDeps(
-            settings=settings, metrics=self.metrics, exports=ExportStore(sessions),
+            settings=settings, metrics=self.metrics, exports=store,
             notifications=NotificationStore(sessions), sessions=sessions, publisher=publisher,
             routed=routed, context=context, blocking=self._executor,
         ))
@@ -81,12 +100,13 @@ class ExcelWorkerServer:
             on_rejected=lambda _reason: self.metrics.dead_lettered.inc(),
         )
         await self.consumer.start()
-        self._sweeper = asyncio.create_task(self._sweep_forever(ExportStore(sessions)))
+        self._sweeper = asyncio.create_task(self._sweep_forever(store))
 
         app = tornado.web.Application([
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": self.is_ready}),
-            (r"/metrics", MetricsHandler, {"registry": self.metrics.registry}),
+            (r"/metrics", TaskMetricsHandler,
+             {"registry": self.metrics.registry, "refresh": self._refresh_counts}),
         ])
         self._http, self.port = listen(app, settings.http)
         log.info("excel_worker ready", extra={"port": self.port,
@@ -98,7 +118,8 @@ class ExcelWorkerServer:
         while not self._stopping.is_set():
             try:
                 expired = await loop.run_in_executor(
-                    self._executor, sweep, store, settings.exports_dir, settings.retention_s
+                    self._executor, sweep, store, settings.exports_dir, settings.retention_s,
+                    settings.build_timeout_s,
                 )
                 if expired:
                     self.metrics.expired.inc(expired)
@@ -107,8 +128,23 @@ class ExcelWorkerServer:
                 log.warning("retention sweep failed; retrying next interval", exc_info=True)
             try:
                 await asyncio.wait_for(self._stopping.wait(), settings.sweep_interval_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
+
+    async def _refresh_counts(self) -> None:
+        """The task table's counts by status; if they cannot be read, the last ones stay."""
+        store = self._store
+        if store is None:
+            return
+        try:
+            async with asyncio.timeout(COUNTS_TIMEOUT_S):
+                counts = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, store.count_by_status
+                )
+        except Exception:
+            log.warning("task counts not read; /metrics shows the last ones", exc_info=True)
+            return
+        self.metrics.set_status_counts(counts)
 
     async def stop(self) -> None:
         """Stop taking tasks, let the current one finish within the deadline (else leave it

@@ -5,38 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_str
+from shared.config import CommonSettings, ConfigError, Env, env_float, env_int
+from shared.exports.settings import Limits, exports_dir
 from shared.service import HttpSettings
 
 PREFIX = "EXCEL"
 DEFAULT_PORT = 8300
-EXPORTS_DIR_ENV = "WARREN_EXPORTS_DIR"
-DEFAULT_EXPORTS_DIR = "var/exports"
-
-
-def exports_dir(env: Env) -> Path:
-    """The storage directory shared by the worker (writes) and the edge (downloads)."""
-    return Path(env_str(env, EXPORTS_DIR_ENV, DEFAULT_EXPORTS_DIR))
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What a request may ask for; checked before anything is built."""
-
-    max_sample_rows: int
-    max_table_rows: int
-    max_table_columns: int
-    max_activity_rows: int
-
-    @classmethod
-    def from_env(cls, env: Env) -> Limits:
-        """``WARREN_EXCEL_MAX_*``: read by the worker and by the edge (to answer 400 at once)."""
-        return cls(
-            max_sample_rows=env_int(env, "WARREN_EXCEL_MAX_SAMPLE_ROWS", 1_000_000, minimum=1),
-            max_table_rows=env_int(env, "WARREN_EXCEL_MAX_TABLE_ROWS", 10_000, minimum=1),
-            max_table_columns=env_int(env, "WARREN_EXCEL_MAX_TABLE_COLUMNS", 50, minimum=1),
-            max_activity_rows=env_int(env, "WARREN_EXCEL_MAX_ACTIVITY_ROWS", 100_000, minimum=1),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +34,9 @@ class ExcelSettings:
         common = CommonSettings.from_env(env, "excel_worker")
         row_delay = env_float(env, "WARREN_EXCEL_TEST_ROW_DELAY_S", 0.0)
         if row_delay and not common.development:
-            raise ConfigError("WARREN_EXCEL_TEST_ROW_DELAY_S is only allowed with WARREN_ENV=development")
+            raise ConfigError(
+                "WARREN_EXCEL_TEST_ROW_DELAY_S is only allowed with WARREN_ENV=development"
+            )
         return cls(
             common=common,
             http=HttpSettings.from_env(env, PREFIX, DEFAULT_PORT),
@@ -69,7 +45,9 @@ class ExcelSettings:
             max_attempts=env_int(env, "WARREN_EXCEL_MAX_ATTEMPTS", 3, minimum=1),
             retry_backoff_s=env_float(env, "WARREN_EXCEL_RETRY_BACKOFF_S", 1.0),
             retry_backoff_max_s=env_float(env, "WARREN_EXCEL_RETRY_BACKOFF_MAX_S", 30.0),
-            progress_interval_s=env_float(env, "WARREN_EXCEL_PROGRESS_INTERVAL_S", 0.25, minimum=0.05),
+            progress_interval_s=env_float(
+                env, "WARREN_EXCEL_PROGRESS_INTERVAL_S", 0.25, minimum=0.05
+            ),
             build_timeout_s=env_float(env, "WARREN_EXCEL_BUILD_TIMEOUT_S", 600.0, minimum=1.0),
             retention_s=env_float(env, "WARREN_EXCEL_RETENTION_S", 7 * 86400.0, minimum=1.0),
             sweep_interval_s=env_float(env, "WARREN_EXCEL_SWEEP_INTERVAL_S", 300.0, minimum=0.1),

@@ -1,30 +1,46 @@
 """Writing one styled sheet with openpyxl in write-only mode, so memory stays flat.
 
-Pure and blocking: it runs in the build child process (and in bench/excel.py).
+Pure and blocking: it runs in the build child process (and in bench/excel.py). Only
+openpyxl's public write-only API is used: every row is a list of plain values and
+``WriteOnlyCell`` objects. A formatted column, and quoted text, use one cell object per
+column that takes each row's value in turn: write-only mode serialises a row as soon as
+it is appended, so the object is free again for the next row. Each such cell carries a
+style, so openpyxl never reuses it as its own scratch cell.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from functools import partial
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from openpyxl import Workbook
-from openpyxl.cell import Cell, WriteOnlyCell
+from openpyxl.cell import WriteOnlyCell
 from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
-from services.excel_worker.spec import ColumnType
+from shared.exports.requests import ColumnType
+
+if TYPE_CHECKING:
+    from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 # A cell whose text starts with one of these could become a formula in Excel (or in a
 # CSV saved from the sheet): formula injection.
 FORMULA_PREFIXES: Final = ("=", "+", "-", "@", "\t", "\r")
+ERROR_LITERALS: Final = frozenset(ERROR_CODES)  # "#N/A", "#REF!", ...: read as errors
+# The control characters openpyxl refuses (its ILLEGAL_CHARACTERS_RE); tab, LF, CR stay.
 ILLEGAL_CHARACTERS: Final = re.compile(r"[\000-\010]|[\013-\014]|[\016-\037]")
+# Text that needs_quoting() or clean_text() would change, found with one search.
+NEEDS_CARE: Final = re.compile(
+    r"\A(?:[%s]|(?:%s)\Z)|%s" % (
+        re.escape("".join(FORMULA_PREFIXES)),
+        "|".join(re.escape(code) for code in sorted(ERROR_LITERALS)),
+        ILLEGAL_CHARACTERS.pattern,
+    )
+)
 
 NUMBER_FORMATS: Final = {
     ColumnType.INTEGER: "#,##0",
@@ -44,6 +60,7 @@ MAX_WIDTH: Final = 60
 HEADER_FONT: Final = Font(bold=True, color="FFFFFF")
 HEADER_FILL: Final = PatternFill("solid", fgColor="1F4E78")
 HEADER_ALIGNMENT: Final = Alignment(horizontal="center", vertical="center")
+PROGRESS_EVERY: Final = 1024  # rows between two on_row calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +73,7 @@ class Column:
 
 def needs_quoting(text: str) -> bool:
     """Whether text would be read as a formula (or an error literal) if left as it is."""
-    return text.startswith(FORMULA_PREFIXES) or text in ERROR_CODES
+    return text.startswith(FORMULA_PREFIXES) or text in ERROR_LITERALS
 
 
 def clean_text(text: str) -> str:
@@ -64,70 +81,71 @@ def clean_text(text: str) -> str:
     return ILLEGAL_CHARACTERS.sub("", text)
 
 
-class _FixedStyleCell(Cell):
-    """A reusable write-only cell whose style never changes: its style id is looked up once."""
-
-    __slots__ = ("_fixed_style_id",)
-
-    def __init__(self, ws: WriteOnlyWorksheet) -> None:
-        super().__init__(ws)
-        self._fixed_style_id: int | None = None
-
-    @property
-    def style_id(self) -> int:
-        if self._fixed_style_id is None:
-            self._fixed_style_id = super().style_id
-        return self._fixed_style_id
+def column_width(column: Column) -> float:
+    return column.width or max(DEFAULT_WIDTHS[column.type], min(len(column.name) + 4, MAX_WIDTH))
 
 
-class _Converter:
-    """Turns a column's Python values into what ``ws.append`` takes, styled and safe.
+class _RowConverter:
+    """Turns one row of Python values into what ``ws.append`` takes, formatted and safe.
 
-    Styled cells are reused per column: openpyxl writes each appended row at once, so a
-    cell object can carry the next row's value afterwards.
+    Text in any column is checked, so a supplied value never becomes a formula whatever
+    the column's declared type. This is the hot loop of every export: ordinary text costs
+    one regular-expression search (in C), and no value costs a Python call of its own.
     """
 
-    def __init__(self, ws: WriteOnlyWorksheet, column: Column) -> None:
-        self._type = column.type
-        self._styled: _FixedStyleCell | None = None
-        number_format = column.number_format
-        if number_format is None:
-            number_format = NUMBER_FORMATS.get(column.type)
-        if number_format:
-            self._styled = _FixedStyleCell(ws)
-            self._styled.number_format = number_format
-        self._quoted = _FixedStyleCell(ws)
-        self._quoted.quotePrefix = True
+    def __init__(self, ws: WriteOnlyWorksheet, columns: Sequence[Column]) -> None:
+        self._quoted = [_quoted_cell(ws) for _ in columns]  # a row may hold several
+        self._unformatted: list[int] = []  # values pass as they are, text once checked
+        self._formatted: list[tuple[int, WriteOnlyCell]] = []  # numbers and dates
+        for index, column in enumerate(columns):
+            number_format = column.number_format
+            if number_format is None:
+                number_format = NUMBER_FORMATS.get(column.type)
+            if number_format and column.type is not ColumnType.STRING:
+                cell = WriteOnlyCell(ws)
+                cell.number_format = number_format
+                self._formatted.append((index, cell))
+            else:
+                self._unformatted.append(index)
 
-    def function(self) -> Callable[[Any], Any] | None:
-        """The per-value conversion for this column; None: values pass as they are."""
-        if self._type is ColumnType.STRING:
-            return self.text
-        if self._styled is not None:
-            return self.styled
-        return None
+    def __call__(self, row: Sequence[Any]) -> list[Any]:
+        values = list(row)
+        needs_care = NEEDS_CARE.search
+        for index in self._unformatted:
+            value = values[index]
+            if isinstance(value, str) and needs_care(value):
+                values[index] = self._careful(value, index)
+        for index, cell in self._formatted:
+            value = values[index]
+            if value is None:
+                continue
+            if isinstance(value, str):
+                if needs_care(value):
+                    values[index] = self._careful(value, index)
+                continue
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                value = value.astimezone(timezone.utc).replace(tzinfo=None)
+            cell.value = value
+            values[index] = cell
+        return values
 
-    def styled(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, datetime) and value.tzinfo is not None:
-            value = value.astimezone(timezone.utc).replace(tzinfo=None)
-        cell = self._styled
-        assert cell is not None
+    def _careful(self, value: str, index: int) -> Any:
+        """Text that may be read as a formula or holds control characters."""
+        value = clean_text(value)
+        if not needs_quoting(value):
+            return value
+        # A plain string with Excel's quote prefix: shown as typed, and editing the cell
+        # in Excel does not turn it into a formula either.
+        cell = self._quoted[index]
         cell.value = value
+        cell.data_type = "s"  # openpyxl infers "f" for text starting with "="
         return cell
 
-    def text(self, value: str) -> Any:
-        if not value.isprintable():
-            value = clean_text(value)
-        if needs_quoting(value):
-            # Stored as a plain string with Excel's quote prefix: it is shown as typed,
-            # and editing the cell in Excel does not turn it into a formula either.
-            cell = self._quoted
-            cell.value = value
-            cell.data_type = "s"
-            return cell
-        return value
+
+def _quoted_cell(ws: WriteOnlyWorksheet) -> WriteOnlyCell:
+    cell = WriteOnlyCell(ws)
+    cell.quotePrefix = True
+    return cell
 
 
 def header_cell(ws: WriteOnlyWorksheet, name: str) -> WriteOnlyCell:
@@ -141,43 +159,6 @@ def header_cell(ws: WriteOnlyWorksheet, name: str) -> WriteOnlyCell:
     return cell
 
 
-def _values_to_row(
-    ws: WriteOnlyWorksheet,
-    convert: Sequence[Callable[[Any], Any] | None],
-    fallback: Callable[[str], Any],
-    values: Sequence[Any],
-    row_idx: int,
-) -> Iterator[Cell]:
-    """openpyxl's ``WriteOnlyWorksheet._values_to_row``, converting and styling as it goes.
-
-    openpyxl first tries to assign a ``Cell`` as a value (which raises, and is caught) and
-    then allocates a fresh cell; our styled cells are recognised up front instead, and
-    columns that need no conversion cost no call. Installed per worksheet by write_sheet;
-    tests read the files back.
-    """
-    cell = WriteOnlyCell(ws)
-    col_idx = 0
-    for function, value in zip(convert, values):
-        col_idx += 1
-        if value is None:
-            continue
-        if function is not None:
-            value = function(value)
-        elif value.__class__ is str:  # never expected in a typed column; still neutralised
-            value = fallback(value)
-        if isinstance(value, Cell):
-            value.column = col_idx
-            value.row = row_idx
-            yield value
-            continue
-        cell.value = value
-        cell.column = col_idx
-        cell.row = row_idx
-        yield cell
-        if cell.has_style:  # a date got its default format: the next value needs a clean cell
-            cell = WriteOnlyCell(ws)
-
-
 def write_sheet(
     path: str,
     sheet_title: str,
@@ -189,30 +170,24 @@ def write_sheet(
 ) -> int:
     """Write ``rows`` under a styled header to ``path``; return how many rows were written.
 
-    ``on_row(n)`` is called after every 1024 rows (and at the end) for progress.
+    ``on_row(n)`` is called every ``PROGRESS_EVERY`` rows and once at the end.
     """
     wb = Workbook(write_only=True)
     if title:
         wb.properties.title = clean_text(title)
     ws = wb.create_sheet(sheet_title)
     for index, column in enumerate(columns, 1):
-        width = column.width or max(DEFAULT_WIDTHS[column.type], min(len(column.name) + 4, MAX_WIDTH))
-        ws.column_dimensions[get_column_letter(index)].width = width
+        ws.column_dimensions[get_column_letter(index)].width = column_width(column)
     ws.freeze_panes = "A2"
     ws.append([header_cell(ws, c.name) for c in columns])
-    converters = [_Converter(ws, c) for c in columns]
-    functions = [c.function() for c in converters]
-    ws._values_to_row = partial(  # type: ignore[method-assign]
-        _values_to_row, ws, functions, converters[0].text
-    )
+    convert = _RowConverter(ws, columns)
     count = 0
     for row in rows:
-        ws.append(row)
+        ws.append(convert(row))
         count += 1
-        if on_row is not None and not count & 1023:
+        if on_row is not None and not count % PROGRESS_EVERY:
             on_row(count)
-    last = get_column_letter(len(columns))
-    ws.auto_filter.ref = f"A1:{last}{count + 1}"
+    ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
     wb.save(path)
     if on_row is not None:
         on_row(count)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
+import shutil
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,40 +17,37 @@ from datetime import datetime, timezone
 from functools import partial
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
-import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.exports import FINAL_STATUSES, ExportRecord, ExportStore
 from shared.db.notifications import NotificationStore, make_notification
+from shared.exports.events import done_event, failed_event, progress_event
+from shared.exports.requests import (
+    ExportRequest,
+    InvalidRequest,
+    ReportKind,
+    as_refused,
+    parse_request,
+)
+from shared.exports.storage import is_task_id, stored_name
 from shared.messaging.broker import Publisher
 from shared.messaging.envelope import Envelope, encode
 from shared.messaging.work import Reject
 from services.excel_worker.activity import activity_rows
 from services.excel_worker.build import BuildJob
+from services.excel_worker.files import move_into_storage, work_dir_name
 from services.excel_worker.metrics import ExcelMetrics
-from services.excel_worker.notify import (
-    RoutedPublisher,
-    done_event,
-    failed_event,
-    progress_event,
-)
+from services.excel_worker.notify import RoutedPublisher
 from services.excel_worker.process import BuildFailed, BuildOutcome, run_build
+from services.excel_worker.progress import Throttle
 from services.excel_worker.settings import ExcelSettings
-from services.excel_worker.spec import ExportRequest, InvalidRequest, ReportKind, parse_request
 
 log = logging.getLogger(__name__)
 
-TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
-MAX_STORED_PARAMS: Final = 1 << 20
 T = TypeVar("T")
-
-
-def stored_name(task_id: str) -> str:
-    """The file's name in storage: chosen by the server, never by the user."""
-    return f"{task_id}.xlsx"
 
 
 def download_name(report: str, when: datetime) -> str:
@@ -83,19 +78,22 @@ class ExportWorker:
     async def handle(self, envelope: Envelope, message: AbstractIncomingMessage) -> None:
         deps = self._deps
         task_id, owner = envelope.id, envelope.sender.name
-        if TASK_ID.fullmatch(task_id) is None:
+        if not is_task_id(task_id):
             raise Reject(f"task id {task_id[:40]!r} is not a plain id")
         try:
             request = parse_request(envelope.data, deps.settings.limits)
         except InvalidRequest as exc:
             await self._refuse(envelope, exc)
             return
-        record = await self._db(deps.exports.claim, task_id, owner, request.report.value, request.params)
+        record = await self._db(
+            deps.exports.claim, task_id, owner, request.report.value, request.params
+        )
         if record.owner != owner:
             raise Reject(f"task {task_id} belongs to another user")
         if record.status in FINAL_STATUSES:
             deps.metrics.tasks.labels("duplicate").inc()
-            log.info("task already final; acked", extra={"task_id": task_id, "status": record.status.value})
+            log.info("task already final; acked",
+                     extra={"task_id": task_id, "status": record.status.value})
             return
         deps.metrics.running.inc()
         try:
@@ -121,9 +119,8 @@ class ExportWorker:
                 delay = min(settings.retry_backoff_max_s,
                             settings.retry_backoff_s * 2 ** (record.attempts - 1))
                 await asyncio.sleep(delay)
-                record = await self._db(
-                    deps.exports.claim, record.id, record.owner, request.report.value, request.params
-                )
+                record = await self._db(deps.exports.claim, record.id, record.owner,
+                                        request.report.value, request.params)
                 if record.status in FINAL_STATUSES:
                     return
 
@@ -134,16 +131,12 @@ class ExportWorker:
 
     async def _refuse(self, envelope: Envelope, exc: InvalidRequest) -> None:
         """A request that can never be built: recorded as failed and acked (it is handled)."""
-        data = envelope.data
-        report = data.get("report") if isinstance(data.get("report"), str) else "?"
-        raw = orjson.dumps(data.get("params", {}))
-        params = data.get("params") if len(raw) <= MAX_STORED_PARAMS and isinstance(
-            data.get("params"), dict) else {"omitted": True}
-        record = await self._db(self._deps.exports.claim, envelope.id, envelope.sender.name,
-                                str(report)[:32], params)
-        if record.owner != envelope.sender.name or record.status in FINAL_STATUSES:
+        owner = envelope.sender.name
+        kind, params = as_refused(envelope.data)
+        record = await self._db(self._deps.exports.claim, envelope.id, owner, kind, params)
+        if record.owner != owner or record.status in FINAL_STATUSES:
             return
-        await self._fail(envelope.id, envelope.sender.name, exc.code, exc.message, "invalid")
+        await self._fail(envelope.id, owner, exc.code, exc.message, "invalid")
         log.info("task refused", extra={"task_id": envelope.id, "code": exc.code})
 
     async def _fail(
@@ -161,18 +154,17 @@ class ExportWorker:
         if request.report is ReportKind.ACTIVITY:
             prepared = await self._db(activity_rows, deps.sessions, deps.exports, record.owner,
                                       request.params)
-        directory = settings.exports_dir
-        temp = directory / f".{record.id}.{uuid.uuid4().hex[:8]}.part"
+        work = settings.exports_dir / work_dir_name(record.id)
+        try:
+            await self._db(work.mkdir, parents=True)
+        except OSError as exc:
+            raise BuildFailed(f"storage directory unusable: {exc}") from exc
         job = BuildJob(
             task_id=record.id, report=request.report, params=request.params,
-            prepared_rows=prepared, temp_path=str(temp),
+            prepared_rows=prepared, work_dir=str(work),
             progress_interval_s=settings.progress_interval_s, row_delay_s=settings.row_delay_s,
         )
         started = time.monotonic()
-        try:
-            await self._db(directory.mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BuildFailed(f"storage directory unusable: {exc}") from exc
         reporter = _ProgressReporter(self, record, settings.progress_interval_s)
         try:
             try:
@@ -180,17 +172,24 @@ class ExportWorker:
             finally:
                 await reporter.flush()  # no progress event may follow excel.done
             elapsed = time.monotonic() - started
-            await self._store(record, request, temp, outcome)
+            done = await self._store(record, request, job.output, outcome)
         finally:
-            await self._db(_unlink, temp)  # nothing left if stored; a dropped build's file
+            # Empty once the file is stored; else a failed, cancelled or dropped build's files.
+            await self._db(shutil.rmtree, work, ignore_errors=True)
+        if done is None:
+            return
         deps.metrics.build_seconds.labels(request.report.value).observe(elapsed)
         log.info("export built", extra={"task_id": record.id, "rows": outcome.rows,
                                         "size": outcome.size, "seconds": round(elapsed, 3),
+                                        "cpu_s": round(outcome.cpu_s, 3),
                                         "peak_rss_kb": outcome.peak_rss_kb})
+        await self._announce(done)
 
     async def _store(
-        self, record: ExportRecord, request: ExportRequest, temp: Path, outcome: BuildOutcome
-    ) -> None:
+        self, record: ExportRecord, request: ExportRequest, built: Path, outcome: BuildOutcome
+    ) -> Envelope | None:
+        """Move the file into place and mark the task done, in one transaction; return the
+        done event to announce, or None if the task was finished elsewhere meanwhile."""
         deps = self._deps
         final = deps.settings.exports_dir / stored_name(record.id)
         filename = download_name(request.report.value, datetime.now(timezone.utc))
@@ -199,16 +198,16 @@ class ExportWorker:
         stored = await self._db(
             deps.exports.finish, record.id, file_name=final.name, download_name=filename,
             size=outcome.size, rows=outcome.rows, notification=note,
-            store_file=partial(_move, temp, final),
+            store_file=partial(move_into_storage, built, final),
         )
         if not stored:
             deps.metrics.tasks.labels("duplicate").inc()
             log.info("task finished elsewhere meanwhile; this build is dropped",
                      extra={"task_id": record.id})
-            return
+            return None
         deps.metrics.tasks.labels("done").inc()
         deps.metrics.rows.inc(outcome.rows)
-        await self._announce(event)
+        return event
 
     async def _announce(self, event: Envelope) -> None:
         """Publish a stored notification live; mark it delivered if the user was online."""
@@ -237,34 +236,17 @@ class _ProgressReporter:
     def __init__(self, worker: ExportWorker, record: ExportRecord, interval: float) -> None:
         self._worker = worker
         self._record = record
-        self._interval = interval
-        self._last = 0.0
+        self._throttle = Throttle(interval)
         self._task: asyncio.Task[None] | None = None
 
     def __call__(self, rows: int, total: int) -> None:
-        now = time.monotonic()
         if self._task is not None and not self._task.done():
             return
-        if now - self._last < self._interval and rows < total:
+        if not self._throttle.ready(final=rows >= total):
             return
-        self._last = now
         event = progress_event(self._record.id, self._record.owner, rows, total)
         self._task = asyncio.create_task(self._worker._publish_progress(event))
 
     async def flush(self) -> None:
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
-
-
-def _move(temp: Path, final: Path) -> None:
-    os.replace(temp, final)
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> None:
-    path.unlink(missing_ok=True)
-

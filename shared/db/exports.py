@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import orjson
-from sqlalchemy import DateTime, Integer, String, Text, select, update
+from sqlalchemy import CursorResult, DateTime, Integer, String, Text, Update, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
@@ -169,15 +169,16 @@ class ExportStore:
         stores its file. Returns False if the task was already final.
         """
         with self._sessions.begin() as session:
-            changed = session.execute(
+            changed = _changed(
+                session,
                 update(ExportTask)
                 .where(ExportTask.id == task_id, ExportTask.status.not_in(_final_values()))
                 .values(
                     status=ExportStatus.DONE.value, finished_at=utcnow(), file_name=file_name,
                     download_name=download_name, size=size, rows=rows,
                     error_code=None, error=None,
-                )
-            ).rowcount
+                ),
+            )
             if changed != 1:
                 return False
             session.add(notification)
@@ -188,14 +189,15 @@ class ExportStore:
     def fail(self, task_id: str, code: str, message: str, notification: Notification) -> bool:
         """Mark the task failed with a reason and record its notification; False if final."""
         with self._sessions.begin() as session:
-            changed = session.execute(
+            changed = _changed(
+                session,
                 update(ExportTask)
                 .where(ExportTask.id == task_id, ExportTask.status.not_in(_final_values()))
                 .values(
                     status=ExportStatus.FAILED.value, finished_at=utcnow(),
                     error_code=code, error=message[:2000],
-                )
-            ).rowcount
+                ),
+            )
             if changed != 1:
                 return False
             session.add(notification)
@@ -253,20 +255,24 @@ class ExportStore:
 
     def mark_expired(self, task_id: str) -> bool:
         with self._sessions.begin() as session:
-            return session.execute(
+            return _changed(
+                session,
                 update(ExportTask)
                 .where(ExportTask.id == task_id, ExportTask.status == ExportStatus.DONE.value)
-                .values(status=ExportStatus.EXPIRED.value, expired_at=utcnow())
-            ).rowcount == 1
+                .values(status=ExportStatus.EXPIRED.value, expired_at=utcnow()),
+            ) == 1
 
     def count_by_status(self) -> dict[str, int]:
-        from sqlalchemy import func
-
         with self._sessions() as session:
             pairs = session.execute(
                 select(ExportTask.status, func.count()).group_by(ExportTask.status)
             ).all()
             return {status: count for status, count in pairs}
+
+
+def _changed(session: Session, statement: Update) -> int:
+    """How many rows an UPDATE changed (each state change here is a conditional update)."""
+    return cast("CursorResult[Any]", session.execute(statement)).rowcount
 
 
 def _final_values() -> list[str]:

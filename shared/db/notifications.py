@@ -16,8 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import DateTime, String, Text, select, update
+from sqlalchemy import CursorResult, DateTime, String, Text, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.db.models import Base, utcnow
@@ -71,11 +72,12 @@ class NotificationStore:
         if not ids:
             return 0
         with self._sessions.begin() as session:
-            return session.execute(
+            result = session.execute(
                 update(Notification)
                 .where(Notification.id.in_(list(ids)), Notification.delivered_at.is_(None))
                 .values(delivered_at=utcnow())
-            ).rowcount
+            )
+            return cast("CursorResult[Any]", result).rowcount
 
     def get(self, notification_id: str) -> Notification | None:
         with self._sessions() as session:

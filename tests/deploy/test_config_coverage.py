@@ -28,7 +28,8 @@ SETTINGS: dict[str, Callable[[Any], object]] = {
 }
 # Read by a process but never configured by a deployment: each pod's own identity, and
 # where a secret can be mounted as a file instead of set as a variable.
-NOT_DEPLOYMENT_SETTINGS = {"WARREN_INSTANCE_ID", "PATH"}
+# Test knobs that settings refuse outside WARREN_ENV=development belong in no deployment.
+NOT_DEPLOYMENT_SETTINGS = {"WARREN_INSTANCE_ID", "PATH", "WARREN_EXCEL_TEST_ROW_DELAY_S"}
 # The secrets: set from .env (compose) or the warren-secrets Secret and the RabbitMQ
 # operator's Secret (k8s), never in the shared settings file.
 SECRETS = {

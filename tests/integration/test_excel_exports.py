@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from shared.db import make_engine, session_factory
 from shared.db.exports import ExportStatus, ExportStore
-from shared.db.notifications import Notification
-from shared.messaging import Address, Envelope
-from shared.messaging.broker import Publisher
+from shared.db.notifications import Notification, make_notification
+from shared.db.runs import Run
+from shared.messaging import Address, Command, Envelope
+from shared.messaging.broker import Publisher, connect, declare_work_queue
 from services.excel_worker.retention import sweep
 from services.excel_worker.server import ExcelWorkerServer
 from services.excel_worker.settings import ExcelSettings
@@ -93,6 +97,13 @@ def store(database_url: str, worker: ExcelWorkerServer) -> ExportStore:
     return ExportStore(session_factory(make_engine(database_url)))
 
 
+async def workbook(port: int, task_id: str, token: str) -> Any:
+    """Download a finished export and open its sheet with openpyxl."""
+    status, response, _ = await http(port, f"/api/exports/{task_id}/file", token=token)
+    assert status == 200 and response is not None
+    return openpyxl.load_workbook(BytesIO(response.body)).active
+
+
 def _sample(worker: ExcelWorkerServer, name: str, **labels: str) -> float | None:
     return worker.metrics.registry.get_sample_value(name, labels)
 
@@ -131,7 +142,7 @@ async def test_table_export_content_styles_and_neutralisation(
     assert response.headers["Content-Type"] == XLSX
     assert response.headers["Content-Disposition"] == f'attachment; filename="{done["data"]["filename"]}"'
     content = response.body
-    assert len(content) == done["data"]["size"]
+    assert len(content) == done["data"]["size"] == int(response.headers["Content-Length"])
     # Only the server-chosen name is in storage; no temporary file is left behind.
     assert [p.name for p in exports_dir.iterdir()] == [f"{task_id}.xlsx"]
 
@@ -320,8 +331,6 @@ async def test_failing_builds_are_retried_then_dead_lettered(
     assert record is not None and (record.status, record.attempts) == (ExportStatus.FAILED, 3)
     assert record.error and "storage" in record.error
     assert _sample(worker, "warren_excel_retries_total") == 2
-    from shared.messaging.broker import connect
-
     connection = await connect(amqp_url, name="warren-test-dlq")
     async with connection:
         channel = await connection.channel()
@@ -343,14 +352,14 @@ async def test_retention_deletes_old_files_and_marks_rows_expired(
                             body={"report": "sample", "params": {"rows": 10}})
     task_id = body["task_id"]
     await until_event(client, "excel.done", task_id)
-    assert sweep(store, exports_dir, retention_s=3600) == 0  # too young
-    assert sweep(store, exports_dir, retention_s=0) == 1
+    assert sweep(store, exports_dir, retention_s=3600, build_timeout_s=600) == 0  # too young
+    assert sweep(store, exports_dir, retention_s=0, build_timeout_s=600) == 1
     assert not (exports_dir / f"{task_id}.xlsx").exists()
     status, _, view = await http(exports_edge.port, f"/api/exports/{task_id}", token=token)
     assert view["status"] == "expired" and view["expired_at"]
     status, _, error = await http(exports_edge.port, f"/api/exports/{task_id}/file", token=token)
     assert (status, error["error"]) == (410, "expired")
-    assert sweep(store, exports_dir, retention_s=0) == 0
+    assert sweep(store, exports_dir, retention_s=0, build_timeout_s=600) == 0
 
 
 async def test_activity_report_lists_the_users_own_tasks(
@@ -360,9 +369,9 @@ async def test_activity_report_lists_the_users_own_tasks(
     client = await Client.connect(exports_edge.port, token)
     other = token_for("grace")
     ids = []
-    for rows in (1, 2):
+    for count in (1, 2):
         _, _, body = await http(exports_edge.port, "/api/exports", token=token, method="POST",
-                                body={"report": "sample", "params": {"rows": rows}})
+                                body={"report": "sample", "params": {"rows": count}})
         await until_event(client, "excel.done", body["task_id"])
         ids.append(body["task_id"])
     await http(exports_edge.port, "/api/exports", token=other, method="POST",
@@ -378,3 +387,166 @@ async def test_activity_report_lists_the_users_own_tasks(
     assert [r[1] for r in rows] == ids
     assert all(r[0] == "export" and r[3] == "done" for r in rows)
     assert sheet["F2"].number_format == "yyyy-mm-dd hh:mm:ss"
+
+
+async def test_a_socket_task_is_queued_at_once_then_built(
+    make_worker: Callable[..., ExcelWorkerServer], exports_edge: EdgeServer,
+    token_for: Callable[..., str], amqp_url: str,
+) -> None:
+    # The work queue exists but no worker consumes it yet: the task waits in the queue.
+    connection = await connect(amqp_url, name="warren-test-queue")
+    async with connection:
+        await declare_work_queue(await connection.channel(), Command.EXCEL_CREATE)
+    token = token_for("hana")
+    client = await Client.connect(exports_edge.port, token)
+    ack = await client.request({"type": "excel.create", "ref": 1,
+                                "data": {"report": "sample", "params": {"rows": 4}}})
+    task_id = ack["data"]["id"]
+    status, _, view = await http(exports_edge.port, f"/api/exports/{task_id}", token=token)
+    assert status == 200
+    assert (view["status"], view["report"], view["attempts"]) == ("queued", "sample", 0)
+    assert view["owner"] == "hana" and view["started_at"] is None
+
+    await make_worker().start()
+    await until_event(client, "excel.done", task_id)
+    _, _, view = await http(exports_edge.port, f"/api/exports/{task_id}", token=token)
+    assert (view["status"], view["attempts"], view["rows"]) == ("done", 1, 4)
+
+
+async def test_without_a_worker_the_request_fails_at_once_and_the_task_says_why(
+    exports_edge: EdgeServer, token_for: Callable[..., str],
+) -> None:
+    token = token_for("ivan")
+    client = await Client.connect(exports_edge.port, token)
+    reply = await client.request({"type": "excel.create", "ref": 1,
+                                  "data": {"report": "sample", "params": {"rows": 4}}})
+    assert (reply["type"], reply["data"]["code"]) == ("error", "no_service")
+    status, _, error = await http(exports_edge.port, "/api/exports", token=token, method="POST",
+                                  body={"report": "sample"})
+    assert (status, error["error"]) == (503, "no_service")
+
+    _, _, listed = await http(exports_edge.port, "/api/exports", token=token)
+    outcomes = [(e["status"], e["error"]["code"]) for e in listed["exports"]]
+    assert outcomes == [("failed", "no_service")] * 2
+    # Both were answered with the error, so nothing waits for the next socket.
+    again = await Client.connect(exports_edge.port, token)
+    await again.send({"type": "message.send", "ref": "probe", "to": "user:ivan", "data": {}})
+    assert (await again.recv())["type"] in {"ack", "message"}
+
+
+async def test_stored_names_in_the_database_never_reach_outside_storage(
+    exports_edge: EdgeServer, token_for: Callable[..., str], database_url: str, exports_dir: Path,
+) -> None:
+    exports_dir.mkdir()
+    secret = exports_dir.parent / "secret.xlsx"
+    secret.write_bytes(b"not yours")
+    store = ExportStore(session_factory(make_engine(database_url)))
+    store.claim("forged1", "alice", "sample", {})
+    note = make_notification("forged1-done", "alice", "excel.done", b"{}")
+    assert store.finish("forged1", file_name="../secret.xlsx", download_name="d.xlsx", size=9,
+                        rows=1, notification=note, store_file=lambda: None)
+    status, response, error = await http(exports_edge.port, "/api/exports/forged1/file",
+                                         token=token_for("alice"))
+    assert (status, error["error"]) == (410, "file_missing")
+    assert response is not None and b"not yours" not in response.body
+    assert sweep(store, exports_dir, retention_s=0, build_timeout_s=600) == 1
+    assert secret.read_bytes() == b"not yours"  # retention deleted nothing outside storage
+    record = store.get("forged1")
+    assert record is not None and record.status is ExportStatus.EXPIRED
+
+
+def test_retention_removes_only_work_directories_no_build_can_still_use(
+    database_url: str, tmp_path: Path,
+) -> None:
+    from shared.db import create_schema
+
+    engine = make_engine(database_url)
+    create_schema(engine)
+    store = ExportStore(session_factory(engine))
+    directory = tmp_path / "exports"
+    dead, live = directory / ".t1.0badc0de.build", directory / ".t2.0feedbee.build"
+    for work in (dead, live):
+        work.mkdir(parents=True)
+        (work / "openpyxl.tmp").write_bytes(b"rows")
+    old = time.time() - (600 + 3600 + 60)
+    os.utime(dead, (old, old))
+    keep = directory / "t3.xlsx"
+    keep.write_bytes(b"stored")
+    os.utime(keep, (old, old))  # stored files go by their row, never by their age on disk
+    assert sweep(store, directory, retention_s=0, build_timeout_s=600) == 0
+    assert sorted(p.name for p in directory.iterdir()) == [live.name, "t3.xlsx"]
+    engine.dispose()
+
+
+async def test_worker_serves_health_readiness_and_metrics(
+    worker: ExcelWorkerServer, exports_edge: EdgeServer, token_for: Callable[..., str],
+) -> None:
+    token = token_for("judy")
+    client = await Client.connect(exports_edge.port, token)
+    _, _, body = await http(exports_edge.port, "/api/exports", token=token, method="POST",
+                            body={"report": "sample", "params": {"rows": 5}})
+    await until_event(client, "excel.done", body["task_id"])
+    await http(exports_edge.port, "/api/exports", token=token, method="POST",
+               body={"report": "sample", "params": {"rows": 10_000_000}})  # refused by the edge
+
+    status, _, health = await http(worker.port, "/healthz")
+    assert (status, health) == (200, {"status": "ok"})
+    status, _, ready = await http(worker.port, "/readyz")
+    assert (status, ready) == (200, {"status": "ready"})
+    status, response, _ = await http(worker.port, "/metrics")
+    assert status == 200 and response is not None
+    text = response.body.decode()
+    for line in (
+        'warren_excel_tasks_by_status{status="done"} 1.0',
+        'warren_excel_tasks_by_status{status="queued"} 0.0',
+        'warren_excel_tasks_by_status{status="failed"} 0.0',
+        'warren_excel_tasks_total{status="done"} 1.0',
+        'warren_excel_build_duration_seconds_count{report="sample"} 1.0',
+        "warren_excel_rows_written_total 5.0",
+        "warren_excel_retries_total 0.0",
+        "warren_excel_dead_lettered_total 0.0",
+        "warren_excel_tasks_running 0.0",
+    ):
+        assert line in text.splitlines(), line
+
+
+async def test_activity_report_includes_runs_and_applies_filters(
+    worker: ExcelWorkerServer, exports_edge: EdgeServer, token_for: Callable[..., str],
+    database_url: str,
+) -> None:
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+    with session_factory(make_engine(database_url)).begin() as session:
+        for run_id, owner, status, created in (
+            ("r-jan", "kim", "completed", "2024-01-15T08:00:00"),
+            ("r-jun", "kim", "failed", "2024-06-15T08:00:00"),
+            ("r-jul", "kim", "completed", "2024-07-15T08:00:00"),
+            ("r-other", "lee", "completed", "2024-06-15T09:00:00"),
+        ):
+            session.add(Run(id=run_id, owner=owner, job="countdown", args="{}", replica="r1",
+                            status=status, reason="boom" if status == "failed" else None,
+                            created_at=at(created), finished_at=at(created) + 90,
+                            heartbeat_at=at(created)))
+    token = token_for("kim")
+    client = await Client.connect(exports_edge.port, token)
+    _, _, body = await http(exports_edge.port, "/api/exports", token=token, method="POST", body={
+        "report": "activity",
+        "params": {"since": "2024-02-01", "until": "2024-12-31", "title": "Runs"},
+    })
+    await until_event(client, "excel.done", body["task_id"])
+    sheet = await workbook(exports_edge.port, body["task_id"], token)
+    rows = [[c.value for c in r] for r in sheet.iter_rows(min_row=2)]
+    # Only kim's runs between the dates; kim's export tasks are created now, after "until".
+    assert [(r[0], r[1], r[3]) for r in rows] == [("run", "r-jun", "failed"),
+                                                  ("run", "r-jul", "completed")]
+    assert rows[0][5] == datetime(2024, 6, 15, 8, 0)
+    assert rows[0][6] == datetime(2024, 6, 15, 8, 1, 30)
+    assert rows[0][7] == "boom"
+
+    _, _, body = await http(exports_edge.port, "/api/exports", token=token, method="POST", body={
+        "report": "activity", "params": {"status": ["completed"], "sources": ["runs"], "limit": 1},
+    })
+    await until_event(client, "excel.done", body["task_id"])
+    sheet = await workbook(exports_edge.port, body["task_id"], token)
+    assert [[c.value for c in r][1] for r in sheet.iter_rows(min_row=2)] == ["r-jan"]

@@ -116,6 +116,9 @@ async def test_worker_killed_mid_task_completes_once_on_another(
     await doomed.kill()  # SIGKILL to the worker and its build child, mid-build
     record = store.get(task_id)
     assert record is not None and record.status is ExportStatus.RUNNING
+    # What the dead build wrote, openpyxl's temporary file included, is in its work
+    # directory on the storage volume (retention removes it later), not in /tmp.
+    assert [p.parent.suffix for p in exports_dir.glob(".*.build/openpyxl.*")] == [".build"]
 
     survivor = await spawn(**SLOW)
     done = await until_event(client, "excel.done", task_id)
@@ -154,7 +157,7 @@ async def test_sigterm_past_the_deadline_leaves_the_task_to_another_replica(
     await until_event(client, "excel.progress", task_id, min_rows=2)
     assert await worker.terminate() == 0
     assert worker.messages("shutdown deadline passed mid-task; leaving it unacknowledged")
-    assert list(exports_dir.glob(".*.part")) == []  # the killed build cleaned up
+    assert list(exports_dir.glob(".*.build")) == []  # the killed build's work directory is gone
     await spawn(WARREN_EXCEL_TEST_ROW_DELAY_S="0")
     await until_event(client, "excel.done", task_id)
     record = store.get(task_id)
@@ -179,7 +182,7 @@ async def test_broker_connection_loss_mid_task(
         for connection, future in zip((worker.connection, exports_edge.connection), restored):
             assert connection is not None
             connection.reconnect_callbacks.add(
-                lambda *_a, f=future: f.done() or f.set_result(None)  # type: ignore[misc]
+                lambda *_a, f=future: f.done() or f.set_result(None)
             )
         await broker_admin.close_connections(vhost)
         await asyncio.wait_for(asyncio.gather(*restored), 30)

@@ -39,9 +39,14 @@ def test_claim_finish_fail_expire(db_url: str, tmp_path: Path) -> None:
         part, final = tmp_path / ".t1.part", tmp_path / "t1.xlsx"
         part.write_bytes(b"xlsx")
         moved: list[str] = []
+
+        def store_file() -> None:
+            moved.append("x")
+            part.rename(final)
+
         note = make_notification("t1-done", "alice", "excel.done", b'{"v": 1}')
         assert store.finish("t1", file_name="t1.xlsx", download_name="d.xlsx", size=4, rows=5,
-                            notification=note, store_file=lambda: moved.append("x") or part.rename(final))
+                            notification=note, store_file=store_file)
         again = make_notification("t1-done", "alice", "excel.done", b'{"v": 1}')
         assert not store.finish("t1", file_name="t1.xlsx", download_name="d.xlsx", size=4, rows=5,
                                 notification=again, store_file=lambda: moved.append("y"))

@@ -124,6 +124,7 @@ async def http(
     """Call the edge; return status, the response and its JSON body (None if not JSON)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     payload = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+    response: HTTPResponse | None
     try:
         response = await AsyncHTTPClient().fetch(
             f"http://127.0.0.1:{port}{path}", method=method, headers=headers,
@@ -132,6 +133,7 @@ async def http(
     except HTTPClientError as exc:
         response = exc.response
         assert response is not None, exc
+    assert response is not None
     parsed: Any = None
     if response.headers.get("Content-Type", "").startswith("application/json"):
         parsed = orjson.loads(response.body)

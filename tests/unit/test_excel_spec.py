@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from services.excel_worker.settings import ExcelSettings, Limits
-from services.excel_worker.spec import InvalidRequest, ReportKind, parse_request
 from shared.config import ConfigError
+from shared.exports.requests import InvalidRequest, ReportKind, as_refused, parse_request
+from shared.exports.settings import Limits
+from services.excel_worker.settings import ExcelSettings
 
 LIMITS = Limits(max_sample_rows=1000, max_table_rows=3, max_table_columns=2, max_activity_rows=50)
 
@@ -87,3 +88,19 @@ def test_settings_refuse_the_test_delay_outside_development() -> None:
     assert settings.max_attempts == 4 and str(settings.exports_dir) == "/data/exports"
     with pytest.raises(ConfigError):
         ExcelSettings.from_env({"WARREN_EXCEL_MAX_ATTEMPTS": "0"})
+
+
+@pytest.mark.parametrize(
+    ("data", "recorded"),
+    [
+        ({"report": "pivot", "params": {"x": 1}}, ("pivot", {"x": 1})),
+        ({"report": "p" * 40}, ("p" * 32, {})),
+        ({"report": 7, "params": []}, ("?", {"omitted": True})),
+        ({"report": "table", "params": {"rows": ["x" * 1000] * 1100}}, ("table", {"omitted": True})),
+        ("not an object", ("?", {})),
+    ],
+)
+def test_refused_requests_are_recorded_as_sent_within_bounds(
+    data: Any, recorded: tuple[str, dict[str, Any]]
+) -> None:
+    assert as_refused(data) == recorded

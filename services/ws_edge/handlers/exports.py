@@ -1,39 +1,100 @@
 """``/api/exports``: ask for an Excel export, follow it, download it; and pending notifications.
 
 The edge owns this HTTP API; the excel_worker owns the build. Both share the
-``export_tasks`` table and the storage directory (``WARREN_EXPORTS_DIR``).
+``export_tasks`` table, the storage directory (``WARREN_EXPORTS_DIR``) and the rules in
+``shared.exports``; neither imports the other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import IO, Any, Final, TypeVar
 
 import orjson
 
 from shared.db.exports import ExportRecord, ExportStatus
-from shared.messaging import Address, Command, Envelope
-from shared.messaging.broker import BrokerUnavailable, Unroutable
-from shared.messaging.envelope import encode
 from shared.db.notifications import make_notification
-from services.excel_worker.notify import failed_event
-from services.excel_worker.spec import InvalidRequest, parse_request
+from shared.exports.events import download_url, failed_event
+from shared.exports.requests import InvalidRequest, as_refused, parse_request
+from shared.exports.storage import is_task_id, stored_path
+from shared.messaging import Address, Command, Envelope
+from shared.messaging.broker import Unroutable
+from shared.messaging.envelope import encode
 from services.ws_edge.deps import EdgeDeps, ExportsDeps
+from services.ws_edge.errors import describe
 from services.ws_edge.handlers.api import ApiHandler
 
 log = logging.getLogger(__name__)
 
 XLSX_TYPE: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-TASK_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,100}")
 SAFE_FILENAME: Final = re.compile(r"[A-Za-z0-9._-]{1,200}")
 CHUNK: Final = 64 * 1024
 ADMIN_ROLE: Final = "admin"
 LIST_LIMIT: Final = 100
+NO_WORKER: Final = "no excel worker is running"
 T = TypeVar("T")
+
+
+async def _blocking(deps: EdgeDeps, fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(deps.blocking, fn, *args)
+
+
+def _exports(deps: EdgeDeps) -> ExportsDeps:
+    exports = deps.exports
+    assert exports is not None
+    return exports
+
+
+def _not_queued(exc: Exception) -> tuple[int, str, str]:
+    """Status, code and message for a command that could not be queued (the error table's)."""
+    spec = describe(exc)
+    if isinstance(exc, Unroutable):
+        return spec.status, spec.code, NO_WORKER
+    if spec.code == "internal":
+        return spec.status, spec.code, "internal error"
+    return spec.status, spec.code, str(exc) or spec.code
+
+
+async def submit_export(
+    deps: EdgeDeps, envelope: Envelope, kind: str, params: dict[str, Any]
+) -> None:
+    """Record the task as queued, then publish its ``excel.create`` command.
+
+    If the command cannot be queued, the task is recorded as failed with that reason
+    (its notification counts as delivered: the caller answers with the error) and the
+    exception goes on to the caller's error table.
+    """
+    exports, owner = _exports(deps), envelope.sender.name
+    await _blocking(deps, exports.store.create, envelope.id, owner, kind, params)
+    try:
+        await deps.publisher.publish_command(envelope)
+    except Exception as exc:
+        _, code, message = _not_queued(exc)
+        event = failed_event(envelope.id, owner, code, message)
+        note = make_notification(event.id, owner, event.type, encode(event))
+        await _blocking(deps, exports.store.fail, envelope.id, code, message, note)
+        await _blocking(deps, exports.notifications.mark_delivered, [event.id])
+        raise
+
+
+async def submit_from_socket(deps: EdgeDeps, envelope: Envelope) -> None:
+    """``excel.create`` from a WebSocket client: recorded as queued at once, so that
+    ``GET /api/exports/<id>`` knows the task before a worker takes it.
+
+    The request is not refused here: the worker refuses a bad one with ``excel.failed``
+    (docs/exports.md), so the client gets its ``ack`` either way.
+    """
+    try:
+        request = parse_request(envelope.data, _exports(deps).limits)
+        kind, params = request.report.value, request.params
+    except InvalidRequest:
+        kind, params = as_refused(envelope.data)
+    await submit_export(deps, envelope, kind, params)
 
 
 class ExportsHandler(ApiHandler):
@@ -41,19 +102,17 @@ class ExportsHandler(ApiHandler):
 
     @property
     def exports(self) -> ExportsDeps:
-        exports = self.deps.exports
-        assert exports is not None
-        return exports
+        return _exports(self.deps)
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.deps.blocking, fn, *args)
+        return await _blocking(self.deps, fn, *args)
 
     async def visible_task(self, task_id: str) -> ExportRecord | None:
         """The task if the caller may see it; answers 400/404 itself and returns None otherwise.
 
         Someone else's task is 404, exactly like a missing one, so ids cannot be probed.
         """
-        if TASK_ID.fullmatch(task_id) is None:
+        if not is_task_id(task_id):
             self.fail(400, "invalid_task_id", "a task id is letters, digits, '_' and '-' only")
             return None
         record = await self.blocking(self.exports.store.get, task_id)
@@ -67,37 +126,32 @@ class ExportsHandler(ApiHandler):
 
 class ExportListHandler(ExportsHandler):
     async def get(self) -> None:
-        records = await self.blocking(self.exports.store.list_for, self.identity.user_id, LIST_LIMIT)
+        records = await self.blocking(
+            self.exports.store.list_for, self.identity.user_id, LIST_LIMIT
+        )
         self.write_json({"exports": [_public(r) for r in records]})
 
     async def post(self) -> None:
-        exports, me = self.exports, Address.user(self.identity.user_id)
+        me = Address.user(self.identity.user_id)
         try:
             body = orjson.loads(self.request.body)
         except orjson.JSONDecodeError as exc:
             self.fail(400, "bad_request", f"body is not JSON: {exc}")
             return
         try:
-            request = parse_request(body, exports.limits)
+            request = parse_request(body, self.exports.limits)
         except InvalidRequest as exc:
             self.fail(400, exc.code, exc.message)
             return
         data = {"report": request.report.value, "params": body.get("params", {})}
         envelope = Envelope(type=Command.EXCEL_CREATE.value, to=me, sender=me, data=data)
-        await self.blocking(
-            exports.store.create, envelope.id, me.name, request.report.value, request.params
-        )
         try:
-            await self.deps.publisher.publish_command(envelope)
-        except (Unroutable, BrokerUnavailable) as exc:
-            code = "no_service" if isinstance(exc, Unroutable) else "unavailable"
-            message = "no excel worker is running" if code == "no_service" else "broker unavailable"
-            event = failed_event(envelope.id, me.name, code, message)
-            note = make_notification(event.id, me.name, event.type, encode(event))
-            # Recorded as failed (and the notification delivered, as this answer says it).
-            await self.blocking(exports.store.fail, envelope.id, code, message, note)
-            await self.blocking(exports.notifications.mark_delivered, [event.id])
-            self.fail(503, code, message)
+            await submit_export(self.deps, envelope, request.report.value, request.params)
+        except Exception as exc:
+            status, code, message = _not_queued(exc)
+            if code == "internal":
+                log.exception("export not submitted", extra={"task_id": envelope.id})
+            self.fail(status, code, message)
             return
         self.set_header("Location", f"/api/exports/{envelope.id}")
         self.write_json({"task_id": envelope.id, "status": ExportStatus.QUEUED.value}, status=202)
@@ -122,8 +176,8 @@ class ExportFileHandler(ExportsHandler):
             self.fail(409, "not_ready", f"the export is {record.status.value}")
             return
         try:
-            path = _stored_path(self.exports.directory, record.file_name)
-            handle = await self.blocking(open, path, "rb")
+            path = stored_path(self.exports.directory, record.file_name)
+            handle = await self.blocking(_open_binary, path)
         except (OSError, ValueError):
             log.warning("export file missing", extra={"task_id": record.id})
             self.fail(410, "file_missing", "the file is no longer in storage")
@@ -133,7 +187,7 @@ class ExportFileHandler(ExportsHandler):
         finally:
             handle.close()
 
-    async def _stream(self, handle: Any, record: ExportRecord) -> None:
+    async def _stream(self, handle: IO[bytes], record: ExportRecord) -> None:
         name = record.download_name or f"{record.id}.xlsx"
         if SAFE_FILENAME.fullmatch(name) is None:
             name = f"{record.id}.xlsx"
@@ -141,25 +195,22 @@ class ExportFileHandler(ExportsHandler):
         self.set_header("Content-Disposition", f'attachment; filename="{name}"')
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "private, no-store")
-        size = await self.blocking(lambda: Path(handle.name).stat().st_size)
-        self.set_header("Content-Length", str(size))
+        # The open file's own size: retention may unlink the name meanwhile.
+        self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
         while chunk := await self.blocking(handle.read, CHUNK):
             self.write(chunk)
             await self.flush()
         await self.finish()
 
 
-def _stored_path(directory: Path, file_name: str) -> Path:
-    """The file inside the storage directory; a stored name is never a path."""
-    if Path(file_name).name != file_name or file_name.startswith("."):
-        raise ValueError(f"stored file name {file_name!r} is not a plain name")
-    return directory / file_name
+def _open_binary(path: Path) -> IO[bytes]:
+    return path.open("rb")
 
 
 def _public(record: ExportRecord) -> dict[str, Any]:
     view = record.to_json()
     if record.status is ExportStatus.DONE:
-        view["download_url"] = f"/api/exports/{record.id}/file"
+        view["download_url"] = download_url(record.id)
     return view
 
 
@@ -172,18 +223,13 @@ async def deliver_pending(deps: EdgeDeps, socket: Any, user_id: str) -> None:
     exports = deps.exports
     if exports is None:
         return
-    loop = asyncio.get_running_loop()
     try:
         # One replay per user at a time in this edge: a socket opening while another one
         # of the same user replays sees the rows only after they are marked delivered.
         async with exports.replay_locks.hold(user_id):
-            pending = await loop.run_in_executor(
-                deps.blocking, exports.notifications.pending, user_id
-            )
+            pending = await _blocking(deps, exports.notifications.pending, user_id)
             delivered = [n.id for n in pending if socket.send_frame(deps.framer.text(n.body))]
             if delivered:
-                await loop.run_in_executor(
-                    deps.blocking, exports.notifications.mark_delivered, delivered
-                )
+                await _blocking(deps, exports.notifications.mark_delivered, delivered)
     except Exception:
         log.warning("pending notifications not delivered", extra={"user": user_id}, exc_info=True)

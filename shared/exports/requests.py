@@ -1,7 +1,7 @@
 """What an ``excel.create`` request may ask for, checked before anything is built.
 
-Pure functions over JSON, shared by the edge (``POST /api/exports`` answers 400 at once)
-and the worker (commands from WebSocket clients arrive unchecked).
+Pure functions over JSON, used by the edge (``POST /api/exports`` answers 400 at once)
+and by the worker (commands from WebSocket clients arrive unchecked).
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any, Final
 
-from services.excel_worker.settings import Limits
+import orjson
+
+from shared.exports.settings import Limits
 
 MAX_TITLE_LENGTH: Final = 100
 MAX_COLUMN_NAME_LENGTH: Final = 100
 MAX_CELL_TEXT: Final = 32767  # Excel's limit for one cell
+MAX_RECORDED_PARAMS: Final = 1 << 20
+MAX_KIND_LENGTH: Final = 32  # export_tasks.kind
 
 
 class ReportKind(StrEnum):
@@ -50,13 +54,16 @@ class ExportRequest:
 
 
 def parse_request(data: object, limits: Limits) -> ExportRequest:
-    """Check ``{"report": ..., "params": {...}}``; raise :class:`InvalidRequest` saying what is wrong."""
+    """Check ``{"report": ..., "params": {...}}``; raise :class:`InvalidRequest` saying what
+    is wrong."""
     if not isinstance(data, dict):
         raise InvalidRequest("invalid_params", "data must be an object")
     report = data.get("report")
     if not isinstance(report, str) or report not in ReportKind.__members__.values():
         kinds = ", ".join(k.value for k in ReportKind)
-        raise InvalidRequest("unknown_report", f"report must be one of {kinds}, got {str(report)[:64]!r}")
+        raise InvalidRequest(
+            "unknown_report", f"report must be one of {kinds}, got {str(report)[:64]!r}"
+        )
     params = data.get("params", {})
     if not isinstance(params, dict):
         raise InvalidRequest("invalid_params", "params must be an object")
@@ -68,10 +75,25 @@ def parse_request(data: object, limits: Limits) -> ExportRequest:
     return ExportRequest(kind, _activity(params, limits))
 
 
+def as_refused(data: object) -> tuple[str, dict[str, Any]]:
+    """The report name and params to record for a refused request, as it was sent.
+
+    Params that are not an object, or too large to keep, are replaced by a marker.
+    """
+    raw = data if isinstance(data, dict) else {}
+    report = raw.get("report")
+    kind = report[:MAX_KIND_LENGTH] if isinstance(report, str) else "?"
+    params = raw.get("params", {})
+    if not isinstance(params, dict) or len(orjson.dumps(params)) > MAX_RECORDED_PARAMS:
+        return kind, {"omitted": True}
+    return kind, params
+
+
 def _only(params: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise InvalidRequest("invalid_params", f"unknown params: {', '.join(map(str, unknown))[:200]}")
+        names = ", ".join(map(str, unknown))[:200]
+        raise InvalidRequest("invalid_params", f"unknown params: {names}")
 
 
 def _int(value: object, name: str, low: int, high: int, code: str = "invalid_params") -> int:
@@ -89,7 +111,9 @@ def _title(params: dict[str, Any]) -> str | None:
     if title is None:
         return None
     if not isinstance(title, str) or not 0 < len(title) <= MAX_TITLE_LENGTH:
-        raise InvalidRequest("invalid_params", f"title must be a string of 1-{MAX_TITLE_LENGTH} characters")
+        raise InvalidRequest(
+            "invalid_params", f"title must be a string of 1-{MAX_TITLE_LENGTH} characters"
+        )
     return title
 
 
@@ -113,7 +137,9 @@ def _table(params: dict[str, Any], limits: Limits) -> dict[str, Any]:
     if not isinstance(rows, list):
         raise InvalidRequest("invalid_params", "rows must be a list of lists")
     if len(rows) > limits.max_table_rows:
-        raise InvalidRequest("too_many_rows", f"at most {limits.max_table_rows} rows, got {len(rows)}")
+        raise InvalidRequest(
+            "too_many_rows", f"at most {limits.max_table_rows} rows, got {len(rows)}"
+        )
     types = [ColumnType(c["type"]) for c in parsed]
     checked = [_row(r, row, types) for r, row in enumerate(rows)]
     return {"columns": parsed, "rows": checked, "title": _title(params)}
@@ -125,7 +151,8 @@ def _column(index: int, column: object) -> dict[str, str]:
     name, kind = column.get("name"), column.get("type", ColumnType.STRING.value)
     if not isinstance(name, str) or not 0 < len(name) <= MAX_COLUMN_NAME_LENGTH:
         raise InvalidRequest(
-            "invalid_params", f"columns[{index}].name must be a string of 1-{MAX_COLUMN_NAME_LENGTH} characters"
+            "invalid_params",
+            f"columns[{index}].name must be a string of 1-{MAX_COLUMN_NAME_LENGTH} characters",
         )
     if kind not in ColumnType.__members__.values():
         types = ", ".join(t.value for t in ColumnType)
@@ -140,7 +167,10 @@ def _row(index: int, row: object, types: list[ColumnType]) -> list[Any]:
         raise InvalidRequest(
             "invalid_params", f"rows[{index}] has {len(row)} values for {len(types)} columns"
         )
-    return [_cell(f"rows[{index}][{c}]", value, kind) for c, (value, kind) in enumerate(zip(row, types))]
+    return [
+        _cell(f"rows[{index}][{c}]", value, kind)
+        for c, (value, kind) in enumerate(zip(row, types))
+    ]
 
 
 def _cell(where: str, value: object, kind: ColumnType) -> Any:
@@ -162,7 +192,9 @@ def _cell(where: str, value: object, kind: ColumnType) -> Any:
     elif kind is ColumnType.DATETIME:
         ok = isinstance(value, str) and _parses(datetime.fromisoformat, value)
     if not ok:
-        raise InvalidRequest("invalid_params", f"{where}: expected {kind.value}, got {_show(value)}")
+        raise InvalidRequest(
+            "invalid_params", f"{where}: expected {kind.value}, got {_show(value)}"
+        )
     return value
 
 
@@ -185,10 +217,13 @@ def _activity(params: dict[str, Any], limits: Limits) -> dict[str, Any]:
     sources = _choices(params.get("sources", list(ACTIVITY_SOURCES)), "sources", ACTIVITY_SOURCES)
     since, until = params.get("since"), params.get("until")
     for name, value in (("since", since), ("until", until)):
-        if value is not None and not (isinstance(value, str) and _parses(datetime.fromisoformat, value)):
-            raise InvalidRequest("invalid_params", f"{name} must be an ISO date or date-time, got {_show(value)}")
-    limit = _int(params.get("limit", limits.max_activity_rows), "limit", 1, limits.max_activity_rows,
-                 "too_many_rows")
+        if value is None or (isinstance(value, str) and _parses(datetime.fromisoformat, value)):
+            continue
+        raise InvalidRequest(
+            "invalid_params", f"{name} must be an ISO date or date-time, got {_show(value)}"
+        )
+    most = limits.max_activity_rows
+    limit = _int(params.get("limit", most), "limit", 1, most, "too_many_rows")
     return {"status": statuses, "sources": sources, "since": since, "until": until,
             "limit": limit, "title": _title(params)}
 

@@ -83,7 +83,7 @@ class Driver:
             "received": tally.count,
             "first": tally.first,
             "last": tally.last,
-            "histogram": tally.histogram.to_sparse(),
+            "histogram": tally.histogram().to_sparse(),
         }
 
     async def status(self, _request: dict[str, Any]) -> dict[str, Any]:

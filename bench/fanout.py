@@ -28,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import psutil
@@ -59,7 +60,6 @@ from shared.messaging import BROADCAST, Address
 GROUP_SIZE = 100
 CONNECT_CONCURRENCY = 50
 CALL_TIMEOUT_S = 60.0
-BROKER_PROCESS = "beam.smp"  # RabbitMQ's Erlang VM, read for its CPU time only
 SETTLE_S = 60.0  # longest wait for a saturated step's backlog to drain
 
 
@@ -159,14 +159,15 @@ def slices(count: int, parts: int) -> list[tuple[int, int]]:
 class Meter:
     """CPU seconds of the processes that matter and of the whole host, between two reads."""
 
-    def __init__(self, server: int, drivers: Sequence[int], publisher: int) -> None:
+    def __init__(self, server: int, drivers: Sequence[int], publisher: int, amqp_url: str) -> None:
         self._server = psutil.Process(server)
         self._drivers = [psutil.Process(pid) for pid in drivers]
         self._publisher = psutil.Process(publisher)
         self._me = psutil.Process()
+        self._broker = broker_process(amqp_url)
 
     def read(self) -> dict[str, float]:
-        """CPU seconds so far; the broker's as ``broker:<pid>``, as it may be restarted."""
+        """CPU seconds so far; ``broker`` is missing once the broker process is gone."""
         host = psutil.cpu_times()
         reading = {
             "wall": time.monotonic(),
@@ -174,17 +175,27 @@ class Meter:
             "drivers": sum(_cpu(p) for p in self._drivers),
             "publisher": _cpu(self._publisher),
             "orchestrator": _cpu(self._me),
-            "host_busy": host.user + host.nice + host.system + host.irq + host.softirq,
+            "host_busy": host.user + host.nice + host.system + host.irq,
+            "host_softirq": host.softirq,
             "host_steal": getattr(host, "steal", 0.0),
         }
-        for process in psutil.process_iter(["name", "cpu_times"]):
-            times = process.info["cpu_times"]
-            if process.info["name"] == BROKER_PROCESS and times is not None:
-                reading[f"broker:{process.pid}"] = times.user + times.system
+        if self._broker is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                reading["broker"] = _cpu(self._broker)
         return reading
 
     def rss_mb(self) -> float:
         return float(self._server.memory_info().rss) / (1 << 20)
+
+
+def broker_process(amqp_url: str) -> psutil.Process | None:
+    """The process listening on the broker's AMQP port: RabbitMQ's Erlang VM. Other
+    sessions' private brokers on this host (other ports) are not counted as ours."""
+    port = urlsplit(amqp_url).port or 5672
+    for connection in psutil.net_connections(kind="tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            return psutil.Process(connection.pid) if connection.pid else None
+    return None
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -227,7 +238,9 @@ class SystemBench:
         await self.server.start()
         await asyncio.gather(*(w.start() for w in (*self.drivers, self.publisher)))
         await self.publisher.call("open", CALL_TIMEOUT_S, system=self.system, amqp_url=self.amqp_url)
-        self.meter = Meter(self.server.pid, [d.pid for d in self.drivers], self.publisher.pid)
+        self.meter = Meter(
+            self.server.pid, [d.pid for d in self.drivers], self.publisher.pid, self.amqp_url
+        )
 
     async def connect(self, clients_file: Path) -> int:
         dialect = "warren" if self.system == "warren" else "engineio"
@@ -316,8 +329,7 @@ class SystemBench:
         wall = after["wall"] - before["wall"]
         server_cpu = after["server"] - before["server"]
         busy = after["host_busy"] - before["host_busy"]
-        brokers = [k for k in before if k.startswith("broker:")]
-        broker_cpu = sum(after[k] - before[k] for k in brokers if k in after)
+        broker_cpu = after["broker"] - before["broker"] if "broker" in after else 0.0
         known = broker_cpu + sum(
             after[k] - before[k] for k in ("server", "drivers", "publisher", "orchestrator")
         )
@@ -339,10 +351,11 @@ class SystemBench:
             driver_cpu_pct=100 * (after["drivers"] - before["drivers"]) / wall,
             publisher_cpu_pct=100 * (after["publisher"] - before["publisher"]) / wall,
             broker_cpu_pct=100 * broker_cpu / wall,
+            softirq_pct=100 * (after["host_softirq"] - before["host_softirq"]) / wall,
             other_cpu_pct=100 * (busy - known) / wall,
             steal_pct=100 * (after["host_steal"] - before["host_steal"]) / wall,
             server_rss_mb=self.meter.rss_mb(),
-            broker_restarted=any(k not in after for k in brokers),
+            broker_restarted="broker" in before and "broker" not in after,
         )
 
     async def stop(self) -> None:

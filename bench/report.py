@@ -34,7 +34,8 @@ class Row:
     driver_cpu_pct: float
     publisher_cpu_pct: float
     broker_cpu_pct: float
-    other_cpu_pct: float  # host CPU outside the processes above: kernel, other programs
+    softirq_pct: float  # host softirq time: mostly the loopback TCP work of this bench
+    other_cpu_pct: float  # host CPU outside the above: other programs, other kernel work
     steal_pct: float  # time the hypervisor gave this VM's CPUs to someone else
     server_rss_mb: float
     broker_restarted: bool = False
@@ -97,7 +98,7 @@ def saturation_note(row: Row, nominal_mps: float) -> str:
 ROW_HEADERS: Final = (
     "system", "scenario", "fan-out", "target dlv/s", "pub msg/s", "offered dlv/s",
     "achieved dlv/s", "p50 ms", "p99 ms", "loss %", "srv µs/dlv", "srv CPU%",
-    "drv CPU%", "pub CPU%", "mq CPU%", "other CPU%", "steal %", "srv RSS MB", "note",
+    "drv CPU%", "pub CPU%", "mq CPU%", "sirq %", "other CPU%", "steal %", "srv RSS MB", "note",
 )
 
 
@@ -118,6 +119,7 @@ def row_cells(row: Row) -> list[str]:
         f"{row.driver_cpu_pct:.0f}",
         f"{row.publisher_cpu_pct:.0f}",
         f"{row.broker_cpu_pct:.0f}",
+        f"{row.softirq_pct:.0f}",
         f"{max(0.0, row.other_cpu_pct):.0f}",
         f"{row.steal_pct:.0f}",
         f"{row.server_rss_mb:.1f}",

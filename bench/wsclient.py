@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from array import array
 import os
 import time
 from collections import Counter
@@ -61,15 +62,19 @@ def upgrade_request(host: str, port: int, target: str) -> bytes:
 
 
 class StepTally:
-    """Deliveries of one bench step seen by this process."""
+    """Deliveries of one bench step seen by this process.
 
-    __slots__ = ("count", "expected", "first", "histogram", "last", "reached")
+    Latencies are only appended while the step runs (the driver shares the machine's
+    cores with the server it measures); they are binned when the step is collected.
+    """
+
+    __slots__ = ("count", "expected", "first", "last", "latencies", "reached")
 
     def __init__(self) -> None:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
-        self.histogram = Histogram()
+        self.latencies = array("d")
         self.expected = NEVER
         self.reached = asyncio.Event()
 
@@ -78,9 +83,15 @@ class StepTally:
             self.first = now
         self.count += 1
         self.last = now
-        self.histogram.add(latency)
+        self.latencies.append(latency)
         if self.count >= self.expected:
             self.reached.set()
+
+    def histogram(self) -> Histogram:
+        histogram = Histogram()
+        for latency in self.latencies:
+            histogram.add(latency)
+        return histogram
 
 
 class Recorder:

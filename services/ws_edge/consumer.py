@@ -1,9 +1,19 @@
-"""The edge's own event queue: declared, bound per held key, consumed and fanned out."""
+"""The edge's own event queue: declared, bound per held key, consumed and fanned out.
+
+Events are fanned out in batches: every event that arrives in one turn of the event
+loop is written in the next one, together (see :meth:`Hub.dispatch_batch`). An edge
+that keeps up sees batches of one; one that falls behind catches up with fewer writes
+per event. Written events are acknowledged together too, with one ``basic.ack
+(multiple)`` at most every ``ACK_DELAY_S`` or every half prefetch window: the edge's
+queue is exclusive, so an acknowledgement only paces the broker, it protects nothing.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import Final, NamedTuple
 
 from aio_pika.abc import (
     AbstractExchange,
@@ -12,14 +22,27 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from shared.messaging import BROADCAST, EnvelopeError, decode
+from shared.messaging import BROADCAST, EnvelopeError, Kind, decode
 from shared.messaging.broker import declare_exchanges, edge_queue_arguments
 from shared.messaging.names import edge_queue_name
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 
 log = logging.getLogger(__name__)
+
+ACK_DELAY_S: Final = 0.01
+
+
+class Pending(NamedTuple):
+    """A valid event waiting for its batch to be written."""
+
+    key: str
+    frame: bytes
+    kind: Kind
+    ts: float
+    message: AbstractIncomingMessage
 
 
 class EventConsumer:
@@ -43,6 +66,11 @@ class EventConsumer:
         self._events: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._batch: list[Pending] = []
+        self._unacked: AbstractIncomingMessage | None = None  # the last one written
+        self._unacked_count = 0
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._acks: set[asyncio.Task[None]] = set()
 
     @property
     def queue_name(self) -> str:
@@ -59,7 +87,7 @@ class EventConsumer:
         await queue.bind(events, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
         self._channel, self._events, self._queue = channel, events, queue
-        self._consumer_tag = await queue.consume(self._on_message)
+        self._consumer_tag = await queue.consume(self.on_message)
 
     def is_ready(self) -> bool:
         channel = self._channel
@@ -74,6 +102,8 @@ class EventConsumer:
         """Stop consuming; in-flight messages are requeued by the broker on close."""
         queue, tag = self._queue, self._consumer_tag
         self._consumer_tag = None
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         if queue is not None and tag is not None and self._connection.connected.is_set():
             await queue.cancel(tag)
         if self._channel is not None and not self._channel.is_closed:
@@ -91,7 +121,14 @@ class EventConsumer:
         await self._channel.ready()
         await self._queue.unbind(self._events, routing_key=key)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """One delivery from the queue: rejected (dead-lettered) now, or batched."""
+        if message.redelivered:
+            # Requeued because this edge's channel failed, perhaps after the event was
+            # written but before its (grouped) ack: dropped, so none is written twice.
+            log.info("redelivered event dropped", extra={"message_id": message.message_id})
+            await message.ack()
+            return
         try:
             envelope = decode(message.body)
             key = envelope.to.routing_key
@@ -108,11 +145,49 @@ class EventConsumer:
             )
             await message.reject(requeue=False)
             return
-        frame = self._framer.text(message.body)
-        delivered = self._hub.dispatch(key, frame)
-        kind = envelope.to.kind
-        self._metrics.received[kind].inc()
-        if delivered:
-            self._metrics.delivered[kind].inc(delivered)
-            self._metrics.latency.observe(max(0.0, time.time() - envelope.ts))
-        await message.ack()
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(
+            Pending(key, self._framer.text(message.body), envelope.to.kind, envelope.ts, message)
+        )
+
+    def _flush(self) -> None:
+        """Write the batch to the sockets, count it, and have it acknowledged."""
+        batch, self._batch = self._batch, []
+        try:
+            delivered = self._hub.dispatch_batch([(p.key, p.frame) for p in batch])
+            now = time.time()
+            for pending, count in zip(batch, delivered):
+                self._metrics.received[pending.kind].inc()
+                if count:
+                    self._metrics.delivered[pending.kind].inc(count)
+                    self._metrics.latency.observe(max(0.0, now - pending.ts))
+        finally:
+            # Messages are handled in delivery order, so the last one's tag covers all
+            # written before it; rejected ones are settled already and not covered again.
+            self._unacked = batch[-1].message
+            self._unacked_count += len(batch)
+            if self._unacked_count * 2 >= self._prefetch:
+                self._ack_written()
+            elif self._ack_timer is None:
+                self._ack_timer = asyncio.get_running_loop().call_later(
+                    ACK_DELAY_S, self._ack_written
+                )
+
+    def _ack_written(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        last, self._unacked, self._unacked_count = self._unacked, None, 0
+        if last is not None:
+            task = asyncio.create_task(self._ack(last))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, last: AbstractIncomingMessage) -> None:
+        try:
+            await last.ack(multiple=True)
+        except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
+            # The channel closed (the broker went away): its unacknowledged messages
+            # went back to the broker with it, there is nothing left to acknowledge.
+            log.info("batch not acknowledged: channel closed", extra={"error": repr(exc)})

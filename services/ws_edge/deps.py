@@ -14,9 +14,10 @@ from shared.db import UserStore
 from shared.messaging.broker import Publisher
 from services.ws_edge.bindings import BindingTable
 from services.ws_edge.hub import Hub, TextFramer
+from services.ws_edge.login_limits import LoginLimiter
 from services.ws_edge.metrics import EdgeMetrics
 from services.ws_edge.settings import EdgeSettings
-from services.excel_worker.settings import Limits
+from shared.exports.settings import Limits
 from shared.db.exports import ExportStore
 from shared.db.notifications import NotificationStore
 from shared.db.runs import RunStore
@@ -66,5 +67,6 @@ class EdgeDeps:
     metrics: EdgeMetrics
     blocking: Executor
     is_ready: Callable[[], bool]
+    login_limiter: LoginLimiter
     exports: ExportsDeps | None = None
     runs: RunStore | None = None  # the runner's runs table, for /api/runs

@@ -9,6 +9,7 @@ from enum import IntEnum
 from shared.auth import TokenError
 from shared.messaging import AddressError
 from shared.messaging.broker import BrokerUnavailable, Unroutable
+from services.ws_edge.login_limits import LoginThrottled
 from services.ws_edge.policy import PolicyDenied
 
 
@@ -51,6 +52,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     InvalidCredentials: ErrorSpec(401, "invalid_credentials"),
     TokenError: ErrorSpec(401, "token_invalid"),
     PolicyDenied: ErrorSpec(403, "forbidden"),
+    LoginThrottled: ErrorSpec(429, "rate_limited"),
     Unroutable: ErrorSpec(503, "no_service"),
     BrokerUnavailable: ErrorSpec(503, "unavailable"),
 }

@@ -34,8 +34,12 @@ class EdgeMetrics:
             registry=registry,
         )
         # Label children are resolved once: the fan-out path only calls inc().
-        self.delivered = {k: delivered.labels(k.value) for k in Kind if k is not Kind.SERVICE}
-        self.received = {k: received.labels(k.value) for k in Kind if k is not Kind.SERVICE}
+        self.delivered: dict[Kind, Counter] = {
+            k: delivered.labels(k.value) for k in Kind if k is not Kind.SERVICE
+        }
+        self.received: dict[Kind, Counter] = {
+            k: received.labels(k.value) for k in Kind if k is not Kind.SERVICE
+        }
         self.events_rejected = Counter(
             "warren_edge_events_rejected_total",
             "Broker messages that were not valid envelopes and were dead-lettered.",

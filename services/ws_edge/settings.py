@@ -7,8 +7,9 @@ from pathlib import Path
 
 from shared.auth import AuthSettings
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_list, env_str
+from shared.exports.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
+from services.ws_edge.login_limits import LoginLimits
 from services.ws_edge.policy import SendPolicy
-from services.excel_worker.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,9 @@ class EdgeSettings:
     login_threads: int
     exports_dir: Path = Path(DEFAULT_EXPORTS_DIR)  # shared with excel_worker (WARREN_EXPORTS_DIR)
     export_limits: Limits = Limits.from_env({})
+    # cat_relay replicas whose /readyz/cat the console's Cat status reads (warren up sets it)
+    relay_urls: tuple[str, ...] = ()
+    login_limits: LoginLimits = LoginLimits.from_env({})
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -59,6 +63,8 @@ class EdgeSettings:
             login_threads=env_int(env, "WARREN_EDGE_LOGIN_THREADS", 4, minimum=1),
             exports_dir=exports_dir(env),
             export_limits=Limits.from_env(env),
+            relay_urls=tuple(u.rstrip("/") for u in env_list(env, "WARREN_EDGE_RELAY_URLS")),
+            login_limits=LoginLimits.from_env(env),
         )
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
-"""Every bad token is refused before the upgrade with 401 and a JSON body."""
+"""Every bad token is refused before the upgrade with 401 and a JSON body; an open
+socket is closed when its token expires or when it stops answering pings."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections.abc import Callable
@@ -11,6 +13,15 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Event,
+    Ping,
+    Request,
+    TextMessage,
+)
 
 from shared.auth.tokens import DEV_SECRET
 from services.ws_edge.server import EdgeServer
@@ -123,3 +134,48 @@ async def test_token_expiry_closes_the_socket_with_4001(
     assert code == 4001
     assert reason == "token expired"
     assert edge.metrics.closed.labels("4001")._value.get() == 1
+
+
+class PlainClient:
+    """A WebSocket client that answers pings only when told to (wsproto over a stream)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.events: list[Event] = []
+
+    @classmethod
+    async def connect(cls, port: int, token: str) -> PlainClient:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        client.send(Request(host=f"127.0.0.1:{port}", target=f"/ws?token={token}"))
+        assert isinstance(await client.next_event(), AcceptConnection)
+        return client
+
+    def send(self, event: Event) -> None:
+        self.writer.write(self.ws.send(event))
+
+    async def next_event(self, timeout: float = 10.0) -> Event:
+        while not self.events:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            self.ws.receive_data(data or None)
+            self.events.extend(self.ws.events())
+        return self.events.pop(0)
+
+
+async def test_pings_keep_an_answering_socket_and_close_a_silent_one(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_PING_INTERVAL_S="0.2", WARREN_EDGE_PING_TIMEOUT_S="0.1")
+    await edge.start()
+    client = await PlainClient.connect(edge.port, token_for("alice"))
+    welcome = await client.next_event()
+    assert isinstance(welcome, TextMessage) and orjson.loads(welcome.data)["type"] == "welcome"
+    for _ in range(3):
+        ping = await client.next_event()
+        assert isinstance(ping, Ping)
+        client.send(ping.response())
+    assert isinstance(await client.next_event(), Ping)  # not answered
+    closed = await client.next_event()
+    assert isinstance(closed, CloseConnection)
+    assert (closed.code, closed.reason) == (1000, "ping timed out")
+    client.writer.close()

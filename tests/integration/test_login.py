@@ -104,3 +104,32 @@ def test_user_store_takes_its_password_hasher(database_url: str) -> None:
     assert store.authenticate("quick", "pw") is not None
     assert store.authenticate("quick", "nope") is None
     engine.dispose()
+
+
+async def test_brute_force_is_refused_with_429_before_the_password_is_checked(
+    make_edge: Callable[..., EdgeServer], users: UserStore
+) -> None:
+    users.add("alice", "correct horse")
+    edge = make_edge(WARREN_EDGE_LOGIN_FAILURES_PER_USER_ADDRESS="3/minute")
+    await edge.start()
+    for guess in (b"a", b"b", b"c"):
+        status, body = await _login(edge.port, b'{"username": "alice", "password": "%s"}' % guess)
+        assert (status, body["error"]) == (401, "invalid_credentials")
+    # Now even the right password is refused, so guessing learns nothing more.
+    try:
+        await AsyncHTTPClient().fetch(
+            f"http://127.0.0.1:{edge.port}/auth/login", method="POST",
+            body=b'{"username": "alice", "password": "correct horse"}',
+        )
+        raise AssertionError("the fourth attempt was let through")
+    except HTTPClientError as exc:
+        assert exc.code == 429 and exc.response is not None
+        assert 1 <= int(exc.response.headers["Retry-After"]) <= 60
+        body = orjson.loads(exc.response.body)
+    assert body["error"] == "rate_limited" and "retry in" in body["message"]
+    metrics = (await AsyncHTTPClient().fetch(f"http://127.0.0.1:{edge.port}/metrics")).body.decode()
+    assert 'warren_edge_logins_total{outcome="rate_limited"} 1.0' in metrics
+    # Another user from the same address is not locked out by alice's guesser.
+    users.add("bob", "pw")
+    status, _ = await _login(edge.port, b'{"username": "bob", "password": "pw"}')
+    assert status == 200

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from shared.messaging import ADDRESS_BROADCAST, Address, Envelope
-from shared.messaging.broker import Publisher
+import aio_pika
+
+from shared.messaging import ADDRESS_BROADCAST, Address, Envelope, encode, user_key
+from shared.messaging.broker import Publisher, connect, declare_exchanges
+from shared.messaging.names import EVENTS_DEAD_LETTER_QUEUE
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
 from tests.support.rabbit import BrokerAdmin
@@ -121,6 +124,33 @@ async def test_edge_receives_no_traffic_for_users_it_does_not_hold(
     received = edge.metrics.received
     assert received[Address.user("x").kind]._value.get() == 1  # only the marker
     assert received[Address.group("x").kind]._value.get() == 0
+
+
+async def test_invalid_events_are_dead_lettered_and_delivery_goes_on(
+    make_edge: Callable[..., EdgeServer], amqp_url: str, token_for: Callable[..., str]
+) -> None:
+    # A prefetch of 2: were any event left unacknowledged (invalid ones in a batch
+    # included), delivery would stop after two.
+    edge = make_edge(WARREN_EDGE_PREFETCH="2")
+    await edge.start()
+    alice = await Client.connect(edge.port, token_for("alice"))
+    sent = [event(Address.user("alice"), n=n) for n in range(10)]
+    connection = await connect(amqp_url, name="warren-test-raw-publisher")
+    async with connection:
+        channel = await connection.channel()
+        events, _commands = await declare_exchanges(channel)
+        for envelope in sent:
+            for body in (encode(envelope), b"not an envelope"):
+                await events.publish(aio_pika.Message(body), routing_key=user_key("alice"))
+        assert [(await alice.recv())["id"] for _ in sent] == [e.id for e in sent]
+        dead = await channel.declare_queue(EVENTS_DEAD_LETTER_QUEUE, durable=True)
+        bodies = []
+        for _ in sent:
+            message = await dead.get(timeout=10)
+            await message.ack()
+            bodies.append(message.body)
+    assert bodies == [b"not an envelope"] * len(sent)
+    assert edge.metrics.events_rejected._value.get() == len(sent)
 
 
 async def _until_no_holders(edge: EdgeServer) -> None:

@@ -84,9 +84,13 @@ class BrokerAdmin:
         if shutil.which("rabbitmqctl") is not None:
             # Close exactly the connections open now, not the ones that reconnect
             # while rabbitmqctl is still at work.
-            listed = _ctl("list_connections", "-p", vhost, "--no-table-headers", "pid")
-            for pid in listed.split():
-                _ctl("close_connection", pid, "test: simulated connection loss")
+            # list_connections takes no vhost (it ignores -p and lists the whole broker's):
+            # filter here, or every other session's connections are closed too.
+            listed = _ctl("list_connections", "--no-table-headers", "vhost", "pid")
+            for line in listed.splitlines():
+                owner, _, pid = line.partition("\t")
+                if owner == vhost:
+                    _ctl("close_connection", pid, "test: simulated connection loss")
             return
         quoted = urllib.parse.quote(vhost, safe="")
         for connection in json.loads(self._api("GET", f"/api/vhosts/{quoted}/connections")):

@@ -11,6 +11,7 @@ from shared.messaging.names import valid_name
 from shared.web import JsonHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import BadRequest, InvalidCredentials, describe
+from services.ws_edge.login_limits import LoginThrottled
 
 MAX_PASSWORD_LENGTH = 1024
 
@@ -23,20 +24,26 @@ class LoginHandler(JsonHandler):
         if not self._deps.tokens.can_issue:
             self.fail(501, "login_disabled", "this edge verifies tokens but has no key to issue them")
             return
+        limiter, address = self._deps.login_limiter, self.request.remote_ip or ""
         try:
             username, password = _credentials(self.request.body)
+            limiter.attempt(username, address)
             user = None
             if valid_name(username):
                 user = await asyncio.get_running_loop().run_in_executor(
                     self._deps.blocking, self._deps.users.authenticate, username, password
                 )
             if user is None:
+                limiter.failed(username, address)
                 raise InvalidCredentials("wrong user name or password")
-        except (BadRequest, InvalidCredentials) as exc:
+        except (BadRequest, InvalidCredentials, LoginThrottled) as exc:
             spec = describe(exc)
             self._deps.metrics.logins.labels(spec.code).inc()
+            if isinstance(exc, LoginThrottled):
+                self.set_header("Retry-After", str(exc.retry_after_s))
             self.fail(spec.status, spec.code, str(exc))
             return
+        limiter.succeeded(username, address)
         self._deps.metrics.logins.labels("ok").inc()
         tokens = self._deps.tokens
         self.write_json(

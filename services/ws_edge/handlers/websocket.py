@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
-from typing import Any
+from types import TracebackType
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import orjson
@@ -17,6 +19,7 @@ from shared.auth import Identity, TokenError
 from shared.messaging import (
     BROADCAST,
     Address,
+    Command,
     Envelope,
     group_key,
     parse_destination,
@@ -26,11 +29,23 @@ from services.ws_edge import frames
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, describe
 from services.ws_edge.handlers.api import request_token
-from services.ws_edge.handlers.exports import deliver_pending
+from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
 
 log = logging.getLogger(__name__)
 
+#: An unmasked ping frame with no payload (RFC 6455 5.5.2).
+PING_FRAME: Final = b"\x89\x00"
+
+
 class EdgeSocket(tornado.websocket.WebSocketHandler):
+    # The edge's per-connection state lives in slots. Tornado already gives each handler
+    # 27 instance attributes, and CPython keeps an instance dict compact (keys shared by
+    # the class) only up to 30 keys: a few more would cost every socket about 1.3 KB.
+    __slots__ = (
+        "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
+        "_pinged_at", "_pong_due",
+    )
+
     def initialize(self, deps: EdgeDeps) -> None:
         self._deps = deps
         self._identity: Identity | None = None
@@ -38,8 +53,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._opened = False
         self._closed = False
         self._expiry: asyncio.TimerHandle | None = None
-        strikes = deps.settings.invalid_frame_limit
-        self._strikes: deque[float] = deque(maxlen=strikes)
+        self._strikes: deque[float] | None = None  # made at the first invalid frame
+        self._pinged_at = 0.0  # loop time of the last ping (see open() for the first)
+        self._pong_due = False
 
     # -- handshake -------------------------------------------------------------
 
@@ -85,6 +101,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     async def open(self, *args: Any, **kwargs: Any) -> None:
         deps, identity = self._deps, self._identity
         assert identity is not None and self.ws_connection is not None
+        self._release_handshake()
         self._opened = True
         deps.hub.track(self)
         deps.metrics.connections.inc()
@@ -99,6 +116,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             return
         if self._closed:
             return
+        # The first ping comes at a random point of the first interval (keepalive.py).
+        jitter = random.random() * deps.settings.ping_interval_s
+        self._pinged_at = asyncio.get_running_loop().time() - jitter
         # Subscribing and writing the welcome happen in one step of the loop, so the
         # welcome is always the first frame the client sees.
         deps.hub.subscribe(self, (*self._retained, BROADCAST))
@@ -111,6 +131,27 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire)
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
+
+    def _release_handshake(self) -> None:
+        """Let go of what only the upgrade needed: the request (headers, query, cookies,
+        HTTP/1 state) and the response headers. Kept, they would cost about 5 KB for
+        the socket's whole life; nothing reads them once the socket is open."""
+        # Tornado's get() keeps the request headers for the socket's whole life.
+        self.request.headers.clear()
+        self.request = None  # type: ignore[assignment]
+        self._headers = None  # type: ignore[assignment]
+        self.ui = None  # type: ignore[assignment]  # as Tornado's own _break_cycles
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Tornado's version describes the request, which is gone once the socket is open.
+        if self.request is not None:
+            super().log_exception(typ, value, tb)
+            return
+        user = self._identity.user_id if self._identity else None
+        log.error("connection failed", extra={"user": user}, exc_info=(typ, value, tb))
 
     def on_close(self) -> None:
         if self._closed or not self._opened:
@@ -126,10 +167,27 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     def _expire(self) -> None:
         self.close_with(CloseCode.TOKEN_EXPIRED, "token expired")
 
+    # -- keepalive (services/ws_edge/keepalive.py) --------------------------------
+
+    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
+        """Ping every ``interval_s``; close as Tornado's own keepalive does (1000) when a
+        pong has not come ``timeout_s`` after its ping."""
+        if self._pong_due:
+            if now - self._pinged_at >= timeout_s:
+                self.close(reason="ping timed out")
+        elif now - self._pinged_at >= interval_s:
+            self._pinged_at = now
+            self._pong_due = True
+            self.send_frame(PING_FRAME)
+
+    def on_pong(self, data: bytes) -> None:
+        self._pong_due = False
+
     # -- outbound --------------------------------------------------------------
 
     def send_frame(self, frame: bytes) -> bool:
-        """Write one pre-built WebSocket frame; close the client if its buffer is full."""
+        """Write pre-built WebSocket frames (one, or several back to back); close the
+        client if its buffer is full."""
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             return False
@@ -203,7 +261,10 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         assert identity is not None
         me = Address.user(identity.user_id)
         envelope = Envelope(type=frame.type, to=me, sender=me, data=frame.data)
-        await self._deps.publisher.publish_command(envelope)
+        if frame.type == Command.EXCEL_CREATE and self._deps.exports is not None:
+            await submit_from_socket(self._deps, envelope)  # recorded as queued, then published
+        else:
+            await self._deps.publisher.publish_command(envelope)
         return envelope.id
 
     def _refused(self, ref: frames.Ref, exc: Exception) -> None:
@@ -220,6 +281,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
 
     def _strike(self) -> None:
         now = time.monotonic()
+        if self._strikes is None:
+            self._strikes = deque(maxlen=self._deps.settings.invalid_frame_limit)
         self._strikes.append(now)
         window = self._deps.settings.invalid_frame_window_s
         if len(self._strikes) == self._strikes.maxlen and now - self._strikes[0] <= window:

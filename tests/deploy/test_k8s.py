@@ -6,16 +6,17 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from shared.messaging.names import Command, work_queue_name
+from shared.messaging.names import RUNNER_RUNS_QUEUE, Command, work_queue_name
 from tests.deploy.crd_schemas import SCHEMAS
 from tests.deploy.manifests import OVERLAYS, Manifest, by_name, of_kind, render
 
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = ("edge", "cat-relay", "runner", "excel-worker")
-SERVICE_COMMANDS = {
-    "cat-relay": Command.CHAT_ASK,
-    "runner": Command.RUN_START,
-    "excel-worker": Command.EXCEL_CREATE,
+# The queue whose depth means "more replicas needed", for each command service.
+SCALED_QUEUES = {
+    "cat-relay": work_queue_name(Command.CHAT_ASK),
+    "runner": RUNNER_RUNS_QUEUE,  # runs waiting for a free slot
+    "excel-worker": work_queue_name(Command.EXCEL_CREATE),
 }
 
 
@@ -97,13 +98,13 @@ def test_scaling_targets_exist_and_watch_the_real_work_queues(
 ) -> None:
     deployments = by_name(manifests, "Deployment")
     scaled = by_name(manifests, "ScaledObject")
-    assert set(scaled) == set(SERVICE_COMMANDS)
-    for name, command in SERVICE_COMMANDS.items():
+    assert set(scaled) == set(SCALED_QUEUES)
+    for name, queue in SCALED_QUEUES.items():
         spec = scaled[name]["spec"]
         assert spec["scaleTargetRef"]["name"] in deployments
         (trigger,) = spec["triggers"]
         assert trigger["type"] == "rabbitmq"
-        assert trigger["metadata"]["queueName"] == work_queue_name(command)
+        assert trigger["metadata"]["queueName"] == queue
         assert trigger["authenticationRef"]["name"] in by_name(manifests, "TriggerAuthentication")
     (hpa,) = of_kind(manifests, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == "edge"

@@ -116,3 +116,17 @@ ensure_kubectl() {
     fi
     rm -rf "$scratch"
 }
+
+# Debian's Chromium for the browser tests (tests/browser, driven by Playwright; its own
+# browser download is not used). Not fatal: without it those tests are skipped and say why.
+ensure_chromium() {
+    local chromium=${WARREN_CHROMIUM:-/usr/bin/chromium}
+    [ -x "$chromium" ] && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "no Chromium at $chromium and not root to install it: the browser tests will be skipped"
+        return 0
+    fi
+    say "installing Debian's chromium for the browser tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || say "apt-get install chromium failed; the browser tests will be skipped"
+}

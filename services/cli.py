@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import secrets
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -28,7 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("cat-relay", help="run the Cheshire Cat relay")
     sub.add_parser("runner", help="run the job runner")
     sub.add_parser("excel-worker", help="run the Excel export worker")
-    sub.add_parser("up", help="development: add demo users to an empty database, run the edge")
+    up = sub.add_parser(
+        "up", help="development: run every service under one supervisor, with the web console"
+    )
+    for kind, default in (("edges", 1), ("relays", 1), ("runners", 1), ("workers", 1)):
+        up.add_argument(f"--{kind}", type=int, default=default, metavar="N",
+                        help=f"replicas of the {kind[:-1]} service (default {default})")
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user")
@@ -62,7 +66,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         elif args.command == "excel-worker":
             _excel_worker(env)
         elif args.command == "up":
-            _up(env)
+            _up(env, args)
         elif args.command == "user":
             _user_add(env, args)
         elif args.command == "token":
@@ -110,27 +114,17 @@ def _excel_worker(env: Mapping[str, str]) -> None:
     asyncio.run(serve(settings))
 
 
-DEMO_USERS = (
-    ("alice", ("team",), ("admin",)),
-    ("bob", ("team",), ()),
-    ("carol", ("ops",), ()),
-)
+def _up(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    from services.supervisor.output import Output
+    from services.supervisor.settings import UpSettings
+    from services.supervisor.up import up
 
-
-def _up(env: Mapping[str, str]) -> None:
-    common = CommonSettings.from_env(env, "cli")
-    if not common.development:
-        raise ConfigError("warren up is for development: set WARREN_ENV=development")
-    store = _store(common)
-    if store.count() == 0:
-        print("demo users (shown once):")
-        for name, groups, roles in DEMO_USERS:
-            password = secrets.token_urlsafe(9)
-            store.add(name, password, groups, roles)
-            print(f"  {name:6} password {password}  groups {list(groups)}  roles {list(roles)}")
-    port = env.get("WARREN_EDGE_PORT", "8000")
-    print(f"edge: ws://127.0.0.1:{port}/ws   login: POST http://127.0.0.1:{port}/auth/login")
-    _edge(env)
+    replicas = {
+        "edge": args.edges, "relay": args.relays, "runner": args.runners, "excel": args.workers
+    }
+    settings = UpSettings.from_env(env, replicas)
+    colour = sys.stdout.isatty() and "NO_COLOR" not in env
+    raise SystemExit(up(settings, env, Output(sys.stdout, colour), sys.executable))
 
 
 def _store(common: CommonSettings) -> UserStore:
@@ -175,3 +169,7 @@ def _publish(env: Mapping[str, str], args: argparse.Namespace) -> None:
 
     asyncio.run(publish())
     print(envelope.id)
+
+
+if __name__ == "__main__":
+    main()

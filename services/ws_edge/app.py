@@ -10,6 +10,7 @@ from tornado.log import access_log
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.auth import LoginHandler
+from services.ws_edge.handlers.console import console_routes
 from services.ws_edge.handlers.exports import (
     ExportFileHandler,
     ExportListHandler,
@@ -20,10 +21,16 @@ from services.ws_edge.handlers.websocket import EdgeSocket
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log, without the query string: it may carry a token."""
+    """Tornado's access log, without the query string: it may carry a token.
+
+    Handlers polled every second or so (the console's) set ``quiet_access_log``: their
+    successful requests are logged at DEBUG, so they do not drown everything else.
+    """
     request = handler.request
     status = handler.get_status()
     level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+    if status < 400 and getattr(handler, "quiet_access_log", False):
+        level = logging.DEBUG
     access_log.log(
         level,
         "%d %s %s",
@@ -48,9 +55,10 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": deps.is_ready}),
             (r"/metrics", MetricsHandler, {"registry": deps.metrics.registry}),
+            *console_routes(deps),
         ],
-        websocket_ping_interval=settings.ping_interval_s or None,
-        websocket_ping_timeout=settings.ping_timeout_s or None,
+        # Keepalive pings come from services/ws_edge/keepalive.py, not from a Tornado
+        # task per connection.
         websocket_max_message_size=settings.max_inbound_frame_bytes,
         log_function=log_request,
     )

@@ -62,6 +62,7 @@ class CatV1Double:
         self.busy: Counter[str] = Counter()  # user id -> asks being answered now
         self.max_busy: Counter[str] = Counter()  # user id -> most asks answered at once
         self.closed: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        self.peer_ports: dict[str, int] = {}  # user id -> client port of the newest socket
         self.dropped = 0
         self.served: dict[str, float] = {}  # ask text -> seconds from receipt to the last frame
         self._server: HTTPServer | None = None
@@ -161,6 +162,9 @@ class CatSocket(tornado.websocket.WebSocketHandler):
         self.user_id = user_id
         self.set_nodelay(True)  # as a real server does: small frames go out at once
         self.cat.sockets[user_id] = self  # the newest socket takes the user's replies
+        # Which relay process holds the socket: its local port is this peer port.
+        assert self.ws_connection is not None and self.ws_connection.stream.socket is not None
+        self.cat.peer_ports[user_id] = self.ws_connection.stream.socket.getpeername()[1]
         self.cat._all.add(self)
         self.cat.open_count[user_id] += 1
         self.cat.max_open[user_id] = max(self.cat.max_open[user_id], self.cat.open_count[user_id])

@@ -48,6 +48,7 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
+from shared.logging import correlated
 from shared.messaging import EnvelopeError, decode
 from shared.messaging.broker import CONTENT_TYPE, declare_chat_claims_queue, declare_session_queue
 from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
@@ -311,7 +312,9 @@ class SessionTable:
         if job.ask.id in self._answered:
             return None  # a copy of an ask answered here already (a lost ack, a re-forward)
         try:
-            await self._relay.answer(job.ask)
+            # One runner task answers the session's asks in turn: each carries its own id.
+            with correlated(job.ask.id):
+                await self._relay.answer(job.ask)
         except Exception as exc:  # the broker did not take the answer: the ask goes back
             log.warning("could not answer an ask", extra={"ask_id": job.ask.id}, exc_info=True)
             return exc

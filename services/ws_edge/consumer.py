@@ -157,7 +157,14 @@ class EventConsumer:
         try:
             delivered = self._hub.dispatch_batch([(p.key, p.frame) for p in batch])
             now = time.time()
+            traced = log.isEnabledFor(logging.DEBUG)
             for pending, count in zip(batch, delivered):
+                if traced:  # the way back of a correlation id (shared/logging.py)
+                    log.debug("event delivered", extra={
+                        "correlation_id": pending.message.correlation_id,
+                        "message_id": pending.message.message_id,
+                        "routing_key": pending.key, "sockets": count,
+                    })
                 self._metrics.received[pending.kind].inc()
                 if count:
                     self._metrics.delivered[pending.kind].inc(count)

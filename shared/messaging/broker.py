@@ -21,6 +21,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import PublishError
 
+from shared.logging import correlation_id as current_correlation_id
 from shared.messaging.envelope import Envelope, encode
 from shared.messaging.names import (
     CHAT_CLAIMS_QUEUE,
@@ -244,7 +245,8 @@ class Publisher:
             encode(envelope),
             content_type=CONTENT_TYPE,
             message_id=envelope.id,
-            correlation_id=correlation_id or envelope.id,
+            # The work this publish belongs to (shared/logging.py), else the message itself.
+            correlation_id=correlation_id or current_correlation_id() or envelope.id,
             reply_to=reply_to,
             type=envelope.type,
             delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,

@@ -28,6 +28,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from shared.logging import correlated
 from shared.messaging.broker import declare_work_queue
 from shared.messaging.envelope import Envelope, EnvelopeError, decode
 from shared.messaging.names import Command, Kind
@@ -140,6 +141,11 @@ class WorkConsumer:
             self._idle.set()
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        # This task's logs and publishes carry the id of the work it does (shared/logging.py).
+        with correlated(message.correlation_id or message.message_id):
+            await self._handle_correlated(message)
+
+    async def _handle_correlated(self, message: AbstractIncomingMessage) -> None:
         try:
             envelope = decode(message.body)
             if envelope.sender.kind is not Kind.USER:

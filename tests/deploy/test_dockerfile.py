@@ -44,3 +44,30 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
     assert "*" in ignore
     assert {"!pyproject.toml", "!README.md", "!services/", "!shared/"} <= set(ignore)
+
+
+def test_the_image_install_ships_every_console_file(tmp_path: Path) -> None:
+    # What the build stage copies and installs (pip install .), not the editable checkout.
+    source = tmp_path / "src"
+    source.mkdir()
+    copied = [name for line in DOCKERFILE.read_text().splitlines()
+              if line.startswith("COPY ") and "--from=" not in line
+              for name in line.split()[1:-1]]
+    assert "services" in copied
+    for name in copied:
+        origin = ROOT / name
+        if origin.is_dir():
+            shutil.copytree(origin, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif origin.exists():
+            shutil.copy2(origin, source / name)
+    target = tmp_path / "site"
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
+         "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    static = ROOT / "services" / "ws_edge" / "static"
+    wanted = {p.relative_to(static) for p in static.rglob("*") if p.is_file()}
+    shipped = target / "services" / "ws_edge" / "static"
+    assert wanted and {p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()} == wanted

@@ -16,6 +16,7 @@ import tornado.websocket
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from shared.auth import Identity, TokenError
+from shared.logging import correlated
 from shared.messaging import (
     BROADCAST,
     Address,
@@ -261,10 +262,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         assert identity is not None
         me = Address.user(identity.user_id)
         envelope = Envelope(type=frame.type, to=me, sender=me, data=frame.data)
-        if frame.type == Command.EXCEL_CREATE and self._deps.exports is not None:
-            await submit_from_socket(self._deps, envelope)  # recorded as queued, then published
-        else:
-            await self._deps.publisher.publish_command(envelope)
+        # The command's id follows it through the broker and back (shared/logging.py).
+        with correlated(envelope.id):
+            if frame.type == Command.EXCEL_CREATE and self._deps.exports is not None:
+                await submit_from_socket(self._deps, envelope)  # recorded as queued, then published
+            else:
+                await self._deps.publisher.publish_command(envelope)
+            log.info("command accepted", extra={"command": frame.type, "user": identity.user_id})
         return envelope.id
 
     def _refused(self, ref: frames.Ref, exc: Exception) -> None:

@@ -1,4 +1,5 @@
-"""Workers as real processes: sharing the queue, killed mid-task, SIGTERM, broker restart."""
+"""Workers as real processes: sharing the queue, killed mid-task, SIGTERM; the broker lost
+or restarted mid-task."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from shared.db.notifications import Notification
 from services.excel_worker.server import ExcelWorkerServer
 from services.excel_worker.settings import ExcelSettings
 from services.ws_edge.server import EdgeServer
+from services.ws_edge.settings import EdgeSettings
 from tests.support.client import Client
+from tests.support.edge import edge_env
 from tests.support.excel import WorkerProcess, until_logged, worker_env
+from tests.support.private_broker import PrivateBroker
 from tests.support.rabbit import BrokerAdmin
 
 SLOW = {"WARREN_EXCEL_TEST_ROW_DELAY_S": "0.05"}
@@ -201,3 +205,49 @@ async def test_broker_connection_loss_mid_task(
         assert done_notifications(database_url, task_id) == 1
     finally:
         await worker.stop()
+
+
+async def test_broker_restart_mid_task_completes_it_exactly_once(
+    private_broker: PrivateBroker, private_amqp_url: str, database_url: str, exports_dir: Path,
+    token_for: Callable[..., str], store: ExportStore,
+) -> None:
+    # The node itself stops and starts: the worker's delivery and channel are gone, the
+    # persistent command in the durable queue is not, and is delivered again.
+    edge = EdgeServer(EdgeSettings.from_env(edge_env(
+        private_amqp_url, database_url, WARREN_EXPORTS_DIR=str(exports_dir)
+    )), CollectorRegistry())
+    worker = ExcelWorkerServer(ExcelSettings.from_env(
+        worker_env(private_amqp_url, database_url, exports_dir, **SLOW)
+    ), CollectorRegistry())
+    await edge.start()
+    await worker.start()
+    try:
+        token = token_for("alice")
+        client = await Client.connect(edge.port, token)
+        task_id = await ask(client, 120)
+        await until_event(client, "excel.progress", task_id, min_rows=5)
+
+        loop = asyncio.get_running_loop()
+        restored = [loop.create_future(), loop.create_future()]
+        for connection, future in zip((worker.connection, edge.connection), restored):
+            assert connection is not None
+            connection.reconnect_callbacks.add(
+                lambda *_a, f=future: f.done() or f.set_result(None)
+            )
+        await asyncio.to_thread(private_broker.restart)
+        await asyncio.wait_for(asyncio.gather(*restored), 60)
+
+        late = await Client.connect(edge.port, token)
+        waits = [asyncio.create_task(until_event(c, "excel.done", task_id)) for c in (client, late)]
+        finished, others = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        for other in others:
+            other.cancel()
+        assert finished, "no excel.done after the broker came back"
+        assert await worker.consumer.drain(60)  # the redelivered copy is settled too
+        record = store.get(task_id)
+        assert record is not None and record.status is ExportStatus.DONE and record.rows == 120
+        assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+        assert done_notifications(database_url, task_id) == 1
+    finally:
+        await worker.stop()
+        await edge.stop()

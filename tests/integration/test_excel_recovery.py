@@ -87,6 +87,29 @@ async def ask(client: Client, rows: int, ref: int = 1) -> str:
     return str(ack["data"]["id"])
 
 
+def reconnected(*servers: ExcelWorkerServer | EdgeServer) -> asyncio.Future[list[None]]:
+    """Done when every server's robust connection has reconnected once."""
+    loop = asyncio.get_running_loop()
+    restored = [loop.create_future() for _ in servers]
+    for server, future in zip(servers, restored):
+        assert server.connection is not None
+        server.connection.reconnect_callbacks.add(
+            lambda *_a, f=future: f.done() or f.set_result(None)
+        )
+    return asyncio.gather(*restored)
+
+
+async def done_live_or_pending(client: Client, port: int, token: str, task_id: str) -> None:
+    """The done event reaches the open socket live, or waits as a pending notification
+    for the next one: read both sockets and take the first."""
+    late = await Client.connect(port, token)
+    waits = [asyncio.create_task(until_event(c, "excel.done", task_id)) for c in (client, late)]
+    finished, others = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+    for other in others:
+        other.cancel()
+    assert finished, "no excel.done after the broker came back"
+
+
 async def test_two_workers_share_the_queue(
     spawn: Callable[..., Any], exports_edge: EdgeServer, token_for: Callable[..., str],
     exports_dir: Path,
@@ -181,24 +204,11 @@ async def test_broker_connection_loss_mid_task(
         task_id = await ask(client, 120)
         await until_event(client, "excel.progress", task_id, min_rows=5)
 
-        loop = asyncio.get_running_loop()
-        restored = [loop.create_future(), loop.create_future()]
-        for connection, future in zip((worker.connection, exports_edge.connection), restored):
-            assert connection is not None
-            connection.reconnect_callbacks.add(
-                lambda *_a, f=future: f.done() or f.set_result(None)
-            )
+        restored = reconnected(worker, exports_edge)
         await broker_admin.close_connections(vhost)
-        await asyncio.wait_for(asyncio.gather(*restored), 30)
+        await asyncio.wait_for(restored, 30)
 
-        # The done event reaches a socket live, or waits as a pending notification for
-        # the next one; read both sockets and take the first.
-        late = await Client.connect(exports_edge.port, token)
-        waits = [asyncio.create_task(until_event(c, "excel.done", task_id)) for c in (client, late)]
-        finished, others = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        for other in others:
-            other.cancel()
-        assert finished, "no excel.done after the broker came back"
+        await done_live_or_pending(client, exports_edge.port, token, task_id)
         record = store.get(task_id)
         assert record is not None and record.status is ExportStatus.DONE and record.rows == 120
         assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
@@ -227,22 +237,11 @@ async def test_broker_restart_mid_task_completes_it_exactly_once(
         task_id = await ask(client, 120)
         await until_event(client, "excel.progress", task_id, min_rows=5)
 
-        loop = asyncio.get_running_loop()
-        restored = [loop.create_future(), loop.create_future()]
-        for connection, future in zip((worker.connection, edge.connection), restored):
-            assert connection is not None
-            connection.reconnect_callbacks.add(
-                lambda *_a, f=future: f.done() or f.set_result(None)
-            )
+        restored = reconnected(worker, edge)
         await asyncio.to_thread(private_broker.restart)
-        await asyncio.wait_for(asyncio.gather(*restored), 60)
+        await asyncio.wait_for(restored, 60)
 
-        late = await Client.connect(edge.port, token)
-        waits = [asyncio.create_task(until_event(c, "excel.done", task_id)) for c in (client, late)]
-        finished, others = await asyncio.wait(waits, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        for other in others:
-            other.cancel()
-        assert finished, "no excel.done after the broker came back"
+        await done_live_or_pending(client, edge.port, token, task_id)
         assert await worker.consumer.drain(60)  # the redelivered copy is settled too
         record = store.get(task_id)
         assert record is not None and record.status is ExportStatus.DONE and record.rows == 120

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
@@ -401,14 +402,13 @@ async def test_sigterm_drains_the_ask_in_flight_and_exits_cleanly(
     alice = await chat_for(edge, token_for("alice"))
     held = await alice.ask("!hold")
     await asyncio.wait_for(cat.holding.wait(), 10)
-    stopping = asyncio.ensure_future(process.logged("cat_relay stopping"))
-    process.terminate()
-    await stopping  # draining, with the answer still to come
+    process.signal(signal.SIGTERM)
+    await process.wait_log("cat_relay stopping")  # draining, with the answer still to come
     cat.hold.set()
     _, final = await alice.outcome(held)
     assert final["type"] == "chat.reply" and final["data"]["text"] == reply_for("!hold")
-    assert await process.exited() == 0, "\n".join(process.output)
-    assert any('"cat_relay stopped"' in line for line in process.output)
+    assert await process.exited() == 0, process.tail()
+    assert process.messages("cat_relay stopped")
 
 
 async def test_a_replica_killed_mid_answer_gets_its_ask_answered_interrupted_once(

@@ -3,18 +3,11 @@ follows one ask to its answer."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import sys
-from collections.abc import Mapping
 from typing import Any
 
-import orjson
-
 from tests.support.client import Client
+from tests.support.service_process import ServiceProcess
 
-READY_TIMEOUT = 30.0
 
 SERVICE_KEY = "relay-test-service-key-0123456789"
 
@@ -33,6 +26,7 @@ def relay_env(amqp_url: str, database_url: str, cat_url: str, **overrides: str) 
         "WARREN_RELAY_API_KEY": SERVICE_KEY,
         "WARREN_RELAY_TOKEN_FLUSH_S": "0.005",
         "WARREN_RELAY_SHUTDOWN_DEADLINE_S": "5",
+        "WARREN_LOG_LEVEL": "INFO",
     }
     env.update(overrides)
     return env
@@ -74,68 +68,8 @@ class Chat:
                 return tokens, frame
 
 
-class RelayProcess:
-    """``python -m services.cat_relay`` in a child process; ready once it logs so."""
+class RelayProcess(ServiceProcess):
+    """``python -m services.cat_relay`` in a child process (tests/support/service_process.py)."""
 
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = {**os.environ, **env, "WARREN_LOG_LEVEL": "INFO"}
-        self.process: asyncio.subprocess.Process | None = None
-        self.port = 0
-        self.output: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[str, asyncio.Future[None]]] = []
-
-    async def start(self) -> RelayProcess:
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cat_relay", env=self._env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )
-        self._reader = asyncio.create_task(self._read(ready))
-        self.port = await asyncio.wait_for(asyncio.shield(ready), READY_TIMEOUT)
-        return self
-
-    async def _read(self, ready: asyncio.Future[int]) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        while line := await self.process.stdout.readline():
-            self.output.append(line.decode(errors="replace").rstrip())
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if record.get("message") == "cat_relay ready" and not ready.done():
-                ready.set_result(int(record["port"]))
-            for message, waiter in tuple(self._waiters):
-                if record.get("message") == message and not waiter.done():
-                    waiter.set_result(None)
-                    self._waiters.remove((message, waiter))
-        if not ready.done():
-            tail = "\n".join(self.output[-20:])
-            ready.set_exception(RuntimeError(f"the relay exited before it was ready:\n{tail}"))
-
-    async def logged(self, message: str, timeout: float = 30.0) -> None:
-        """Wait for the next log record whose message is ``message``."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((message, waiter))
-        await asyncio.wait_for(waiter, timeout)
-
-    def terminate(self) -> None:
-        """SIGTERM, as an orchestrator stopping the relay sends it."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-
-    async def exited(self, timeout: float = 30.0) -> int:
-        """Wait for the process to end; its exit code."""
-        assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, timeout)
-        return code
-
-    async def kill(self) -> None:
-        """SIGKILL: the relay dies as in a crash, with no chance to clean up."""
-        if self.process is not None and self.process.returncode is None:
-            self.process.kill()
-            await self.process.wait()
-        if self._reader is not None:
-            await self._reader
+    module = "services.cat_relay"
+    ready_message = "cat_relay ready"

@@ -12,7 +12,7 @@ import httpx
 from services.supervisor.cat import choose_cat, describe
 from services.supervisor.demo import DemoUser, prepare_database
 from services.supervisor.output import Output
-from services.supervisor.plan import ChildSpec, service_specs, host_id
+from services.supervisor.plan import ChildSpec, host_id, service_specs
 from services.supervisor.ports import assign_ports
 from services.supervisor.settings import EDGE, KINDS, UpSettings
 from services.supervisor.supervisor import StartFailed, Supervisor

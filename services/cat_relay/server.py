@@ -84,8 +84,12 @@ class RelayServer:
         self._asker = asker = Asker(connection, publisher, settings.common.instance_id)
         await asker.start()
         dispatcher = Dispatcher(sessions, self.metrics)
+        # No retries in place: an ask that failed may have reached the Cat already (the
+        # v2 history is written after the answer), so it goes back to the queue and is
+        # answered ``interrupted`` rather than asked again (docs/cat_relay.md, Failures).
         self._consumer = WorkConsumer(
-            connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch
+            connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch,
+            retry_for_s=0,
         )
         await self._consumer.start()
         tokens = TokenService(settings.auth)

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.db.outage import while_unavailable
 from shared.db.runs import RunExists, RunLimitReached, RunRecord, RunStatus, RunStore
 from shared.db.users import UserStore
 from shared.messaging import Envelope
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
 EVENT_RETRY_S = 10.0
+END_RETRY_S = 300.0  # a run's end is written again while the database is away, this long
 
 
 @dataclass(eq=False)
@@ -231,11 +233,13 @@ class RunManager:
             shutil.rmtree(workdir, ignore_errors=True)
 
     async def _record_end(self, active: ActiveRun, outcome: Outcome) -> None:
+        # The job is gone and its outcome exists only here: a database outage must not lose
+        # it (the run's redelivery could only fail it, as if this replica had died).
         progress = active.child.progress()
-        final = await self.db(
+        final = await while_unavailable(lambda: self.db(
             self._store.finish, active.record.id, outcome.status,
             exit_code=outcome.exit_code, reason=outcome.reason, progress=progress,
-        )
+        ), for_s=END_RETRY_S)
         if final is None:
             log.warning("run already ended elsewhere", extra={"run_id": active.record.id})
             return

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from shared.auth import TokenError
+from shared.db.outage import database_unavailable
 from shared.messaging import AddressError
 from shared.messaging.broker import BrokerUnavailable, Unroutable
+from services.ws_edge.frame_rate import FramesThrottled
 from services.ws_edge.login_limits import LoginThrottled
 from services.ws_edge.policy import PolicyDenied
 
@@ -21,6 +23,7 @@ class CloseCode(IntEnum):
     TOKEN_EXPIRED = 4001  # the token's exp passed during the connection
     SLOW_CONSUMER = 4008  # the client stopped reading; its outbound buffer filled
     TOO_MANY_INVALID_FRAMES = 4029  # repeated invalid frames
+    TOO_MANY_FRAMES = 4030  # frames kept coming faster than WARREN_EDGE_FRAME_RATE
 
 
 class FrameError(ValueError):
@@ -43,6 +46,9 @@ class InvalidCredentials(PermissionError):
 class ErrorSpec:
     status: int
     code: str
+    # What the client is told instead of the exception's own text, where that would show
+    # internals (a database error's text holds the statement and the server's address).
+    message: str | None = None
 
 
 ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
@@ -53,15 +59,25 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     TokenError: ErrorSpec(401, "token_invalid"),
     PolicyDenied: ErrorSpec(403, "forbidden"),
     LoginThrottled: ErrorSpec(429, "rate_limited"),
+    FramesThrottled: ErrorSpec(429, "rate_limited"),
     Unroutable: ErrorSpec(503, "no_service"),
     BrokerUnavailable: ErrorSpec(503, "unavailable"),
 }
 
 INTERNAL = ErrorSpec(500, "internal")
+DATABASE_UNAVAILABLE = ErrorSpec(
+    503, "database_unavailable", "the database is unavailable; retry later"
+)
 
 
 def describe(exc: BaseException) -> ErrorSpec:
-    """The status and code for ``exc``; exceptions carrying their own code keep it."""
+    """The status and code for ``exc``; exceptions carrying their own code keep it.
+
+    The database being away (``shared.db.outage``) is ``database_unavailable``, whichever
+    of SQLAlchemy's exceptions says so: it is told by the error, not only by its type.
+    """
+    if database_unavailable(exc):
+        return DATABASE_UNAVAILABLE
     for kind in type(exc).__mro__:
         spec = ERROR_TABLE.get(kind)  # type: ignore[arg-type]
         if spec is not None:

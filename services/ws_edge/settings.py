@@ -6,8 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.auth import AuthSettings
-from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_list, env_str
+from shared.config import (
+    CommonSettings,
+    ConfigError,
+    Env,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
 from shared.exports.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
+from services.ws_edge.frame_rate import FrameRate
 from services.ws_edge.login_limits import LoginLimits
 from services.ws_edge.policy import SendPolicy
 
@@ -36,6 +46,10 @@ class EdgeSettings:
     # cat_relay replicas whose /readyz/cat the console's Cat status reads (warren up sets it)
     relay_urls: tuple[str, ...] = ()
     login_limits: LoginLimits = LoginLimits.from_env({})
+    frame_rate: FrameRate = FrameRate.from_env({})
+    # whether a token's user must still exist in the users table (one lookup per
+    # connect and per /api request); off by default only with WARREN_ENV=development
+    check_users: bool = True
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -65,6 +79,8 @@ class EdgeSettings:
             export_limits=Limits.from_env(env),
             relay_urls=tuple(u.rstrip("/") for u in env_list(env, "WARREN_EDGE_RELAY_URLS")),
             login_limits=LoginLimits.from_env(env),
+            frame_rate=FrameRate.from_env(env),
+            check_users=env_bool(env, "WARREN_EDGE_CHECK_USERS", not common.development),
         )
 
     def __post_init__(self) -> None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Final
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.models import Base
+
+# A PostgreSQL server that does not answer fails a new connection after this long, as
+# "database unavailable" (shared/db/outage.py), instead of after the TCP time-outs.
+POSTGRES_CONNECT_TIMEOUT_S: Final = 5
 
 
 def make_engine(url: str) -> Engine:
@@ -19,7 +24,11 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = (
+        {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        if parsed.get_backend_name() == "postgresql" else {}
+    )
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

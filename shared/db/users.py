@@ -67,6 +67,11 @@ class UserStore:
             user = session.get(User, user_id)
             return _record(user) if user is not None else None
 
+    def exists(self, user_id: str) -> bool:
+        """Whether the user is (still) there: one primary-key lookup, nothing else loaded."""
+        with self._sessions() as session:
+            return session.scalar(select(User.id).where(User.id == user_id)) is not None
+
     def authenticate(self, user_id: str, password: str) -> UserRecord | None:
         """Return the user if the password matches; cost is the same for unknown users."""
         with self._sessions() as session:

@@ -6,6 +6,13 @@ what happens to the message:
 
 - it returns: the message is acked;
 - it raises :class:`Reject`: the message is dead-lettered at once (it can never succeed);
+- it raises because the database is away (``shared.db.outage``) while the delivery is
+  still held: the handler runs again in place after a capped backoff (0.1 s doubling
+  to 5 s), for up to ``retry_for_s`` (5 minutes), then as below. Returning the message
+  at once would burn the delivery limit in milliseconds and dead-letter work that
+  succeeds a moment later. Handlers are idempotent anyway (a redelivery runs them
+  again), so running one again in place is safe. Broker failures are not retried in
+  place: the delivery is usually void by then, and the broker redelivers it;
 - it raises anything else: the message is returned to the queue. The quorum queue's
   delivery limit (``x-delivery-limit``) dead-letters it after a few returns, so a
   poison message never loops forever.
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -27,7 +35,9 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aio_pika.exceptions import ChannelInvalidStateError
 
+from shared.db.outage import while_unavailable
 from shared.logging import correlated
 from shared.messaging.broker import declare_work_queue
 from shared.messaging.envelope import Envelope, EnvelopeError, decode
@@ -36,6 +46,7 @@ from shared.messaging.names import Command, Kind
 log = logging.getLogger(__name__)
 
 DELIVERY_COUNT_HEADER = "x-delivery-count"
+RETRY_FOR_S: Final = 300.0  # retries in place while the database is away; then requeued
 
 
 class Reject(Exception):
@@ -52,6 +63,15 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
     return value if isinstance(value, int) else 0
 
 
+def still_held(message: AbstractIncomingMessage) -> bool:
+    """Whether the delivery is still this consumer's: its channel is open. After a broker
+    connection loss the broker has taken it back and redelivers it, perhaps elsewhere."""
+    try:
+        return not message.channel.is_closed
+    except ChannelInvalidStateError:
+        return False
+
+
 class WorkConsumer:
     """Competing consumer of one command type's durable work queue."""
 
@@ -64,15 +84,19 @@ class WorkConsumer:
         prefetch: int,
         on_rejected: Callable[[str], None] | None = None,
         declare: QueueDeclarer | None = None,
+        retry_for_s: float = RETRY_FOR_S,
     ) -> None:
         """``declare`` consumes another queue of this command's envelopes instead of its
-        work queue: the runner moves accepted starts into a queue of its own."""
+        work queue: the runner moves accepted starts into a queue of its own.
+        ``retry_for_s`` bounds the retries in place of a handler that met the database
+        away; 0 returns such a command to the queue at once, like any other failure."""
         self._connection = connection
         self._declare = declare
         self._command = command
         self._handler = handler
         self._prefetch = prefetch
         self._on_rejected = on_rejected or (lambda _reason: None)
+        self._retry_for_s = retry_for_s
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -158,7 +182,7 @@ class WorkConsumer:
             await self._dead_letter(message, str(exc))
             return
         try:
-            await self._handler(envelope, message)
+            await self._run_handler(envelope, message)
         except Reject as exc:
             await self._dead_letter(message, str(exc))
             return
@@ -174,6 +198,16 @@ class WorkConsumer:
             await self._settle(message.nack(requeue=True))
             return
         await self._settle(message.ack())
+
+    async def _run_handler(self, envelope: Envelope, message: AbstractIncomingMessage) -> None:
+        """The handler, run again in place after a capped backoff while it fails because
+        the database is away and the delivery is still held, for at most ``retry_for_s``.
+        (Its log lines carry the command's correlation id.)"""
+        await while_unavailable(
+            lambda: self._handler(envelope, message),
+            for_s=self._retry_for_s,
+            worth_it=lambda: still_held(message),
+        )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning(

@@ -68,6 +68,14 @@ class System:
     def port(self, name: str) -> int:
         return self.children()[name][1]
 
+    def name_of(self, instance_id: str) -> str:
+        """The child whose instance id this is (``runner-1-<host>`` -> ``runner-1``), as
+        events and logs name a replica (``run.started``'s ``replica``, ``welcome``'s ``edge``)."""
+        for name in self.children():
+            if instance_id.startswith(f"{name}-"):
+                return name
+        raise LookupError(f"no child has the instance id {instance_id!r}")
+
     def kill(self, name: str) -> None:
         """SIGKILL one replica and whatever it started (build children, job processes)."""
         process = psutil.Process(self.pid(name))
@@ -108,6 +116,8 @@ class System:
     def owner_of_port(self, kind: str, local_port: int) -> str:
         """The replica of ``kind`` with a TCP connection from ``local_port`` (its Cat socket)."""
         for name in self.names(kind):
+            if name in self.killed:
+                continue
             connections = psutil.Process(self.pid(name)).net_connections(kind="tcp")
             if any(c.laddr and c.laddr.port == local_port for c in connections):
                 return name
@@ -116,6 +126,8 @@ class System:
     def building_worker(self) -> str | None:
         """The excel_worker replica with a build child at work, if any."""
         for name in self.names("excel"):
+            if name in self.killed:
+                continue
             # Each worker's fork server is its child; a build is the fork server's child.
             for helper in psutil.Process(self.pid(name)).children():
                 if helper.children():

@@ -1,12 +1,21 @@
-"""Authentication shared by the edge's HTTP API handlers (``/api/...``)."""
+"""Authentication shared by the edge's HTTP API handlers (``/api/...``) and ``/ws``."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from types import TracebackType
+from typing import Any
+
 import tornado.web
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.auth import Identity, TokenError
 from shared.web import JsonHandler
 from services.ws_edge.deps import EdgeDeps
+from services.ws_edge.errors import INTERNAL, describe
+
+log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "warren_token"
 
@@ -22,11 +31,68 @@ def request_token(handler: tornado.web.RequestHandler) -> str | None:
     return handler.get_cookie(TOKEN_COOKIE) or None
 
 
-class ApiHandler(JsonHandler):
+async def authenticate(deps: EdgeDeps, token: str) -> Identity:
+    """Who ``token`` speaks for; :class:`TokenError` if it is refused.
+
+    With ``WARREN_EDGE_CHECK_USERS`` the user must also still exist: a token outlives
+    the deletion of its user, so the users table is asked (one primary-key lookup, in
+    the blocking executor) and a missing user is refused with ``unknown_user``.
+    Database failures are raised as they are.
+    """
+    identity = deps.tokens.verify(token)
+    if deps.settings.check_users:
+        exists = await asyncio.get_running_loop().run_in_executor(
+            deps.blocking, deps.users.exists, identity.user_id
+        )
+        if not exists:
+            raise TokenError("unknown_user", f"user {identity.user_id!r} does not exist")
+    return identity
+
+
+def lookup_failed(exc: SQLAlchemyError) -> tuple[int, str, str]:
+    """Status, code and message for a user lookup that failed (the error table's: the
+    database away is ``503 database_unavailable``)."""
+    spec = describe(exc)
+    if spec == INTERNAL:
+        log.error("user lookup failed", exc_info=exc)
+    else:
+        log.warning("user lookup failed", extra={"error": spec.code, "reason": type(exc).__name__})
+    return spec.status, spec.code, spec.message or "internal error"
+
+
+class EdgeJsonHandler(JsonHandler):
+    """A JSON endpoint of the edge. An exception its method lets through is answered from
+    the edge's error table when the table knows it (the database away:
+    ``503 database_unavailable``, the broker away: ``503 unavailable``) and logged as a
+    warning; anything else stays Tornado's ``500`` with the traceback logged."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc_info = kwargs.get("exc_info")
+        if exc_info is not None and "error" not in kwargs:
+            spec = describe(exc_info[1])
+            if spec != INTERNAL:
+                status_code = spec.status
+                self.set_status(status_code)
+                kwargs.update(error=spec.code, message=spec.message or str(exc_info[1]))
+        super().write_error(status_code, **kwargs)
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        spec = describe(value) if value is not None else INTERNAL
+        if spec == INTERNAL:
+            super().log_exception(typ, value, tb)
+            return
+        log.warning("request failed", extra={"path": self.request.path, "error": spec.code,
+                                             "reason": type(value).__name__})
+
+
+class ApiHandler(EdgeJsonHandler):
     """A JSON endpoint for signed-in users: ``self.identity`` is set before any method runs.
 
     A request without a valid token is answered ``401`` with ``token_missing``,
-    ``token_invalid`` or ``token_expired``.
+    ``token_invalid``, ``token_expired`` or ``unknown_user``.
     """
 
     identity: Identity
@@ -34,12 +100,14 @@ class ApiHandler(JsonHandler):
     def initialize(self, deps: EdgeDeps) -> None:
         self.deps = deps
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         token = request_token(self)
         if token is None:
             self.fail(401, "token_missing", "a token is required (Bearer, ?token= or cookie)")
             return
         try:
-            self.identity = self.deps.tokens.verify(token)
+            self.identity = await authenticate(self.deps, token)
         except TokenError as exc:
             self.fail(401, exc.code, exc.message)
+        except SQLAlchemyError as exc:
+            self.fail(*lookup_failed(exc))

@@ -8,15 +8,15 @@ from typing import Any
 import orjson
 
 from shared.messaging.names import valid_name
-from shared.web import JsonHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import BadRequest, InvalidCredentials, describe
+from services.ws_edge.handlers.api import EdgeJsonHandler
 from services.ws_edge.login_limits import LoginThrottled
 
 MAX_PASSWORD_LENGTH = 1024
 
 
-class LoginHandler(JsonHandler):
+class LoginHandler(EdgeJsonHandler):
     def initialize(self, deps: EdgeDeps) -> None:
         self._deps = deps
 

@@ -57,7 +57,7 @@ def _not_queued(exc: Exception) -> tuple[int, str, str]:
         return spec.status, spec.code, NO_WORKER
     if spec.code == "internal":
         return spec.status, spec.code, "internal error"
-    return spec.status, spec.code, str(exc) or spec.code
+    return spec.status, spec.code, spec.message or str(exc) or spec.code
 
 
 async def submit_export(

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import orjson
 import tornado.websocket
+from sqlalchemy.exc import SQLAlchemyError
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from shared.auth import Identity, TokenError
@@ -29,7 +30,7 @@ from shared.messaging import (
 from services.ws_edge import frames
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, describe
-from services.ws_edge.handlers.api import request_token
+from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     # the class) only up to 30 keys: a few more would cost every socket about 1.3 KB.
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
-        "_pinged_at", "_pong_due",
+        "_pinged_at", "_pong_due", "_allowance", "_spent_at",
     )
 
     def initialize(self, deps: EdgeDeps) -> None:
@@ -57,11 +58,15 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._strikes: deque[float] | None = None  # made at the first invalid frame
         self._pinged_at = 0.0  # loop time of the last ping (see open() for the first)
         self._pong_due = False
+        # The inbound frame bucket (services/ws_edge/frame_rate.py), full at the start;
+        # an idle socket's holds shared objects until its first frame.
+        self._allowance: float = deps.settings.frame_rate.burst
+        self._spent_at = 0.0
 
     # -- handshake -------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Refuse before the upgrade, with a JSON body: wrong upgrade, origin or token."""
+    async def prepare(self) -> None:
+        """Refuse before the upgrade, with a JSON body: wrong upgrade, origin, token or user."""
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             self._refuse(426, "upgrade_required", "GET /ws takes a WebSocket upgrade")
             return
@@ -74,9 +79,11 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             self._refuse(401, "token_missing", "a token is required (?token=, Bearer or cookie)")
             return
         try:
-            self._identity = self._deps.tokens.verify(token)
+            self._identity = await authenticate(self._deps, token)
         except TokenError as exc:
             self._refuse(401, exc.code, exc.message)
+        except SQLAlchemyError as exc:
+            self._refuse(*lookup_failed(exc))
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked in prepare(), where the refusal can carry a JSON body
@@ -193,6 +200,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if connection is None or connection.is_closing():
             return False
         stream = connection.stream
+        sent = 0
         try:
             if type(stream) is IOStream and not stream.writing():
                 # Nothing is queued, so the kernel can take the frame now: skip
@@ -210,8 +218,15 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             self._deps.metrics.slow_disconnects.inc()
             user = self._identity.user_id if self._identity else None
             log.warning("slow client closed", extra={"user": user})
-            # Let the close frame queue behind what is buffered; nothing else is written.
+            # Let the close frame queue behind what is buffered; nothing else is written,
+            # except the rest of a frame whose first bytes the kernel took: without it the
+            # client would read the close frame as that frame's payload.
             connection.stream.max_write_buffer_size = None
+            if sent:
+                try:
+                    stream.write(frame)
+                except StreamClosedError:
+                    return False
             self.close_with(CloseCode.SLOW_CONSUMER, "client too slow: outbound buffer full")
             return False
         except OSError:  # StreamClosedError too; the read side then closes the handler
@@ -230,6 +245,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     # -- inbound ---------------------------------------------------------------
 
     async def on_message(self, message: str | bytes) -> None:
+        connection = self.ws_connection
+        if connection is None or connection.is_closing() or self._throttled(message):
+            return  # frames that arrive after the edge's close frame are not handled
         ref: frames.Ref = None
         try:
             if isinstance(message, bytes):
@@ -277,11 +295,34 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             log.exception("frame handling failed", exc_info=exc)
             message = "internal error"
         else:
-            message = str(exc)
+            message = spec.message or str(exc)
         self._deps.metrics.frames_refused.labels(spec.code).inc()
         self._write(frames.error(ref, spec.code, message))
         if spec.status < 500:
             self._strike()
+
+    def _throttled(self, message: str | bytes) -> bool:
+        """Spend one frame of the connection's allowance; True if there was none left.
+
+        A refused frame is not read beyond its ``ref``: it is answered ``rate_limited``
+        (not a strike), and a connection ``burst`` frames in debt is closed with 4030.
+        """
+        rate = self._deps.settings.frame_rate
+        if not rate.enabled:
+            return False
+        now = time.monotonic()
+        self._allowance = allowance = rate.spend(self._allowance, now - self._spent_at)
+        self._spent_at = now
+        if allowance >= 0:
+            return False
+        exc = rate.refusal()
+        code = describe(exc).code
+        self._deps.metrics.frames_refused.labels(code).inc()
+        ref = frames.ref_of(message) if isinstance(message, str) else None
+        self._write(frames.error(ref, code, str(exc)))
+        if rate.exhausted(allowance):
+            self.close_with(CloseCode.TOO_MANY_FRAMES, "too many frames")
+        return True
 
     def _strike(self) -> None:
         now = time.monotonic()

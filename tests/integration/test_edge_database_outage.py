@@ -1,0 +1,91 @@
+"""The edge with its database unreachable (PostgreSQL behind a TCP proxy that is cut):
+``503 database_unavailable`` over HTTP and on the socket, then service again once it is
+back, without a restart. The whole system under the same fault: tests/chaos."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy.engine import make_url
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from services.ws_edge.server import EdgeServer
+from tests.support.client import Client
+from tests.support.tcp_proxy import TcpProxy
+
+UNAVAILABLE = {
+    "error": "database_unavailable", "message": "the database is unavailable; retry later",
+}
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    target = make_url(postgres_url)
+    proxy = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+def database_url(postgres_url: str, proxy: TcpProxy) -> str:
+    """The edge's database (``make_edge`` reads this fixture): PostgreSQL via the proxy."""
+    proxied = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
+    return proxied.render_as_string(hide_password=False)
+
+
+async def call(port: int, token: str, path: str, body: Any = None) -> tuple[int, Any]:
+    request = HTTPRequest(
+        f"http://127.0.0.1:{port}{path}", method="GET" if body is None else "POST",
+        headers={"Authorization": f"Bearer {token}"},
+        body=None if body is None else orjson.dumps(body), request_timeout=10,
+    )
+    try:
+        response = await AsyncHTTPClient().fetch(request)
+    except HTTPClientError as exc:
+        assert exc.response is not None
+        response = exc.response
+    return response.code, orjson.loads(response.body)
+
+
+async def test_the_http_api_answers_503_while_the_database_is_away_then_recovers(
+    edge: EdgeServer, proxy: TcpProxy, token_for: Callable[..., str]
+) -> None:
+    token = token_for("alice")
+    proxy.cut()
+    for path, body in (
+        ("/api/exports", None),
+        ("/api/exports/abc123", None),
+        ("/api/exports/abc123/file", None),
+        ("/api/runs", None),
+        ("/api/runs/abc123", None),
+        ("/api/exports", {"report": "sample", "params": {"rows": 5}}),
+        ("/auth/login", {"username": "alice", "password": "x"}),
+    ):
+        assert await call(edge.port, token, path, body) == (503, UNAVAILABLE), path
+    assert edge.is_ready()  # the broker side is fine: readiness is about the broker
+
+    proxy.restore()
+    assert await call(edge.port, token, "/api/exports") == (200, {"exports": []})
+    assert await call(edge.port, token, "/api/runs") == (200, {"runs": []})
+
+
+async def test_a_frame_that_needs_the_database_gets_a_clear_error_and_the_socket_stays(
+    edge: EdgeServer, proxy: TcpProxy, token_for: Callable[..., str]
+) -> None:
+    alice = await Client.connect(edge.port, token_for("alice"))
+    export = {"type": "excel.create", "ref": 1, "data": {"report": "sample", "params": {}}}
+    proxy.cut()
+    refused = await alice.request(export)
+    assert refused == {"type": "error", "ref": 1, "data": {
+        "code": "database_unavailable", "message": UNAVAILABLE["message"]}}
+    # Not a strike, and frames that need only the broker go on.
+    sent = await alice.request({"type": "message.send", "ref": 2, "to": "user:alice", "data": {}})
+    assert sent["type"] == "ack"
+
+    proxy.restore()
+    # Recorded again; no excel worker runs in this test, so the command finds no queue.
+    again = await alice.request({**export, "ref": 3})
+    assert again["type"] == "error" and again["data"]["code"] == "no_service", again

@@ -4,7 +4,7 @@ or restarted mid-task."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,22 @@ async def ask(client: Client, rows: int, ref: int = 1) -> str:
                                 "data": {"report": "sample", "params": {"rows": rows}}})
     assert ack["type"] == "ack", ack
     return str(ack["data"]["id"])
+
+
+async def fault_mid_task(
+    edge: EdgeServer, worker: ExcelWorkerServer, token: str,
+    fault: Callable[[], Awaitable[object]], *, timeout: float,
+) -> str:
+    """A 120-row export is building when ``fault`` hits the broker: both servers
+    reconnect by themselves and the owner hears it is done. The task's id."""
+    client = await Client.connect(edge.port, token)
+    task_id = await ask(client, 120)
+    await until_event(client, "excel.progress", task_id, min_rows=5)
+    restored = reconnected(worker, edge)
+    await fault()
+    await asyncio.wait_for(restored, timeout)
+    await done_live_or_pending(client, edge.port, token, task_id)
+    return task_id
 
 
 def reconnected(*servers: ExcelWorkerServer | EdgeServer) -> asyncio.Future[list[None]]:
@@ -199,16 +215,10 @@ async def test_broker_connection_loss_mid_task(
     worker = ExcelWorkerServer(settings, CollectorRegistry())
     await worker.start()
     try:
-        token = token_for("alice")
-        client = await Client.connect(exports_edge.port, token)
-        task_id = await ask(client, 120)
-        await until_event(client, "excel.progress", task_id, min_rows=5)
-
-        restored = reconnected(worker, exports_edge)
-        await broker_admin.close_connections(vhost)
-        await asyncio.wait_for(restored, 30)
-
-        await done_live_or_pending(client, exports_edge.port, token, task_id)
+        task_id = await fault_mid_task(
+            exports_edge, worker, token_for("alice"),
+            lambda: broker_admin.close_connections(vhost), timeout=30,
+        )
         record = store.get(task_id)
         assert record is not None and record.status is ExportStatus.DONE and record.rows == 120
         assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
@@ -232,16 +242,10 @@ async def test_broker_restart_mid_task_completes_it_exactly_once(
     await edge.start()
     await worker.start()
     try:
-        token = token_for("alice")
-        client = await Client.connect(edge.port, token)
-        task_id = await ask(client, 120)
-        await until_event(client, "excel.progress", task_id, min_rows=5)
-
-        restored = reconnected(worker, edge)
-        await asyncio.to_thread(private_broker.restart)
-        await asyncio.wait_for(restored, 60)
-
-        await done_live_or_pending(client, edge.port, token, task_id)
+        task_id = await fault_mid_task(
+            edge, worker, token_for("alice"),
+            lambda: asyncio.to_thread(private_broker.restart), timeout=60,
+        )
         assert await worker.consumer.drain(60)  # the redelivered copy is settled too
         record = store.get(task_id)
         assert record is not None and record.status is ExportStatus.DONE and record.rows == 120

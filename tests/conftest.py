@@ -23,6 +23,7 @@ from services.ws_edge.settings import EdgeSettings
 from tests.support.edge import edge_env
 from tests.support.private_broker import PrivateBroker, PrivateBrokerUnavailable
 from tests.support.rabbit import BrokerAdmin
+from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +97,15 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+async def postgres_proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the PostgreSQL server: cutting it is a database outage."""
+    target = make_url(postgres_url)
+    proxy = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
+    yield proxy
+    await proxy.close()
 
 
 @pytest.fixture

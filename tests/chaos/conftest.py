@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from tests.chaos.ledger import Ledger
 from tests.support.system import System
@@ -25,15 +24,6 @@ SETTINGS = {
 
 
 @pytest.fixture
-async def database_proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
-    """Every service reaches PostgreSQL through this proxy: cutting it is a database outage."""
-    target = make_url(postgres_url)
-    proxy = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
 def ledger(postgres_url: str, tmp_path: Path) -> Iterator[Ledger]:
     """What the system recorded, read straight from PostgreSQL (not through the proxy)."""
     books = Ledger(postgres_url, tmp_path / "exports")
@@ -43,11 +33,10 @@ def ledger(postgres_url: str, tmp_path: Path) -> Iterator[Ledger]:
 
 @pytest.fixture
 async def system(
-    private_amqp_url: str, postgres_url: str, database_proxy: TcpProxy, tmp_path: Path
+    private_amqp_url: str, postgres_url: str, postgres_proxy: TcpProxy, tmp_path: Path
 ) -> AsyncIterator[System]:
-    proxied = make_url(postgres_url).set(host="127.0.0.1", port=database_proxy.port)
     started = await System.start(
-        private_amqp_url, proxied.render_as_string(hide_password=False), tmp_path, **SETTINGS
+        private_amqp_url, postgres_proxy.database_url(postgres_url), tmp_path, **SETTINGS
     )
     try:
         yield started

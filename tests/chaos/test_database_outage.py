@@ -28,7 +28,7 @@ def retrying(run_id: str) -> re.Pattern[str]:
 
 async def test_a_database_outage_gives_clear_errors_then_recovers_losing_nothing(
     system: System,
-    database_proxy: TcpProxy,
+    postgres_proxy: TcpProxy,
     private_broker: PrivateBroker,
     private_amqp_url: str,
     ledger: Ledger,
@@ -50,7 +50,7 @@ async def test_a_database_outage_gives_clear_errors_then_recovers_losing_nothing
     early_run = ack["data"]["id"]
     await alice.wait_for(is_event("run.started", run_id=early_run))
 
-    database_proxy.cut()
+    postgres_proxy.cut()
     mark = system.up.mark()
 
     # The HTTP API answers 503 with a JSON body at once, not 500 and not a hang.
@@ -88,7 +88,7 @@ async def test_a_database_outage_gives_clear_errors_then_recovers_losing_nothing
     late = await Watcher.connect(system.port("edge-2"), token)
     await late.sync()
 
-    database_proxy.restore()
+    postgres_proxy.restore()
 
     # Nothing was restarted, and everything works again.
     finished = await alice.wait_for(is_event("run.finished", run_id=outage_run), SETTLE_S)

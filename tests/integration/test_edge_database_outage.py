@@ -4,12 +4,11 @@ back, without a restart. The whole system under the same fault: tests/chaos."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy.engine import make_url
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from services.ws_edge.server import EdgeServer
@@ -22,18 +21,9 @@ UNAVAILABLE = {
 
 
 @pytest.fixture
-async def proxy(postgres_url: str) -> AsyncIterator[TcpProxy]:
-    target = make_url(postgres_url)
-    proxy = await TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
-    yield proxy
-    await proxy.close()
-
-
-@pytest.fixture
-def database_url(postgres_url: str, proxy: TcpProxy) -> str:
+def database_url(postgres_url: str, postgres_proxy: TcpProxy) -> str:
     """The edge's database (``make_edge`` reads this fixture): PostgreSQL via the proxy."""
-    proxied = make_url(postgres_url).set(host="127.0.0.1", port=proxy.port)
-    return proxied.render_as_string(hide_password=False)
+    return postgres_proxy.database_url(postgres_url)
 
 
 async def call(port: int, token: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -51,10 +41,10 @@ async def call(port: int, token: str, path: str, body: Any = None) -> tuple[int,
 
 
 async def test_the_http_api_answers_503_while_the_database_is_away_then_recovers(
-    edge: EdgeServer, proxy: TcpProxy, token_for: Callable[..., str]
+    edge: EdgeServer, postgres_proxy: TcpProxy, token_for: Callable[..., str]
 ) -> None:
     token = token_for("alice")
-    proxy.cut()
+    postgres_proxy.cut()
     for path, body in (
         ("/api/exports", None),
         ("/api/exports/abc123", None),
@@ -67,17 +57,17 @@ async def test_the_http_api_answers_503_while_the_database_is_away_then_recovers
         assert await call(edge.port, token, path, body) == (503, UNAVAILABLE), path
     assert edge.is_ready()  # the broker side is fine: readiness is about the broker
 
-    proxy.restore()
+    postgres_proxy.restore()
     assert await call(edge.port, token, "/api/exports") == (200, {"exports": []})
     assert await call(edge.port, token, "/api/runs") == (200, {"runs": []})
 
 
 async def test_a_frame_that_needs_the_database_gets_a_clear_error_and_the_socket_stays(
-    edge: EdgeServer, proxy: TcpProxy, token_for: Callable[..., str]
+    edge: EdgeServer, postgres_proxy: TcpProxy, token_for: Callable[..., str]
 ) -> None:
     alice = await Client.connect(edge.port, token_for("alice"))
     export = {"type": "excel.create", "ref": 1, "data": {"report": "sample", "params": {}}}
-    proxy.cut()
+    postgres_proxy.cut()
     refused = await alice.request(export)
     assert refused == {"type": "error", "ref": 1, "data": {
         "code": "database_unavailable", "message": UNAVAILABLE["message"]}}
@@ -85,7 +75,7 @@ async def test_a_frame_that_needs_the_database_gets_a_clear_error_and_the_socket
     sent = await alice.request({"type": "message.send", "ref": 2, "to": "user:alice", "data": {}})
     assert sent["type"] == "ack"
 
-    proxy.restore()
+    postgres_proxy.restore()
     # Recorded again; no excel worker runs in this test, so the command finds no queue.
     again = await alice.request({**export, "ref": 3})
     assert again["type"] == "error" and again["data"]["code"] == "no_service", again

@@ -12,6 +12,8 @@ import contextlib
 import socket
 import struct
 
+from sqlalchemy.engine import make_url
+
 CHUNK = 1 << 16
 
 
@@ -29,6 +31,11 @@ class TcpProxy:
         sock: socket.socket = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         return self
+
+    def database_url(self, url: str) -> str:
+        """The database ``url`` (the proxy's target) reached through the proxy."""
+        proxied = make_url(url).set(host="127.0.0.1", port=self.port)
+        return proxied.render_as_string(hide_password=False)
 
     def cut(self) -> None:
         """Reset every open connection and refuse new ones until :meth:`restore`."""

@@ -97,7 +97,11 @@ class EdgeServer:
             exports=exports,
             runs=RunStore(sessions),
         )
-        sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
+        # A reconnect storm queues thousands of connects at once: Tornado's default
+        # backlog (128) drops their SYNs, and /readyz waits in the same accept queue.
+        sockets = bind_sockets(
+            settings.port, settings.host, reuse_port=False, backlog=settings.listen_backlog
+        )
         self.port = sockets[0].getsockname()[1]
         self._http = HTTPServer(
             make_app(self.deps),

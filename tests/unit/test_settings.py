@@ -51,6 +51,7 @@ def test_edge_defaults() -> None:
     assert s.invalid_frame_window_s == 60.0
     assert s.bind_timeout_s == 10.0
     assert s.handshake_timeout_s == 10.0
+    assert s.listen_backlog == 1024
     assert s.shutdown_deadline_s == 10.0
     assert s.prefetch == 512
     assert s.login_threads == 4
@@ -75,6 +76,7 @@ def test_edge_overrides() -> None:
         "WARREN_EDGE_INVALID_FRAME_WINDOW_S": "1.5",
         "WARREN_EDGE_BIND_TIMEOUT_S": "0.5",
         "WARREN_EDGE_HANDSHAKE_TIMEOUT_S": "0.25",
+        "WARREN_EDGE_LISTEN_BACKLOG": "64",
         "WARREN_EDGE_SHUTDOWN_DEADLINE_S": "0",
         "WARREN_EDGE_PREFETCH": "1",
         "WARREN_EDGE_LOGIN_THREADS": "2",
@@ -96,6 +98,7 @@ def test_edge_overrides() -> None:
     assert s.invalid_frame_window_s == 1.5
     assert s.bind_timeout_s == 0.5
     assert s.handshake_timeout_s == 0.25
+    assert s.listen_backlog == 64
     assert s.shutdown_deadline_s == 0.0
     assert s.prefetch == 1
     assert s.login_threads == 2

@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from bench.loadclients import close_clients, open_client
 from bench.rpc import run_worker
 from bench.servers import raise_file_limit
 from bench.wsclient import EngineIOClient, Recorder, WarrenClient, WsClient
@@ -44,21 +45,12 @@ class Driver:
         chosen = entries[int(request["first"]) : int(request["last"])]
         timeout_s = float(request["timeout_s"])
         gate = asyncio.Semaphore(int(request["concurrency"]))
-        loop = asyncio.get_running_loop()
         started = time.perf_counter()
 
         async def open_one(token: str) -> WsClient:
             async with gate:
                 client = dialect.make(port, token, self._recorder, self._closes)
-                try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: client, "127.0.0.1", port), timeout_s
-                    )
-                    await asyncio.wait_for(client.ready, timeout_s)
-                except BaseException:
-                    client.abort()
-                    raise
-                return client
+                return await open_client(client, port, timeout_s)
 
         results = await asyncio.gather(
             *(open_one(entry["token"]) for entry in chosen), return_exceptions=True
@@ -97,15 +89,7 @@ class Driver:
     async def disconnect(self, request: dict[str, Any]) -> dict[str, Any]:
         """Close every client and wait (bounded) until their connections are gone."""
         clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
-        lost = [c.lost for c in clients]
-        if lost:
-            await asyncio.wait(lost, timeout=float(request["timeout_s"]))
-        lingering = [c for c in clients if not c.lost.done()]
-        for client in lingering:
-            client.abort()
-        return {"closed": len(clients) - len(lingering), "aborted": len(lingering)}
+        return await close_clients(clients, float(request["timeout_s"]))
 
 
 def main() -> None:

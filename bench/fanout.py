@@ -19,21 +19,19 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import shutil
-import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
-import psutil
 from argon2 import PasswordHasher
 
+from bench.cli import abort_notice, add_common_arguments, check_local, run_within
+from bench.loadclients import slices
+from bench.meter import Meter
 from bench.report import (
     MEMORY_HEADERS,
     RATIO_HEADERS,
@@ -50,9 +48,9 @@ from bench.report import (
     target_lines,
 )
 from bench.rpc import REPO_ROOT, Worker
-from bench.servers import ServerProcess, edge_process, peer_process, raise_file_limit
+from bench.servers import ServerProcess, edge_process, peer_process
 from bench.stats import Histogram
-from tests.support.rabbit import BrokerAdmin
+from bench.workspace import workspace
 from shared.auth import AuthSettings, TokenService
 from shared.db import UserStore, create_schema, make_engine, session_factory
 from shared.messaging import BROADCAST, Address
@@ -149,58 +147,7 @@ def recipients(users: Sequence[BenchUser]) -> Counter[str]:
     return counts
 
 
-def slices(count: int, parts: int) -> list[tuple[int, int]]:
-    return list(itertools.pairwise(count * i // parts for i in range(parts + 1)))
-
-
 # -- measuring ------------------------------------------------------------------------
-
-
-class Meter:
-    """CPU seconds of the processes that matter and of the whole host, between two reads."""
-
-    def __init__(self, server: int, drivers: Sequence[int], publisher: int, amqp_url: str) -> None:
-        self._server = psutil.Process(server)
-        self._drivers = [psutil.Process(pid) for pid in drivers]
-        self._publisher = psutil.Process(publisher)
-        self._me = psutil.Process()
-        self._broker = broker_process(amqp_url)
-
-    def read(self) -> dict[str, float]:
-        """CPU seconds so far; ``broker`` is missing once the broker process is gone."""
-        host = psutil.cpu_times()
-        reading = {
-            "wall": time.monotonic(),
-            "server": _cpu(self._server),
-            "drivers": sum(_cpu(p) for p in self._drivers),
-            "publisher": _cpu(self._publisher),
-            "orchestrator": _cpu(self._me),
-            "host_busy": host.user + host.nice + host.system + host.irq,
-            "host_softirq": host.softirq,
-            "host_steal": getattr(host, "steal", 0.0),
-        }
-        if self._broker is not None:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                reading["broker"] = _cpu(self._broker)
-        return reading
-
-    def rss_mb(self) -> float:
-        return float(self._server.memory_info().rss) / (1 << 20)
-
-
-def broker_process(amqp_url: str) -> psutil.Process | None:
-    """The process listening on the broker's AMQP port: RabbitMQ's Erlang VM. Other
-    sessions' private brokers on this host (other ports) are not counted as ours."""
-    port = urlsplit(amqp_url).port or 5672
-    for connection in psutil.net_connections(kind="tcp"):
-        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
-            return psutil.Process(connection.pid) if connection.pid else None
-    return None
-
-
-def _cpu(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
 
 
 class SystemBench:
@@ -239,7 +186,10 @@ class SystemBench:
         await asyncio.gather(*(w.start() for w in (*self.drivers, self.publisher)))
         await self.publisher.call("open", CALL_TIMEOUT_S, system=self.system, amqp_url=self.amqp_url)
         self.meter = Meter(
-            self.server.pid, [d.pid for d in self.drivers], self.publisher.pid, self.amqp_url
+            self.server.pid,
+            {"server": [self.server.pid], "drivers": [d.pid for d in self.drivers],
+             "publisher": [self.publisher.pid]},
+            self.amqp_url,
         )
 
     async def connect(self, clients_file: Path) -> int:
@@ -396,10 +346,7 @@ async def bench_system(result: SystemResult, plan: Plan, users: Sequence[BenchUs
             if not await bench.marker(deadline_s=SETTLE_S):
                 print(f"  {system}: backlog not drained after {SETTLE_S:.0f} s", flush=True)
     except Exception as exc:  # noqa: BLE001 - reported; the next system still runs
-        result.error = f"{type(exc).__name__}: {exc}"
-        print(f"{system}: aborted: {result.error}", file=sys.stderr)
-        for line in bench.server.tail()[-5:]:
-            print(f"  {system} log: {line}", file=sys.stderr)
+        result.error = abort_notice(f"{system}: aborted", exc, bench.server, system)
     finally:
         await bench.stop()
 
@@ -409,32 +356,24 @@ async def bench_system(result: SystemResult, plan: Plan, users: Sequence[BenchUs
 
 async def run(plan: Plan, results: list[SystemResult]) -> None:
     """Bench each system in turn, appending to ``results`` as they finish."""
-    raise_file_limit()
-    admin = BrokerAdmin(plan.amqp_url, plan.api_url)
-    with tempfile.TemporaryDirectory(prefix="warren-bench-") as tmp:
-        workdir = Path(tmp)
-        vhost = await asyncio.to_thread(admin.create_vhost, "warren-bench")
-        try:
-            started = time.perf_counter()
-            users = await asyncio.to_thread(
-                make_users, plan.clients, f"sqlite:///{workdir / 'bench.db'}"
+    async with workspace(plan.amqp_url, plan.api_url, "warren-bench-", plan.logs) as space:
+        workdir = space.workdir
+        started = time.perf_counter()
+        users = await asyncio.to_thread(
+            make_users, plan.clients, f"sqlite:///{workdir / 'bench.db'}"
+        )
+        print(f"{len(users)} users in {group_count(len(users))} groups "
+              f"({time.perf_counter() - started:.1f} s); vhost {space.vhost}", flush=True)
+        clients_file = workdir / "clients.json"
+        clients_file.write_bytes(orjson.dumps([{"user": u.id, "token": u.token} for u in users]))
+        steps = itertools.count(1)
+        systems = ["warren", "peer"] if plan.peer else ["warren"]
+        for system in systems:
+            result = SystemResult(system, clients=len(users))
+            results.append(result)
+            await bench_system(
+                result, plan, users, workdir, clients_file, space.amqp_url, steps
             )
-            print(f"{len(users)} users in {group_count(len(users))} groups "
-                  f"({time.perf_counter() - started:.1f} s); vhost {vhost}", flush=True)
-            clients_file = workdir / "clients.json"
-            clients_file.write_bytes(orjson.dumps([{"user": u.id, "token": u.token} for u in users]))
-            steps = itertools.count(1)
-            systems = ["warren", "peer"] if plan.peer else ["warren"]
-            for system in systems:
-                result = SystemResult(system, clients=len(users))
-                results.append(result)
-                await bench_system(
-                    result, plan, users, workdir, clients_file, admin.vhost_url(vhost), steps
-                )
-        finally:
-            await asyncio.to_thread(admin.delete_vhost, vhost)
-            if plan.logs is not None and (workdir / "logs").is_dir():
-                shutil.copytree(workdir / "logs", plan.logs, dirs_exist_ok=True)
 
 
 def print_report(results: Sequence[SystemResult], markdown: bool) -> None:
@@ -468,16 +407,11 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--step", type=float, help="seconds of publishing per step (4; quick: 2)")
     parser.add_argument("--scenarios", default="direct,group,broadcast",
                         help="which scenarios to run, comma-separated (all three)")
-    parser.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this directory")
     parser.add_argument("--edge-root", type=Path, default=REPO_ROOT,
                         help="run the edge from this checkout (to compare a change; default: here)")
-    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
-    parser.add_argument("--api-url", default="http://127.0.0.1:15672")
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    for url in (args.amqp_url, args.api_url):
-        if "127.0.0.1" not in url and "localhost" not in url:
-            parser.error(f"the bench only talks to this machine, not {url}")
+    check_local(parser, args)
     quick = args.quick
     clients = args.clients or (200 if quick else 1000)
     if clients < 1 or args.drivers < 1:
@@ -512,10 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{plan.step_s:g} s steps, peer {'on' if plan.peer else 'off'}", flush=True)
     started = time.perf_counter()
     results: list[SystemResult] = []
-    try:
-        asyncio.run(asyncio.wait_for(run(plan, results), plan.budget_s))
-    except TimeoutError:
-        print(f"bench stopped: over its {plan.budget_s:.0f} s budget", file=sys.stderr)
+    run_within(run(plan, results), plan.budget_s, "bench")
     print_report(results, plan.markdown)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

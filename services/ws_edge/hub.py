@@ -46,6 +46,13 @@ class Hub:
     def __len__(self) -> int:
         return len(self._open)
 
+    @property
+    def opening(self) -> int:
+        """Connections opened but not subscribed yet: waiting for their keys to be bound.
+
+        (Every subscribed connection was tracked first, so the difference counts them.)"""
+        return max(0, len(self._open) - len(self._keys))
+
     def subscribers(self) -> tuple[Subscriber, ...]:
         """The connections that receive events (they have had their ``welcome``)."""
         return tuple(self._keys)

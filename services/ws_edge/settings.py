@@ -39,6 +39,7 @@ class EdgeSettings:
     bind_timeout_s: float
     handshake_timeout_s: float
     listen_backlog: int
+    max_opening: int
     shutdown_deadline_s: float
     prefetch: int
     login_threads: int
@@ -74,6 +75,7 @@ class EdgeSettings:
             bind_timeout_s=env_float(env, "WARREN_EDGE_BIND_TIMEOUT_S", 10.0, minimum=0.1),
             handshake_timeout_s=env_float(env, "WARREN_EDGE_HANDSHAKE_TIMEOUT_S", 10.0, minimum=0.1),
             listen_backlog=env_int(env, "WARREN_EDGE_LISTEN_BACKLOG", 1024, minimum=1),
+            max_opening=env_int(env, "WARREN_EDGE_MAX_OPENING", 200, minimum=1),
             shutdown_deadline_s=env_float(env, "WARREN_EDGE_SHUTDOWN_DEADLINE_S", 10.0),
             prefetch=env_int(env, "WARREN_EDGE_PREFETCH", 512, minimum=1),
             login_threads=env_int(env, "WARREN_EDGE_LOGIN_THREADS", 4, minimum=1),

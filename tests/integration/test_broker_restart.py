@@ -10,13 +10,17 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
 
 from shared.messaging import Address, Envelope
 from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
+from tests.integration.test_handshake import UPGRADE
 from tests.support.client import Client
 from tests.support.edge import edge_env
 from tests.support.private_broker import PrivateBroker
@@ -59,3 +63,48 @@ async def test_edge_recovers_from_a_broker_restart(
     reply = await bob.request({"type": "message.send", "ref": 1, "to": "user:alice", "data": {}})
     assert reply["type"] == "ack"
     assert (await alice.recv())["id"] == reply["data"]["id"]
+
+
+async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
+    private_broker: PrivateBroker, private_amqp_url: str, tmp_path: Path,
+    token_for: Callable[..., str],
+) -> None:
+    # With the broker stopped no key can be bound, so sockets stay opening: a
+    # deterministic stand-in for a storm that outruns the broker's binds.
+    settings = EdgeSettings.from_env(edge_env(
+        private_amqp_url, f"sqlite:///{tmp_path / 'w.db'}",
+        WARREN_EDGE_MAX_OPENING="2", WARREN_EDGE_BIND_TIMEOUT_S="60",
+    ))
+    edge = EdgeServer(settings, CollectorRegistry())
+    await edge.start()
+    try:
+        assert edge.connection is not None
+        restored = asyncio.get_running_loop().create_future()
+        edge.connection.reconnect_callbacks.add(
+            lambda *_: restored.done() or restored.set_result(None)
+        )
+        await asyncio.to_thread(private_broker.stop_app)
+        url = f"ws://127.0.0.1:{edge.port}/ws?token="
+        waiting = [await websocket_connect(url + token_for(user)) for user in ("ann", "ben")]
+        assert edge.hub.opening == 2
+
+        request = HTTPRequest(f"http://127.0.0.1:{edge.port}/ws?token={token_for('cat')}",
+                              headers=UPGRADE)
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(request)
+        response = refused.value.response
+        assert response is not None and response.code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert orjson.loads(response.body)["error"] == "overloaded"
+
+        await asyncio.to_thread(private_broker.start_app)
+        await asyncio.wait_for(restored, 60)
+        for socket in waiting:  # welcomed once their keys are bound
+            welcome = orjson.loads(await asyncio.wait_for(socket.read_message(), 30))
+            assert welcome["type"] == "welcome"
+            socket.close()
+        assert edge.hub.opening == 0
+        retry = await Client.connect(edge.port, token_for("cat"))
+        assert retry.welcome["data"]["user"] == "cat"
+    finally:
+        await edge.stop()

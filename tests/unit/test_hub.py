@@ -165,6 +165,20 @@ def test_len_counts_tracked_connections() -> None:
     assert len(hub) == 2
 
 
+def test_opening_counts_tracked_connections_not_yet_subscribed() -> None:
+    hub = Hub()
+    a, b = FakeSocket("a"), FakeSocket("b")
+    hub.track(a)
+    hub.track(b)
+    assert hub.opening == 2
+    hub.subscribe(a, ["k"])
+    assert hub.opening == 1
+    hub.forget(b)
+    assert hub.opening == 0
+    hub.forget(a)
+    assert (len(hub), hub.opening) == (0, 0)
+
+
 def test_subscribe_alone_does_not_track() -> None:
     hub = Hub()
     hub.subscribe(FakeSocket("a"), ["k"])

@@ -52,6 +52,7 @@ def test_edge_defaults() -> None:
     assert s.bind_timeout_s == 10.0
     assert s.handshake_timeout_s == 10.0
     assert s.listen_backlog == 1024
+    assert s.max_opening == 200
     assert s.shutdown_deadline_s == 10.0
     assert s.prefetch == 512
     assert s.login_threads == 4
@@ -77,6 +78,7 @@ def test_edge_overrides() -> None:
         "WARREN_EDGE_BIND_TIMEOUT_S": "0.5",
         "WARREN_EDGE_HANDSHAKE_TIMEOUT_S": "0.25",
         "WARREN_EDGE_LISTEN_BACKLOG": "64",
+        "WARREN_EDGE_MAX_OPENING": "5",
         "WARREN_EDGE_SHUTDOWN_DEADLINE_S": "0",
         "WARREN_EDGE_PREFETCH": "1",
         "WARREN_EDGE_LOGIN_THREADS": "2",
@@ -99,6 +101,7 @@ def test_edge_overrides() -> None:
     assert s.bind_timeout_s == 0.5
     assert s.handshake_timeout_s == 0.25
     assert s.listen_backlog == 64
+    assert s.max_opening == 5
     assert s.shutdown_deadline_s == 0.0
     assert s.prefetch == 1
     assert s.login_threads == 2

@@ -53,7 +53,7 @@ from shared.messaging import EnvelopeError, decode
 from shared.messaging.broker import CONTENT_TYPE, declare_chat_claims_queue, declare_session_queue
 from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
 from services.cat_relay.cat import CatClient
-from services.cat_relay.locks import KeyedLocks
+from shared.locks import KeyedLocks
 from services.cat_relay.relay import Ask, Relay
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from services.cat_relay.cat.errors import CatError, CatFailed, CatTimeout, CatUn
 from services.cat_relay.cat.v1 import BACKOFF_MAX_S, backoff
 from services.cat_relay.cat.v2 import _on_event
 from services.cat_relay.handlers.send import STATUS_BY_CODE
-from services.cat_relay.locks import KeyedLocks
+from shared.locks import KeyedLocks
 from services.cat_relay.relay import INTERRUPTED, AskError, ask_text
 from services.cat_relay.settings import CatProtocol, CatSettings, RelaySettings
 from services.cat_relay.tokens import TokenStream

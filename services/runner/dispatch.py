@@ -19,11 +19,11 @@ from aio_pika.exceptions import PublishError
 from shared.messaging import Envelope, encode
 from shared.messaging.broker import (
     CONTENT_TYPE,
-    WORK_QUEUE_DELIVERY_LIMIT,
     BrokerUnavailable,
     Unroutable,
+    declare_quorum_queue,
 )
-from shared.messaging.names import DEAD_LETTER_EXCHANGE, RUNNER_RUNS_QUEUE, dead_letter_queue_name
+from shared.messaging.names import RUNNER_RUNS_QUEUE
 
 
 async def declare_runs_queue(channel: AbstractChannel) -> AbstractQueue:
@@ -33,22 +33,7 @@ async def declare_runs_queue(channel: AbstractChannel) -> AbstractQueue:
     after the delivery limit; it is still ``queued`` or ``running`` in the database,
     where the queue-wait limit or the heartbeat sweep ends it.
     """
-    dead_name = dead_letter_queue_name(RUNNER_RUNS_QUEUE)
-    dlx = await channel.declare_exchange(
-        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
-    )
-    dead = await channel.declare_queue(dead_name, durable=True)
-    await dead.bind(dlx, routing_key=dead_name)
-    return await channel.declare_queue(
-        RUNNER_RUNS_QUEUE,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": WORK_QUEUE_DELIVERY_LIMIT,
-            "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-            "x-dead-letter-routing-key": dead_name,
-        },
-    )
+    return await declare_quorum_queue(channel, RUNNER_RUNS_QUEUE)
 
 
 class RunQueue:

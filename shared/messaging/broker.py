@@ -106,19 +106,34 @@ def edge_queue_arguments() -> dict[str, str]:
 async def declare_work_queue(channel: AbstractChannel, command: Command | str) -> AbstractQueue:
     """Declare the durable quorum work queue for one command type, with its dead-letter queue.
 
-    The quorum queue's delivery limit ends redelivery loops: a message that keeps
-    failing goes to ``<queue>.dead`` instead of being requeued forever. ``chat.ask``
-    has a single active consumer, so asks leave it in the order they arrived
-    (cat_relay then spreads the work over its replicas per user).
+    ``chat.ask`` has a single active consumer, so asks leave it in the order they
+    arrived (cat_relay then spreads the work over its replicas per user).
     """
-    name = work_queue_name(command)
+    queue = await declare_quorum_queue(
+        channel, work_queue_name(command), single_active_consumer=command == Command.CHAT_ASK
+    )
+    commands = await channel.declare_exchange(
+        COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await queue.bind(commands, routing_key=command_key(command))
+    return queue
+
+
+async def declare_quorum_queue(
+    channel: AbstractChannel, name: str, *, single_active_consumer: bool = False
+) -> AbstractQueue:
+    """Declare a durable quorum queue for work, with its dead-letter queue ``<name>.dead``.
+
+    The quorum queue's delivery limit ends redelivery loops: a message that keeps
+    failing goes to the dead-letter queue instead of being requeued forever.
+    """
     dead_name = dead_letter_queue_name(name)
     dlx = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
     dead = await channel.declare_queue(dead_name, durable=True)
     await dead.bind(dlx, routing_key=dead_name)
-    queue = await channel.declare_queue(
+    return await channel.declare_queue(
         name,
         durable=True,
         arguments={
@@ -126,14 +141,9 @@ async def declare_work_queue(channel: AbstractChannel, command: Command | str) -
             "x-delivery-limit": WORK_QUEUE_DELIVERY_LIMIT,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
             "x-dead-letter-routing-key": dead_name,
-            **({"x-single-active-consumer": True} if command == Command.CHAT_ASK else {}),
+            **({"x-single-active-consumer": True} if single_active_consumer else {}),
         },
     )
-    commands = await channel.declare_exchange(
-        COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    await queue.bind(commands, routing_key=command_key(command))
-    return queue
 
 
 async def declare_session_queue(channel: AbstractRobustChannel, user_id: str) -> AbstractQueue:

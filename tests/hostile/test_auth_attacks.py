@@ -33,10 +33,7 @@ from shared.auth.tokens import DEV_SECRET
 from shared.db import UserStore, make_engine, session_factory
 from shared.db.models import User
 from services.ws_edge.server import EdgeServer
-from tests.support.client import Client
-
-UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-           "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+from tests.support.client import UPGRADE, Client
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from shared.messaging import Address, Envelope
 from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
-from tests.integration.test_handshake import UPGRADE
-from tests.support.client import Client
+from tests.support.client import UPGRADE, Client
 from tests.support.edge import edge_env
 from tests.support.private_broker import PrivateBroker
 

@@ -25,10 +25,7 @@ from wsproto.events import (
 
 from shared.auth.tokens import DEV_SECRET
 from services.ws_edge.server import EdgeServer
-from tests.support.client import Client
-
-UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-           "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
+from tests.support.client import UPGRADE, Client
 
 
 def _b64(data: bytes) -> str:

@@ -142,21 +142,21 @@ async def test_a_signal_during_start_up_stops_what_was_started(
         )
 
 
+def up_refused(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``warren up`` run to its end, for a start that must be refused."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", "up"],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+
 def test_a_taken_port_stops_up_before_anything_starts(amqp_url: str, tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         env = {**up_env(amqp_url, tmp_path, **no_cat(tmp_path)), "WARREN_EDGE_PORT": str(port)}
-        done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "up"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = up_refused(env, tmp_path)
     assert done.returncode == 2
     assert f"port {port} on 127.0.0.1 (edge-1) is in use: set WARREN_EDGE_PORT" in done.stderr
     assert "started" not in done.stdout
@@ -164,15 +164,7 @@ def test_a_taken_port_stops_up_before_anything_starts(amqp_url: str, tmp_path: P
 
 def test_up_refuses_to_run_in_production(amqp_url: str, tmp_path: Path) -> None:
     env = {**up_env(amqp_url, tmp_path), "WARREN_ENV": "production"}
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "up"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = up_refused(env, tmp_path)
     assert done.returncode == 2 and "set WARREN_ENV=development" in done.stderr
 
 

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections import deque
 from typing import Any
 
 import orjson
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+#: The headers of a WebSocket upgrade, for tests that send it as a plain HTTP request to
+#: see how the edge refuses it.
+UPGRADE = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+           "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode()}
 
 TIMEOUT = 10.0
 

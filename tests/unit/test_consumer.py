@@ -72,6 +72,14 @@ def delivery(settled: asyncio.Queue[tuple[str, Any]], n: int) -> Delivery:
     return Delivery(encode(envelope), user_key("alice"), settled)
 
 
+def alice_online() -> tuple[Hub, Socket]:
+    """A hub with one socket of alice's, subscribed to her key."""
+    hub, socket = Hub(), Socket()
+    hub.track(socket)
+    hub.subscribe(socket, [user_key("alice")])
+    return hub, socket
+
+
 def incoming(d: Delivery) -> AbstractIncomingMessage:
     return cast(AbstractIncomingMessage, d)
 
@@ -79,10 +87,7 @@ def incoming(d: Delivery) -> AbstractIncomingMessage:
 async def test_events_arriving_together_are_written_and_acknowledged_together(
     settled: asyncio.Queue[tuple[str, Any]],
 ) -> None:
-    hub = Hub()
-    socket = Socket()
-    hub.track(socket)
-    hub.subscribe(socket, [user_key("alice")])
+    hub, socket = alice_online()
     consumer = make_consumer(hub)
     batch = [delivery(settled, n) for n in range(3)]
     for d in batch:
@@ -129,10 +134,7 @@ async def test_invalid_event_is_rejected_and_the_rest_acknowledged(
 async def test_a_redelivered_event_is_dropped_not_written_twice(
     settled: asyncio.Queue[tuple[str, Any]],
 ) -> None:
-    hub = Hub()
-    socket = Socket()
-    hub.track(socket)
-    hub.subscribe(socket, [user_key("alice")])
+    hub, socket = alice_online()
     consumer = make_consumer(hub)
     again = delivery(settled, 1)
     again.redelivered = True

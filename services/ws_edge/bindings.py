@@ -1,14 +1,16 @@
 """Reference-counted queue bindings: bound on the first holder, unbound on the last.
 
 Per key, bind and unbind calls are serialised by a lock and always move the broker
-towards the current wanted state, so rapid open/close sequences converge.
+towards the current wanted state, so rapid open/close sequences converge. After the
+broker connection is replaced (the edge's exclusive queue is then a new one, holding only
+what the consumer declares itself), :meth:`BindingTable.rebind` binds every held key again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,7 @@ class BindingTable:
         self._locks: dict[str, asyncio.Lock] = {}
         self._pending: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by rebind(): a bind from before it may not count
 
     @property
     def bound(self) -> frozenset[str]:
@@ -36,7 +39,7 @@ class BindingTable:
     def holders(self, key: str) -> int:
         return self._counts.get(key, 0)
 
-    def retain(self, keys: Iterable[str]) -> Awaitable[None]:
+    def retain(self, keys: Iterable[str]) -> asyncio.Future[list[None]]:
         """Count one more holder of each key; the result completes once all are bound.
 
         The counts are taken at once; cancelling the returned awaitable does not undo
@@ -57,6 +60,14 @@ class BindingTable:
                 self._counts.pop(key, None)
                 self._schedule(key)
 
+    def rebind(self) -> None:
+        """The queue lost its bindings (a new connection): bind every held key again."""
+        self._generation += 1
+        self._bound.clear()
+        self._on_change(0)
+        for key in list(self._counts):
+            self._schedule(key)
+
     async def drain(self) -> None:
         """Wait for every pending bind and unbind."""
         while self._tasks:
@@ -73,22 +84,40 @@ class BindingTable:
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
-                wanted = self._counts.get(key, 0) > 0
-                if wanted and key not in self._bound:
-                    await self._binder.bind(key)
-                    self._bound.add(key)
-                    self._on_change(len(self._bound))
-                elif not wanted and key in self._bound:
-                    self._bound.discard(key)
-                    self._on_change(len(self._bound))
-                    try:
-                        await self._binder.unbind(key)
-                    except Exception:
-                        # Binding left behind: at worst this edge receives and drops
-                        # traffic for a key it no longer holds; the next holder rebinds.
-                        log.warning("unbind failed", extra={"key": key}, exc_info=True)
+                await self._converge(key)
         finally:
             self._pending[key] -= 1
             if self._pending[key] == 0:
                 del self._pending[key]
                 self._locks.pop(key, None)
+
+    async def _converge(self, key: str) -> None:
+        """Bind or unbind ``key`` as wanted now; called with the key's lock held."""
+        # Once rebind() has run during a call, the call may have reached the lost
+        # queue or the new one: the key's state on the broker is unknown, so it is
+        # settled again with a call either way (both are idempotent on the broker).
+        unknown = False
+        while True:
+            generation = self._generation
+            wanted = self._counts.get(key, 0) > 0
+            if wanted and (unknown or key not in self._bound):
+                await self._binder.bind(key)
+                if generation == self._generation:
+                    self._bound.add(key)
+                    self._on_change(len(self._bound))
+                    return
+            elif not wanted and (unknown or key in self._bound):
+                self._bound.discard(key)
+                self._on_change(len(self._bound))
+                try:
+                    await self._binder.unbind(key)
+                except Exception:
+                    # Binding left behind: at worst this edge receives and drops
+                    # traffic for a key it no longer holds; the next holder rebinds.
+                    log.warning("unbind failed", extra={"key": key}, exc_info=True)
+                    return
+                if generation == self._generation:
+                    return
+            else:
+                return
+            unknown = True

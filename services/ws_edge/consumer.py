@@ -6,6 +6,13 @@ that keeps up sees batches of one; one that falls behind catches up with fewer w
 per event. Written events are acknowledged together too, with one ``basic.ack
 (multiple)`` at most every ``ACK_DELAY_S`` or every half prefetch window: the edge's
 queue is exclusive, so an acknowledgement only paces the broker, it protects nothing.
+
+``queue.bind`` and ``queue.unbind`` are synchronous AMQP methods, one at a time per
+channel, so the edge binds on a small pool of channels of its own: a storm of connects
+is not held to one broker round trip at a time, and binding never waits behind the
+consumer's acks. A key's calls are never in flight together (``BindingTable`` locks
+each key), so they stay in order on any channel. These bindings are not recorded for
+aio-pika to restore: after a new connection, ``BindingTable.rebind`` makes them again.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import logging
 import time
 from typing import Final, NamedTuple
 
+import aiormq.abc
 from aio_pika.abc import (
     AbstractExchange,
     AbstractIncomingMessage,
@@ -26,7 +34,7 @@ from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from shared.messaging import BROADCAST, EnvelopeError, Kind, decode
 from shared.messaging.broker import declare_exchanges, edge_queue_arguments
-from shared.messaging.names import edge_queue_name
+from shared.messaging.names import EVENTS_EXCHANGE, edge_queue_name
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 
@@ -55,12 +63,15 @@ class EventConsumer:
         metrics: EdgeMetrics,
         instance_id: str,
         prefetch: int,
+        bind_channels: int,
     ) -> None:
         self._connection = connection
         self._hub = hub
         self._metrics = metrics
         self._queue_name = edge_queue_name(instance_id)
         self._prefetch = prefetch
+        self._bind_channel_count = bind_channels
+        self._bind_channels: list[AbstractRobustChannel] = []
         self._framer = TextFramer()
         self._channel: AbstractRobustChannel | None = None
         self._events: AbstractExchange | None = None
@@ -87,6 +98,10 @@ class EventConsumer:
         await queue.bind(events, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
         self._channel, self._events, self._queue = channel, events, queue
+        for _ in range(self._bind_channel_count):
+            binder = await self._connection.channel()
+            assert isinstance(binder, AbstractRobustChannel)
+            self._bind_channels.append(binder)
         self._consumer_tag = await queue.consume(self.on_message)
 
     def is_ready(self) -> bool:
@@ -106,20 +121,27 @@ class EventConsumer:
             self._ack_timer.cancel()
         if queue is not None and tag is not None and self._connection.connected.is_set():
             await queue.cancel(tag)
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        for channel in (*self._bind_channels, self._channel):
+            if channel is not None and not channel.is_closed:
+                await channel.close()
 
     async def bind(self, key: str) -> None:
-        # During a reconnect, wait for the channel to be restored: a binding made
-        # then is recorded by the robust queue and restored after later outages.
-        assert self._channel is not None and self._queue is not None and self._events is not None
-        await self._channel.ready()
-        await self._queue.bind(self._events, routing_key=key)
+        channel = await self._bind_channel(key)
+        await channel.queue_bind(self._queue_name, EVENTS_EXCHANGE, routing_key=key)
 
     async def unbind(self, key: str) -> None:
-        assert self._channel is not None and self._queue is not None and self._events is not None
+        channel = await self._bind_channel(key)
+        await channel.queue_unbind(self._queue_name, EVENTS_EXCHANGE, routing_key=key)
+
+    async def _bind_channel(self, key: str) -> aiormq.abc.AbstractChannel:
+        """A pool channel for ``key``, once the queue exists on the current connection."""
+        # During a reconnect the consuming channel is restored first: it declares the
+        # (new) exclusive queue, which the pool channels then bind.
+        assert self._channel is not None and self._bind_channels
         await self._channel.ready()
-        await self._queue.unbind(self._events, routing_key=key)
+        channel = self._bind_channels[hash(key) % len(self._bind_channels)]
+        await channel.ready()
+        return await channel.get_underlay_channel()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """One delivery from the queue: rejected (dead-lettered) now, or batched."""

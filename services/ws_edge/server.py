@@ -77,7 +77,8 @@ class EdgeServer:
         connection.reconnect_callbacks.add(self._on_reconnect)
         publisher = await Publisher.open(connection)
         self.consumer = consumer = EventConsumer(
-            connection, self.hub, self.metrics, settings.common.instance_id, settings.prefetch
+            connection, self.hub, self.metrics, settings.common.instance_id, settings.prefetch,
+            settings.bind_channels,
         )
         bindings = BindingTable(consumer, on_change=lambda n: self.metrics.bindings.set(n + 1))
         await consumer.start()
@@ -120,6 +121,8 @@ class EdgeServer:
 
     def _on_reconnect(self, *_args: object) -> None:
         log.info("broker connection restored")
+        if self.deps is not None:
+            self.deps.bindings.rebind()  # the new exclusive queue holds only `broadcast`
 
     async def stop(self) -> None:
         """Stop accepting, close sockets with 1001, then close broker, database, threads."""

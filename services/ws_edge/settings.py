@@ -37,6 +37,7 @@ class EdgeSettings:
     invalid_frame_limit: int
     invalid_frame_window_s: float
     bind_timeout_s: float
+    bind_channels: int
     handshake_timeout_s: float
     listen_backlog: int
     max_opening: int
@@ -73,6 +74,7 @@ class EdgeSettings:
             invalid_frame_limit=env_int(env, "WARREN_EDGE_INVALID_FRAME_LIMIT", 10, minimum=1),
             invalid_frame_window_s=env_float(env, "WARREN_EDGE_INVALID_FRAME_WINDOW_S", 60.0),
             bind_timeout_s=env_float(env, "WARREN_EDGE_BIND_TIMEOUT_S", 10.0, minimum=0.1),
+            bind_channels=env_int(env, "WARREN_EDGE_BIND_CHANNELS", 4, minimum=1),
             handshake_timeout_s=env_float(env, "WARREN_EDGE_HANDSHAKE_TIMEOUT_S", 10.0, minimum=0.1),
             listen_backlog=env_int(env, "WARREN_EDGE_LISTEN_BACKLOG", 1024, minimum=1),
             max_opening=env_int(env, "WARREN_EDGE_MAX_OPENING", 200, minimum=1),

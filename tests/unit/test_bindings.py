@@ -319,13 +319,15 @@ async def _client(
     before: int,
     held: int,
     keep: bool,
+    outages: bool = False,
 ) -> None:
     for _ in range(before):
         await asyncio.sleep(0)
     retained = table.retain(keys)
     await retained
-    # The retain awaitable completes only once the broker has every key bound.
-    assert set(keys) <= binder.bound
+    # The retain awaitable completes only once the broker has every key bound (unless a
+    # new connection came in the turn between its completion and this check).
+    assert outages or set(keys) <= binder.bound
     for _ in range(held):
         await asyncio.sleep(0)
     if not keep:
@@ -397,4 +399,66 @@ def test_any_interleaving_converges(
     plan: list[tuple[list[str], int, int, bool]], yields: int
 ) -> None:
     binder, table, wanted = asyncio.run(_run_clients(plan, yields))
+    _assert_converged(binder, table, wanted)
+
+
+# --- a new connection: rebind ---------------------------------------------------------
+
+
+async def test_rebind_binds_every_held_key_again() -> None:
+    binder, table, changes = make()
+    await table.retain(["user.a", "group.g"])
+    await table.retain(["user.b"])
+    table.release(["user.b"])
+    await table.drain()
+    binder.bound.clear()  # the broker connection was replaced: a new, empty queue
+    table.rebind()
+    assert table.bound == frozenset()
+    await table.drain()
+    assert binder.bound == {"user.a", "group.g"}
+    assert table.bound == frozenset({"user.a", "group.g"})
+    assert changes[-1] == 2
+
+
+async def test_a_key_released_while_its_bind_straddles_a_new_connection_ends_unbound() -> None:
+    binder, table, _ = make(yields=5)
+    retained = asyncio.ensure_future(table.retain(["user.a"]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert binder.busy == {"user.a"}  # the bind is on its way...
+    binder.bound.clear()  # ...the connection is replaced, and it lands on the new queue
+    table.rebind()
+    table.release(["user.a"])
+    await retained
+    await table.drain()
+    assert binder.bound == set()
+    assert table.bound == frozenset()
+    assert binder.overlaps == []
+
+
+async def _replace_connection(table: BindingTable, binder: FakeBinder, before: int) -> None:
+    for _ in range(before):
+        await asyncio.sleep(0)
+    binder.bound.clear()
+    table.rebind()
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_interleavings_with_new_connections_converge(seed: int) -> None:
+    rng = random.Random(seed)
+    keys = ["user.a", "user.b", "group.g"]
+    plan = [
+        (rng.sample(keys, rng.randint(1, 3)), rng.randint(0, 12), rng.randint(0, 12), rng.random() < 0.4)
+        for _ in range(rng.randint(5, 30))
+    ]
+    binder, table, _ = make(rng.randint(0, 5))
+    await asyncio.gather(
+        *(_client(table, binder, *p, outages=True) for p in plan),
+        *(_replace_connection(table, binder, rng.randint(0, 30)) for _ in range(rng.randint(1, 3))),
+    )
+    await table.drain()
+    wanted: dict[str, int] = {}
+    for chosen, _before, _held, keep in plan:
+        for key in chosen if keep else ():
+            wanted[key] = wanted.get(key, 0) + 1
     _assert_converged(binder, table, wanted)

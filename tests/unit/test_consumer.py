@@ -62,7 +62,7 @@ def settled() -> asyncio.Queue[tuple[str, Any]]:
 
 def make_consumer(hub: Hub, prefetch: int = 512) -> EventConsumer:
     connection = cast(AbstractRobustConnection, None)  # never used without start()
-    return EventConsumer(connection, hub, EdgeMetrics(CollectorRegistry()), "test", prefetch)
+    return EventConsumer(connection, hub, EdgeMetrics(CollectorRegistry()), "test", prefetch, 1)
 
 
 def delivery(settled: asyncio.Queue[tuple[str, Any]], n: int) -> Delivery:

@@ -18,6 +18,7 @@ from services.ws_edge.handlers.exports import (
 )
 from services.ws_edge.handlers.runs import RunListHandler, RunStatusHandler
 from services.ws_edge.handlers.websocket import EdgeSocket
+from services.ws_edge.shedding import WS_PATH
 
 
 def log_request(handler: tornado.web.RequestHandler) -> None:
@@ -45,7 +46,7 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
     settings = deps.settings
     return tornado.web.Application(
         [
-            (r"/ws", EdgeSocket, {"deps": deps}),
+            (WS_PATH, EdgeSocket, {"deps": deps}),
             (r"/auth/login", LoginHandler, {"deps": deps}),
             (r"/api/exports", ExportListHandler, {"deps": deps}),
             (r"/api/exports/([^/]+)", ExportStatusHandler, {"deps": deps}),

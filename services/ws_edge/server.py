@@ -31,6 +31,7 @@ from services.ws_edge.keepalive import Keepalive
 from services.ws_edge.login_limits import LoginLimiter
 from services.ws_edge.metrics import EdgeMetrics
 from services.ws_edge.settings import EdgeSettings
+from services.ws_edge.shedding import OVERLOADED, UpgradeShedder
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,13 @@ class EdgeServer:
             settings.port, settings.host, reuse_port=False, backlog=settings.listen_backlog
         )
         self.port = sockets[0].getsockname()[1]
-        self._http = HTTPServer(
+        app = UpgradeShedder(
             make_app(self.deps),
+            overloaded=lambda: self.hub.opening >= settings.max_opening,
+            refused=self.metrics.handshakes_refused.labels(OVERLOADED).inc,
+        )
+        self._http = HTTPServer(
+            app,
             idle_connection_timeout=settings.handshake_timeout_s,
             body_timeout=settings.handshake_timeout_s,
             max_body_size=1 << 20,

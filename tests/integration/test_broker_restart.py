@@ -7,6 +7,7 @@ so recovery must declare and bind them again, for the users connected at that mo
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -66,7 +67,7 @@ async def test_edge_recovers_from_a_broker_restart(
 
 async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
     private_broker: PrivateBroker, private_amqp_url: str, tmp_path: Path,
-    token_for: Callable[..., str],
+    token_for: Callable[..., str], caplog: pytest.LogCaptureFixture,
 ) -> None:
     # With the broker stopped no key can be bound, so sockets stay opening: a
     # deterministic stand-in for a storm that outruns the broker's binds.
@@ -89,12 +90,18 @@ async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
 
         request = HTTPRequest(f"http://127.0.0.1:{edge.port}/ws?token={token_for('cat')}",
                               headers=UPGRADE)
-        with pytest.raises(HTTPClientError) as refused:
+        with pytest.raises(HTTPClientError) as refused, caplog.at_level(logging.DEBUG, "tornado.access"):
             await AsyncHTTPClient().fetch(request)
         response = refused.value.response
         assert response is not None and response.code == 503
         assert response.headers["Retry-After"] == "1"
         assert orjson.loads(response.body)["error"] == "overloaded"
+        # Shed before Tornado routes it: counted, and no access-log line per refusal.
+        assert [r for r in caplog.records if r.name == "tornado.access"] == []
+        assert edge.metrics.handshakes_refused.labels("overloaded")._value.get() == 1
+        # Only upgrades are shed: the probes and the API still answer.
+        health = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{edge.port}/healthz")
+        assert health.code == 200
 
         await asyncio.to_thread(private_broker.start_app)
         await asyncio.wait_for(restored, 60)

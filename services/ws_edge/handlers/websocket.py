@@ -47,6 +47,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
         "_pinged_at", "_pong_due", "_allowance", "_spent_at",
     )
+    # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
+    # would otherwise write thousands of lines a second; warren_edge_connections counts them.
+    quiet_access_log = True
 
     def initialize(self, deps: EdgeDeps) -> None:
         self._deps = deps
@@ -66,17 +69,10 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     # -- handshake -------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Refuse before the upgrade, with a JSON body: wrong upgrade, overload, origin,
-        token or user."""
+        """Refuse before the upgrade, with a JSON body: wrong upgrade, origin, token or
+        user. (Overload is refused before this handler exists: shedding.py.)"""
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             self._refuse(426, "upgrade_required", "GET /ws takes a WebSocket upgrade")
-            return
-        if self._deps.hub.opening >= self._deps.settings.max_opening:
-            # A connect storm: the broker binds each socket's keys in turn, so sockets
-            # queue for their welcome. Past the bound, refusing at once keeps the edge
-            # ready and its memory bounded, and the client retries later.
-            self.set_header("Retry-After", "1")
-            self._refuse(503, "overloaded", "too many connections are opening; retry shortly")
             return
         origin = self.request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin):

@@ -18,6 +18,13 @@ writing the final frame, fetched from it afterwards. What is left is the relay's
 and its hops: the broker delivering the ask, the ask to the Cat and the answer back over
 the WebSocket, the token batch and the reply through the broker to the reader.
 
+The Cat also reports when (``time.perf_counter``, the host's monotonic clock, which
+every process here reads alike) it read each ask and wrote each final frame, which
+splits the overhead in two: ``to Cat``, from the ask's confirm to the Cat reading it
+(the broker delivering the ask, the relay taking it, the WebSocket frame to the Cat),
+and ``from Cat``, from the final frame to the reply's arrival here (the relay reading
+it and publishing the reply, the broker routing and delivering it).
+
 Before measuring, every user asks twice (the first ask of a user sets up its session
 and Cat socket through the session queue; later ones are answered without that hop).
 ``KiB/session``: the relay's RSS growth over that warm-up divided by the users, i.e. one
@@ -263,8 +270,11 @@ async def measure(
         own_after = await relay_buckets(relay_port, "warren_relay_overhead_seconds")
         own = [(le, count - before) for (le, count), (_, before) in zip(own_after, own_before)]
 
-    served = orjson.loads((await AsyncHTTPClient().fetch(f"{cat_url}/stats")).body)["served"]
+    stats = orjson.loads((await AsyncHTTPClient().fetch(f"{cat_url}/stats")).body)
+    served, spans = stats["served"], stats["spans"]
     overhead = [(s.reply - s.confirmed - float(served[s.text])) * 1000 for s in load.samples]
+    to_cat = [(spans[s.text][0] - s.confirmed) * 1000 for s in load.samples]
+    from_cat = [(s.reply - spans[s.text][1]) * 1000 for s in load.samples]
     cat_ms = [float(served[s.text]) * 1000 for s in load.samples]
     asks = len(load.samples)
     return {
@@ -272,6 +282,8 @@ async def measure(
         "rate": asks / elapsed,
         "p50": pct(overhead, 0.50), "p95": pct(overhead, 0.95), "p99": pct(overhead, 0.99),
         "max": max(overhead), "cat_p50": statistics.median(cat_ms),
+        "to_p50": pct(to_cat, 0.50), "to_p99": pct(to_cat, 0.99),
+        "from_p50": pct(from_cat, 0.50), "from_p99": pct(from_cat, 0.99),
         "own_p50": bucket_pct(own, 0.5) if own else float("nan"),
         "own_p99": bucket_pct(own, 0.99) if own else float("nan"),
         "own_5ms": 100 * next((c for le, c in own if le == 0.005), 0.0) / own[-1][1] if own else float("nan"),
@@ -344,7 +356,7 @@ async def socket_memory(workdir: Path, sockets: int) -> tuple[float, float]:
 
 
 HEADERS = ["users", "think s", "asks", "asks/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
-           "relay-side p50 ms", "p99 ms", "<= 5 ms %", "Cat p50 ms", "relay CPU %", "CPU ms/ask: relay", "broker", "Cat", "client",
+           "to Cat p50 ms", "p99 ms", "from Cat p50 ms", "p99 ms", "relay-side p50 ms", "p99 ms", "<= 5 ms %", "Cat p50 ms", "relay CPU %", "CPU ms/ask: relay", "broker", "Cat", "client",
            "local %", "Cat sockets", "KiB/session", "load", "other cores"]
 
 
@@ -353,6 +365,7 @@ def cells(r: dict[str, float]) -> list[str]:
     return [
         f"{r['users']:.0f}", f"{r['think']:g}", asks, f"{r['rate']:,.0f}",
         f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.1f}",
+        f"{r['to_p50']:.2f}", f"{r['to_p99']:.2f}", f"{r['from_p50']:.2f}", f"{r['from_p99']:.2f}",
         f"{r['own_p50']:.2f}", f"{r['own_p99']:.2f}", f"{r['own_5ms']:.2f}", f"{r['cat_p50']:.1f}", f"{r['relay_pct']:.0f}", f"{r['cpu_ms']:.2f}",
         f"{r['broker_ms']:.2f}", f"{r['cat_ms']:.2f}", f"{r['client_ms']:.2f}",
         f"{r['local_pct']:.1f}", f"{r['sockets']:.0f}", f"{r['kib_socket']:.1f}",

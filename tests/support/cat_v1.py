@@ -65,6 +65,9 @@ class CatV1Double:
         self.peer_ports: dict[str, int] = {}  # user id -> client port of the newest socket
         self.dropped = 0
         self.served: dict[str, float] = {}  # ask text -> seconds from receipt to the last frame
+        # ask text -> (receipt, last frame written), time.perf_counter(): CLOCK_MONOTONIC on
+        # Linux, so other processes of this host can compare their own readings with them
+        self.spans: dict[str, tuple[float, float]] = {}
         self._server: HTTPServer | None = None
         self._all: set[CatSocket] = set()
 
@@ -129,7 +132,7 @@ class StatsHandler(tornado.web.RequestHandler):
         self.cat = cat
 
     def get(self) -> None:
-        self.write({"served": self.cat.served})
+        self.write({"served": self.cat.served, "spans": self.cat.spans})
 
 
 class MessageHandler(tornado.web.RequestHandler):
@@ -189,7 +192,9 @@ class CatSocket(tornado.websocket.WebSocketHandler):
                 if target is None or target.ws_connection is None:
                     return
                 await target.write_message(orjson.dumps(frame).decode())
-            cat.served[text] = time.perf_counter() - received
+            finished = time.perf_counter()
+            cat.served[text] = finished - received
+            cat.spans[text] = (received, finished)
         finally:
             cat.busy[self.user_id] -= 1
 

@@ -114,9 +114,11 @@ def clean_env(extra: Mapping[str, str], root: Path = REPO_ROOT) -> dict[str, str
 
 
 def edge_process(
-    amqp_url: str, database_url: str, log_path: Path, root: Path = REPO_ROOT
+    amqp_url: str, database_url: str, log_path: Path, root: Path = REPO_ROOT,
+    settings: Mapping[str, str] | None = None,
 ) -> ServerProcess:
-    """The edge as ``warren edge`` runs it; ``root`` may be another checkout to compare."""
+    """The edge as ``warren edge`` runs it; ``root`` may be another checkout to compare,
+    ``settings`` more WARREN_* variables (another value of one to compare)."""
     env = clean_env(
         {
             "WARREN_ENV": "development",
@@ -125,6 +127,7 @@ def edge_process(
             "WARREN_EDGE_HOST": "127.0.0.1",
             "WARREN_EDGE_PORT": str(free_port()),
             "WARREN_LOG_LEVEL": "INFO",
+            **(settings or {}),
         },
         root,
     )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 
 import tornado.web
 
 from shared.auth import TokenService
+from shared.db import UserStore
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler
 from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient
@@ -20,10 +22,15 @@ def make_app(
     asker: Asker,
     cat: CatClient,
     tokens: TokenService,
+    users: UserStore,
+    blocking: Executor,
     metrics: RelayMetrics,
     is_ready: Callable[[], bool],
 ) -> tornado.web.Application:
-    send = {"asker": asker, "tokens": tokens, "settings": settings}
+    send = {
+        "asker": asker, "tokens": tokens, "settings": settings, "users": users,
+        "blocking": blocking,
+    }
     return tornado.web.Application(
         [
             (r"/send", SendHandler, send),

@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 
 from shared.auth import TokenService
-from shared.db import ChatHistory, create_schema, make_engine, session_factory
+from shared.db import ChatHistory, UserStore, create_schema, make_engine, session_factory
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command
 from shared.messaging.work import WorkConsumer
@@ -63,7 +63,8 @@ class RelayServer:
         self._engine = make_engine(settings.common.database_url)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, create_schema, self._engine)
-        history = ChatHistory(session_factory(self._engine), settings.history_turns)
+        sessions_db = session_factory(self._engine)
+        history = ChatHistory(sessions_db, settings.history_turns)
 
         self.cat = cat = make_client(settings.cat, self._executor)
         self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
@@ -93,7 +94,10 @@ class RelayServer:
         )
         await self._consumer.start()
         tokens = TokenService(settings.auth)
-        app = make_app(settings, asker, cat, tokens, self.metrics, self.is_ready)
+        app = make_app(
+            settings, asker, cat, tokens, UserStore(sessions_db), self._executor, self.metrics,
+            self.is_ready,
+        )
         self._http, self.port = listen(app, settings.http)
         log.info(
             "cat_relay ready",

@@ -11,6 +11,7 @@ from shared.config import (
     CommonSettings,
     ConfigError,
     Env,
+    env_bool,
     env_file_or_value,
     env_float,
     env_int,
@@ -84,6 +85,9 @@ class RelaySettings:
     token_flush_s: float
     token_flush_chars: int
     session_idle_s: float
+    # whether a JWT's user must still be in the users table for POST /send (one lookup
+    # per request); off by default only with WARREN_ENV=development, as on the edge
+    check_users: bool = True
 
     @property
     def send_timeout_s(self) -> float:
@@ -108,4 +112,5 @@ class RelaySettings:
             token_flush_s=env_float(env, "WARREN_RELAY_TOKEN_FLUSH_S", 0.05),
             token_flush_chars=env_int(env, "WARREN_RELAY_TOKEN_FLUSH_CHARS", 2048, minimum=1),
             session_idle_s=env_float(env, "WARREN_RELAY_SESSION_IDLE_S", 60.0, minimum=0.1),
+            check_users=env_bool(env, "WARREN_RELAY_CHECK_USERS", not common.development),
         )

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import CollectorRegistry
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
+from shared.db import UserStore
 from shared.messaging import Address, Envelope, decode
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command, dead_letter_queue_name, work_queue_name
@@ -565,6 +566,37 @@ async def test_send_refuses_bad_requests(
     response = await post_send(relay, body, credential)
     assert response.code == status, response.body
     assert orjson.loads(response.body)["error"] == error
+
+
+async def test_send_refuses_a_token_whose_user_is_not_in_the_users_table(
+    make_relay: Callable[..., RelayServer], users: UserStore, token_for: Callable[..., str]
+) -> None:
+    # As on the edge (protocol.md 5.1): a token outlives the deletion of its user.
+    users.add("dave", "pw-dave-123")
+    relay = make_relay(WARREN_RELAY_CHECK_USERS="true")
+    await relay.start()
+    response = await post_send(relay, {"user_id": "dave", "message": "hi"}, token_for("dave"))
+    assert response.code == 200, response.body
+    for credential, asked_as in (
+        (token_for("carol"), "carol"),
+        (token_for("carol", roles=("admin",)), "dave"),  # the role does not help
+    ):
+        response = await post_send(relay, {"user_id": asked_as, "message": "hi"}, credential)
+        assert response.code == 401, response.body
+        body = orjson.loads(response.body)
+        assert body["error"] == "unknown_user" and "carol" in body["message"]
+    # The service key speaks for no user: nothing to look up.
+    response = await post_send(relay, {"user_id": "carol", "message": "hi"}, SERVICE_KEY)
+    assert response.code == 200
+
+
+def test_the_relay_checks_users_unless_in_development(
+    amqp_url: str, database_url: str, cat: CatV1Double
+) -> None:
+    env = relay_env(amqp_url, database_url, cat.url)
+    assert RelaySettings.from_env({**env, "WARREN_ENV": "development"}).check_users is False
+    production = {**env, "WARREN_ENV": "production", "WARREN_JWT_SECRET": "s" * 40}
+    assert RelaySettings.from_env(production).check_users is True
 
 
 async def test_send_gives_502_when_the_cat_is_down_and_504_when_it_is_slow(

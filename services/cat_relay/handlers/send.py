@@ -9,12 +9,17 @@ order with the user's other asks, over the user's one Cat socket.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from concurrent.futures import Executor
 from typing import Any, Final
 
 import orjson
+from sqlalchemy.exc import SQLAlchemyError
 
 from shared.auth import TokenError, TokenService
+from shared.db import UserStore
+from shared.db.outage import database_unavailable
 from shared.messaging.broker import BrokerUnavailable, Unroutable
 from shared.messaging.names import Event, valid_name
 from shared.web import JsonHandler
@@ -36,10 +41,15 @@ STATUS_BY_CODE: Final = {
 
 
 class SendHandler(JsonHandler):
-    def initialize(self, asker: Asker, tokens: TokenService, settings: RelaySettings) -> None:
+    def initialize(
+        self, asker: Asker, tokens: TokenService, settings: RelaySettings, users: UserStore,
+        blocking: Executor,
+    ) -> None:
         self._asker = asker
         self._tokens = tokens
         self._settings = settings
+        self._users = users
+        self._blocking = blocking
 
     async def post(self) -> None:
         scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
@@ -51,7 +61,7 @@ class SendHandler(JsonHandler):
         if body is None:
             return
         user_id, message = body
-        if not self._allowed(credential, user_id):
+        if not await self._allowed(credential, user_id):
             return
         try:
             outcome = await self._asker.ask(user_id, message, self._settings.send_timeout_s)
@@ -91,7 +101,7 @@ class SendHandler(JsonHandler):
             return None
         return user_id, message
 
-    def _allowed(self, credential: str, user_id: str) -> bool:
+    async def _allowed(self, credential: str, user_id: str) -> bool:
         key = self._settings.service_api_key
         if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
             return True
@@ -100,10 +110,27 @@ class SendHandler(JsonHandler):
         except TokenError as exc:
             self.fail(401, exc.code, exc.message)
             return False
+        if self._settings.check_users and not await self._still_a_user(identity.user_id):
+            return False
         if identity.user_id != user_id and ADMIN_ROLE not in identity.roles:
             self.fail(403, "forbidden", "a user may ask only as themself")
             return False
         return True
+
+    async def _still_a_user(self, user_id: str) -> bool:
+        """A token outlives the deletion of its user: whether the user is still in the
+        users table, as the edge checks it (protocol.md 5.1). Refuses the request if not."""
+        loop = asyncio.get_running_loop()
+        try:
+            exists = await loop.run_in_executor(self._blocking, self._users.exists, user_id)
+        except SQLAlchemyError as exc:
+            if not database_unavailable(exc):
+                raise
+            self.fail(503, "database_unavailable", "the users table could not be read; retry later")
+            return False
+        if not exists:
+            self.fail(401, "unknown_user", f"user {user_id!r} does not exist")
+        return exists
 
 
 class CatStatusHandler(JsonHandler):

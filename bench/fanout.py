@@ -30,6 +30,7 @@ import orjson
 from argon2 import PasswordHasher
 
 from bench.cli import abort_notice, add_common_arguments, check_local, run_within
+from bench.edge_metrics import EdgeGauges, edge_gauges
 from bench.loadclients import slices
 from bench.meter import Meter
 from bench.report import (
@@ -232,6 +233,7 @@ class SystemBench:
         plan = self.plan
         step = next(self.steps)
         rate = target_dps / scenario.fanout
+        own_before = await self._own_latency()
         before = self.meter.read()
         published = await self.publisher.call(
             "run", plan.step_s * 1.1 + CALL_TIMEOUT_S, step=step, kind=scenario.kind,
@@ -243,8 +245,16 @@ class SystemBench:
         )
         after = self.meter.read()
         row = self._row(scenario, target_dps, published, collected, before, after)
+        own_after = await self._own_latency()
+        if own_after is not None:
+            p99 = own_after.latency_since(own_before, 0.99)
+            row.server_p99_ms = None if p99 is None else p99 * 1000
         row.note = saturation_note(row, rate)
         return row
+
+    async def _own_latency(self) -> EdgeGauges | None:
+        """The edge's /metrics (its delivery latency histogram); None for the peer."""
+        return await edge_gauges(self.server.port) if self.system == "warren" else None
 
     async def _collect(
         self, step: int, counts: dict[str, int], deadline_s: float, stall_s: float

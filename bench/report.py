@@ -38,6 +38,9 @@ class Row:
     other_cpu_pct: float  # host CPU outside the above: other programs, other kernel work
     steal_pct: float  # time the hypervisor gave this VM's CPUs to someone else
     server_rss_mb: float
+    # the edge's own histogram: envelope ts -> the event written to its sockets, p99 as the
+    # bucket bound it falls under (Warren only)
+    server_p99_ms: float | None = None
     broker_restarted: bool = False
     note: str = ""
 
@@ -97,7 +100,7 @@ def saturation_note(row: Row, nominal_mps: float) -> str:
 
 ROW_HEADERS: Final = (
     "system", "scenario", "fan-out", "target dlv/s", "pub msg/s", "offered dlv/s",
-    "achieved dlv/s", "p50 ms", "p99 ms", "loss %", "srv µs/dlv", "srv CPU%",
+    "achieved dlv/s", "p50 ms", "p99 ms", "edge p99 ≤ ms", "loss %", "srv µs/dlv", "srv CPU%",
     "drv CPU%", "pub CPU%", "mq CPU%", "sirq %", "other CPU%", "steal %", "srv RSS MB", "note",
 )
 
@@ -113,6 +116,7 @@ def row_cells(row: Row) -> list[str]:
         _k(row.achieved_dps),
         _ms(row.p50_ms),
         _ms(row.p99_ms),
+        _ms(row.server_p99_ms),
         f"{100 * row.loss:.2f}",
         "-" if row.server_us_per_delivery is None else f"{row.server_us_per_delivery:.1f}",
         f"{row.server_cpu_pct:.0f}",

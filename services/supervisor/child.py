@@ -1,7 +1,10 @@
 """One supervised OS process: start it, relay its output, wait until it is ready, stop it.
 
 Each child runs in a process group of its own, so a Ctrl-C in the terminal reaches only
-the supervisor, which then stops the children in order.
+the supervisor, which then stops the children in order. A supervisor that dies without
+stopping them (SIGKILL, a crash) takes them along: each child gets SIGTERM when its parent
+dies (Linux's parent-death signal, set by util-linux's ``setpriv`` before the child's
+program starts), and stops as it would on any SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -25,10 +30,19 @@ PROBE_TIMEOUT_S = 2.0
 FIRST_PROBE_GAP_S = 0.05
 MAX_PROBE_GAP_S = 0.5
 OUTPUT_DRAIN_S = 2.0  # after the exit, for the last lines still in the pipe
+SETPRIV = shutil.which("setpriv") if sys.platform.startswith("linux") else None
 
 
 class ChildFailed(RuntimeError):
     """A child exited, or did not get ready in time; the message says which and why."""
+
+
+def with_parent_death_signal(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """``argv`` run so that the child gets SIGTERM when the supervisor dies; unchanged
+    where there is no ``setpriv`` (the children then outlive a killed supervisor)."""
+    if SETPRIV is None:
+        return argv
+    return (SETPRIV, "--pdeathsig", "TERM", "--", *argv)
 
 
 def describe_exit(code: int) -> str:
@@ -77,7 +91,7 @@ class Child:
     async def start(self) -> None:
         spec = self.spec
         self._process = await asyncio.create_subprocess_exec(
-            *spec.argv,
+            *with_parent_death_signal(spec.argv),
             env=self._env,
             cwd=spec.cwd,
             stdin=asyncio.subprocess.DEVNULL,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 import pytest
 
+from services.supervisor.child import SETPRIV
 from services.supervisor.output import Output
 from services.supervisor.plan import ChildSpec
 from services.supervisor.ports import free_port
@@ -218,3 +220,62 @@ async def test_an_optional_child_that_never_gets_ready_is_only_warned_about(
     assert supervisor.children[1].running
     await supervisor.stop()
     assert supervisor.exit_code == 0
+
+
+# A supervisor in a process of its own, so that the test can SIGKILL it: argv[1] is the
+# JSON of one ChildSpec; it prints the child's pid once the child is ready.
+LONE_SUPERVISOR = r"""
+import asyncio, json, os, sys
+import httpx
+from services.supervisor.output import Output
+from services.supervisor.plan import ChildSpec
+from services.supervisor.supervisor import Supervisor
+
+async def main():
+    fields = json.loads(sys.argv[1])
+    spec = ChildSpec(**{**fields, "argv": tuple(fields["argv"])})
+    async with httpx.AsyncClient() as http:
+        supervisor = Supervisor([spec], dict(os.environ), Output(sys.stderr, colour=False), http,
+                                ready_timeout_s=10, optional_ready_timeout_s=10, stop_timeout_s=5)
+        await supervisor.start()
+        print(supervisor.children[0].pid, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(SETPRIV is None, reason="needs util-linux's setpriv (Linux)")
+async def test_children_stop_when_the_supervisor_is_killed() -> None:
+    spec = fake("edge-1", 1)
+    fields = {"name": spec.name, "kind": spec.kind, "tier": spec.tier, "argv": spec.argv,
+              "env": {}, "port": spec.port, "ready_url": spec.ready_url}
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LONE_SUPERVISOR, json.dumps(fields),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert supervisor.stdout is not None
+        child_pid = int(await asyncio.wait_for(supervisor.stdout.readline(), 30))
+        # A pidfd turns readable when its process ends, whoever its parent is by then.
+        pidfd = os.pidfd_open(child_pid)
+        try:
+            ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_end() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            asyncio.get_running_loop().add_reader(pidfd, on_end)
+            assert not ended.done()
+            supervisor.kill()  # SIGKILL: the supervisor stops nothing itself
+            await asyncio.wait_for(ended, 10)
+        finally:
+            asyncio.get_running_loop().remove_reader(pidfd)
+            if not ended.done():  # the test failed: no child may outlive it
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            os.close(pidfd)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+        await supervisor.wait()

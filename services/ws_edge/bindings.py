@@ -60,13 +60,16 @@ class BindingTable:
                 self._counts.pop(key, None)
                 self._schedule(key)
 
-    def rebind(self) -> None:
-        """The queue lost its bindings (a new connection): bind every held key again."""
+    def rebind(self) -> asyncio.Future[list[BaseException | None]]:
+        """The queue lost its bindings (a new connection): bind every held key again.
+
+        The result completes once every held key has been bound again, or has failed to
+        be (the failures are in it, and logged by whoever retains the key next)."""
         self._generation += 1
         self._bound.clear()
         self._on_change(0)
-        for key in list(self._counts):
-            self._schedule(key)
+        return asyncio.gather(*(self._schedule(key) for key in list(self._counts)),
+                              return_exceptions=True)
 
     async def drain(self) -> None:
         """Wait for every pending bind and unbind."""

@@ -55,9 +55,23 @@ class EdgeServer:
         self.deps: EdgeDeps | None = None
         self._http: HTTPServer | None = None
         self.connection: AbstractRobustConnection | None = None
+        self._rebinding: asyncio.Future[None] | None = None  # after a new broker connection
 
     def is_ready(self) -> bool:
-        return not self._draining and self.consumer is not None and self.consumer.is_ready()
+        """Consuming, and every held key bound (not while they are bound again after a
+        new broker connection)."""
+        return (
+            not self._draining
+            and self.consumer is not None
+            and self.consumer.is_ready()
+            and (self._rebinding is None or self._rebinding.done())
+        )
+
+    async def rebound(self) -> None:
+        """Return once the keys held when the broker connection was last replaced are
+        bound again (at once if it never was)."""
+        if self._rebinding is not None:
+            await asyncio.shield(self._rebinding)
 
     async def start(self) -> None:
         settings = self.settings
@@ -128,7 +142,14 @@ class EdgeServer:
     def _on_reconnect(self, *_args: object) -> None:
         log.info("broker connection restored")
         if self.deps is not None:
-            self.deps.bindings.rebind()  # the new exclusive queue holds only `broadcast`
+            # The new exclusive queue holds only `broadcast`: not ready until it holds
+            # every key a socket here needs.
+            self._rebinding = asyncio.ensure_future(self._rebind(self.deps.bindings))
+
+    async def _rebind(self, bindings: BindingTable) -> None:
+        outcomes = await bindings.rebind()
+        failed = sum(1 for outcome in outcomes if outcome is not None)
+        log.info("bindings restored", extra={"keys": len(outcomes) - failed, "failed": failed})
 
     async def stop(self) -> None:
         """Stop accepting, close sockets with 1001, then close broker, database, threads."""

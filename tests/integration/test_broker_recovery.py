@@ -38,6 +38,7 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
 
     await broker_admin.close_connections(vhost)
     await asyncio.wait_for(restored, 30)
+    await asyncio.wait_for(edge.rebound(), 30)
 
     # The sockets never noticed, and the edge is ready again with its bindings back.
     assert await _readyz(edge.port) == 200
@@ -72,5 +73,6 @@ async def test_socket_opened_during_outage_binds_after_recovery(
     await broker_admin.close_connections(vhost)
     carol = await Client.connect(edge.port, token_for("carol"))
     await asyncio.wait_for(restored, 30)
+    await asyncio.wait_for(edge.rebound(), 30)
     assert "user.carol" in broker_admin.bindings(vhost, edge.consumer.queue_name)  # type: ignore[union-attr]
     assert carol.welcome["data"]["user"] == "carol"

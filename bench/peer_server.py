@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import socketio
+import uvloop
 from aiohttp import web
 
 from shared.auth import AuthSettings, TokenError, TokenService
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--amqp-url", required=True)
     parser.add_argument("--lifetime", type=float, default=1200.0, help="exit after this many s")
     args = parser.parse_args()
-    asyncio.run(serve(args.amqp_url, args.lifetime))
+    uvloop.run(serve(args.amqp_url, args.lifetime))  # the loop Warren's edge runs on
 
 
 if __name__ == "__main__":

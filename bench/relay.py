@@ -40,8 +40,8 @@ the figure is.
 
 ``--floor`` runs ``bench/null_relay.py`` in the relay's place: the same broker and Cat
 hops and nothing else, the floor the relay is compared against. ``--relay-root DIR``
-runs the relay from another checkout. The bench client and the Cat run on uvloop; the
-relay runs as deployed (asyncio).
+runs the relay from another checkout. The bench client, the Cat and the relay (as
+deployed) run on uvloop.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ class Scenario:
 class Sample:
     text: str
     confirmed: float
+    asked_ts: float  # the ask's envelope ts: this process's clock just before publishing it
     reply: float = 0.0
+    replied_ts: float = 0.0  # the reply's envelope ts: the relay's clock just before publishing
 
 
 @dataclass(slots=True)
@@ -102,7 +104,7 @@ class Load:
 
     publisher: Publisher
     users: list[str]
-    waiting: dict[str, asyncio.Future[float]] = field(default_factory=dict)
+    waiting: dict[str, asyncio.Future[tuple[float, float]]] = field(default_factory=dict)
     samples: list[Sample] = field(default_factory=list)
     errors: int = 0
     serial: int = 0
@@ -114,7 +116,7 @@ class Load:
             future = self.waiting.pop(event["data"]["ask_id"], None)
             if future is not None and not future.done():
                 if event["type"] == Event.CHAT_REPLY:
-                    future.set_result(received)
+                    future.set_result((received, float(event["ts"])))
                 else:
                     future.set_exception(RuntimeError(str(event["data"])))
 
@@ -123,11 +125,11 @@ class Load:
         text = f"{user}-{self.serial}"
         address = Address.user(user)
         envelope = Envelope(type=Command.CHAT_ASK, to=address, sender=address, data={"text": text})
-        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[tuple[float, float]] = asyncio.get_running_loop().create_future()
         self.waiting[envelope.id] = future
         await self.publisher.publish_command(envelope)
-        sample = Sample(text, time.perf_counter())  # confirmed: the ask is in the work queue
-        sample.reply = await asyncio.wait_for(future, ASK_TIMEOUT_S)
+        sample = Sample(text, time.perf_counter(), envelope.ts)  # confirmed: in the work queue
+        sample.reply, sample.replied_ts = await asyncio.wait_for(future, ASK_TIMEOUT_S)
         return sample
 
     async def round(self) -> None:
@@ -275,6 +277,7 @@ async def measure(
     overhead = [(s.reply - s.confirmed - float(served[s.text])) * 1000 for s in load.samples]
     to_cat = [(spans[s.text][0] - s.confirmed) * 1000 for s in load.samples]
     from_cat = [(s.reply - spans[s.text][1]) * 1000 for s in load.samples]
+    published = [(s.replied_ts - s.asked_ts - float(served[s.text])) * 1000 for s in load.samples]
     cat_ms = [float(served[s.text]) * 1000 for s in load.samples]
     asks = len(load.samples)
     return {
@@ -283,6 +286,7 @@ async def measure(
         "p50": pct(overhead, 0.50), "p95": pct(overhead, 0.95), "p99": pct(overhead, 0.99),
         "max": max(overhead), "cat_p50": statistics.median(cat_ms),
         "to_p50": pct(to_cat, 0.50), "to_p99": pct(to_cat, 0.99),
+        "pub_p50": pct(published, 0.50), "pub_p99": pct(published, 0.99),
         "from_p50": pct(from_cat, 0.50), "from_p99": pct(from_cat, 0.99),
         "own_p50": bucket_pct(own, 0.5) if own else float("nan"),
         "own_p99": bucket_pct(own, 0.99) if own else float("nan"),
@@ -356,7 +360,8 @@ async def socket_memory(workdir: Path, sockets: int) -> tuple[float, float]:
 
 
 HEADERS = ["users", "think s", "asks", "asks/s", "p50 ms", "p95 ms", "p99 ms", "max ms",
-           "to Cat p50 ms", "p99 ms", "from Cat p50 ms", "p99 ms", "relay-side p50 ms", "p99 ms", "<= 5 ms %", "Cat p50 ms", "relay CPU %", "CPU ms/ask: relay", "broker", "Cat", "client",
+           "to Cat p50 ms", "p99 ms", "from Cat p50 ms", "p99 ms",
+           "publish -> publish p50 ms", "p99 ms", "relay-side p50 ms", "p99 ms", "<= 5 ms %", "Cat p50 ms", "relay CPU %", "CPU ms/ask: relay", "broker", "Cat", "client",
            "local %", "Cat sockets", "KiB/session", "load", "other cores"]
 
 
@@ -366,6 +371,7 @@ def cells(r: dict[str, float]) -> list[str]:
         f"{r['users']:.0f}", f"{r['think']:g}", asks, f"{r['rate']:,.0f}",
         f"{r['p50']:.2f}", f"{r['p95']:.2f}", f"{r['p99']:.2f}", f"{r['max']:.1f}",
         f"{r['to_p50']:.2f}", f"{r['to_p99']:.2f}", f"{r['from_p50']:.2f}", f"{r['from_p99']:.2f}",
+        f"{r['pub_p50']:.2f}", f"{r['pub_p99']:.2f}",
         f"{r['own_p50']:.2f}", f"{r['own_p99']:.2f}", f"{r['own_5ms']:.2f}", f"{r['cat_p50']:.1f}", f"{r['relay_pct']:.0f}", f"{r['cpu_ms']:.2f}",
         f"{r['broker_ms']:.2f}", f"{r['cat_ms']:.2f}", f"{r['client_ms']:.2f}",
         f"{r['local_pct']:.1f}", f"{r['sockets']:.0f}", f"{r['kib_socket']:.1f}",

@@ -17,6 +17,7 @@ from shared.db import UserExists, UserStore, create_schema, make_engine, session
 from shared.logging import configure_logging
 from shared.messaging import AddressError, Envelope, parse_destination, parse_sender
 from shared.messaging.broker import BrokerUnavailable, Publisher, connect
+from shared.service import run_service
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,7 +85,7 @@ def _edge(env: Mapping[str, str]) -> None:
 
     settings = EdgeSettings.from_env(env)
     configure_logging("edge", settings.common.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings), on_uvloop=True)
 
 
 def _cat_relay(env: Mapping[str, str]) -> None:
@@ -93,7 +94,7 @@ def _cat_relay(env: Mapping[str, str]) -> None:
 
     settings = RelaySettings.from_env(env)
     configure_logging("cat_relay", settings.common.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings), on_uvloop=True)
 
 
 def _runner(env: Mapping[str, str]) -> None:
@@ -102,7 +103,7 @@ def _runner(env: Mapping[str, str]) -> None:
 
     settings = RunnerSettings.from_env(env)
     configure_logging("runner", settings.common.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings), on_uvloop=False)
 
 
 def _excel_worker(env: Mapping[str, str]) -> None:
@@ -111,7 +112,7 @@ def _excel_worker(env: Mapping[str, str]) -> None:
 
     settings = ExcelSettings.from_env(env)
     configure_logging("excel_worker", settings.common.log_level)
-    asyncio.run(serve(settings))
+    run_service(serve(settings), on_uvloop=False)
 
 
 def _up(env: Mapping[str, str], args: argparse.Namespace) -> None:

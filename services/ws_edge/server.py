@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
 
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
@@ -34,8 +32,6 @@ from services.ws_edge.settings import EdgeSettings
 from services.ws_edge.shedding import OVERLOADED, UpgradeShedder
 
 log = logging.getLogger(__name__)
-
-GC_YOUNG_THRESHOLD: Final = 10_000  # allocations between young collections; CPython: 700
 
 
 class EdgeServer:
@@ -183,22 +179,6 @@ class EdgeServer:
         log.info("edge stopped")
 
 
-def tune_garbage_collector() -> None:
-    """Keep the cyclic garbage collector out of the delivery latency.
-
-    A full collection walks every tracked object: about 100 per open socket, so tens of
-    milliseconds with a thousand sockets, and in CPython 3.11 one runs whenever a
-    quarter as many objects as there are long-lived ones have been promoted since the
-    last. Events make many short-lived objects; with a larger first generation they
-    die before a collection sees them, so few are promoted and full collections are
-    rare. What exists at start-up (modules, classes, the app) lives as long as the
-    process and is frozen out of every collection.
-    """
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
 async def serve(settings: EdgeSettings) -> None:
     """Run an edge until SIGTERM or SIGINT."""
-    tune_garbage_collector()
     await run_until_signalled(EdgeServer(settings), "edge")

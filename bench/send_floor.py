@@ -15,7 +15,6 @@ no earlier than a sweep after the first. The same sweeps are also made from two 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
 import subprocess
 import sys

@@ -192,8 +192,8 @@ def target_lines(storms: Sequence[Round], rate: float, slow_s: float) -> list[li
         [f"{rate:,.0f} connects/s offered", f"{offered:,.0f}/s (slowest round)",
          _verdict(offered >= 0.95 * rate)],
         ["every connect welcomed or refused at once (503 overloaded, Retry-After)",
-         f"{sum(r.connected for r in storms):,} welcomed, {shed:,} refused, {other:,} otherwise "
-         "(timed out, reset, closed)", _verdict(other == 0)],
+         (f"{sum(r.connected for r in storms):,} welcomed, {shed:,} refused, "
+          f"{other:,} otherwise (timed out, reset, closed)"), _verdict(other == 0)],
         ["connects welcomed per second (reported)", f"{served:,.0f}/s (slowest round)", "-"],
         [f"/readyz: 200 within {slow_s:g} s on every poll",
          f"{not_ready} not 200, {slow} slower", _verdict(not_ready == 0 and slow == 0)],

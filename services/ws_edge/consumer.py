@@ -135,8 +135,8 @@ class EventConsumer:
 
     async def _bind_channel(self, key: str) -> aiormq.abc.AbstractChannel:
         """A pool channel for ``key``, once the queue exists on the current connection."""
-        # During a reconnect the consuming channel is restored first: it declares the
-        # (new) exclusive queue, which the pool channels then bind.
+        # During a reconnect, wait until the consuming channel is restored: it declares
+        # the (new) exclusive queue that the pool channels bind.
         assert self._channel is not None and self._bind_channels
         await self._channel.ready()
         channel = self._bind_channels[hash(key) % len(self._bind_channels)]

@@ -9,44 +9,33 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+
+def _nested(leaves: st.SearchStrategy[Any], max_leaves: int) -> st.SearchStrategy[Any]:
+    """``leaves``, and lists and objects of them nested a few levels deep."""
+    return st.recursive(
+        leaves,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4),
+            st.dictionaries(st.text(max_size=8), children, max_size=4),
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+def _scalars(bound: int, floats: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), st.booleans(), st.integers(-bound, bound), floats,
+                     st.text(max_size=40))
+
+
 # Scalars, including what JSON parsers disagree on: integers past 64 bits, NaN and
 # infinities (not JSON at all once written), and any unicode.
-scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(),
-    st.text(max_size=40),
-)
-json_values = st.recursive(
-    scalars,
-    lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(st.text(max_size=8), children, max_size=4),
-    ),
-    max_leaves=16,
-)
+scalars = _scalars(2**70, st.floats())
+json_values = _nested(scalars, max_leaves=16)
 json_objects = st.dictionaries(st.text(max_size=8), json_values, max_size=5)
 # Valid JSON once written, with integers of any size.
-finite_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40)),
-    lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(st.text(max_size=8), children, max_size=4),
-    ),
-    max_leaves=12,
-)
+finite_values = _nested(_scalars(2**70, st.floats(allow_nan=False, allow_infinity=False)), 12)
 # What every JSON parser reads the same way.
-plain_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40)),
-    lambda children: st.one_of(
-        st.lists(children, max_size=4),
-        st.dictionaries(st.text(max_size=8), children, max_size=4),
-    ),
-    max_leaves=12,
-)
+plain_values = _nested(_scalars(2**53, st.floats(allow_nan=False, allow_infinity=False)), 12)
 plain_objects = st.dictionaries(st.text(max_size=8), plain_values, max_size=5)
 not_objects = st.one_of(scalars, st.lists(json_values, max_size=3))
 not_strings = st.one_of(

@@ -9,7 +9,6 @@ order with the user's other asks, over the user's one Cat socket.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from concurrent.futures import Executor
 from typing import Any, Final
@@ -18,6 +17,7 @@ import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.auth import TokenError, TokenService
+from shared.auth.current import verify_current
 from shared.db import UserStore
 from shared.db.outage import database_unavailable
 from shared.messaging.broker import BrokerUnavailable, Unroutable
@@ -105,32 +105,21 @@ class SendHandler(JsonHandler):
         key = self._settings.service_api_key
         if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
             return True
+        users = self._users if self._settings.check_users else None
         try:
-            identity = self._tokens.verify(credential)
+            identity = await verify_current(self._tokens, credential, users, self._blocking)
         except TokenError as exc:
             self.fail(401, exc.code, exc.message)
             return False
-        if self._settings.check_users and not await self._still_a_user(identity.user_id):
-            return False
-        if identity.user_id != user_id and ADMIN_ROLE not in identity.roles:
-            self.fail(403, "forbidden", "a user may ask only as themself")
-            return False
-        return True
-
-    async def _still_a_user(self, user_id: str) -> bool:
-        """A token outlives the deletion of its user: whether the user is still in the
-        users table, as the edge checks it (protocol.md 5.1). Refuses the request if not."""
-        loop = asyncio.get_running_loop()
-        try:
-            exists = await loop.run_in_executor(self._blocking, self._users.exists, user_id)
         except SQLAlchemyError as exc:
             if not database_unavailable(exc):
                 raise
             self.fail(503, "database_unavailable", "the users table could not be read; retry later")
             return False
-        if not exists:
-            self.fail(401, "unknown_user", f"user {user_id!r} does not exist")
-        return exists
+        if identity.user_id != user_id and ADMIN_ROLE not in identity.roles:
+            self.fail(403, "forbidden", "a user may ask only as themself")
+            return False
+        return True
 
 
 class CatStatusHandler(JsonHandler):

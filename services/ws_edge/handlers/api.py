@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import TracebackType
 from typing import Any
@@ -11,6 +10,7 @@ import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.auth import Identity, TokenError
+from shared.auth.current import verify_current
 from shared.web import JsonHandler
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import INTERNAL, describe
@@ -32,21 +32,11 @@ def request_token(handler: tornado.web.RequestHandler) -> str | None:
 
 
 async def authenticate(deps: EdgeDeps, token: str) -> Identity:
-    """Who ``token`` speaks for; :class:`TokenError` if it is refused.
-
-    With ``WARREN_EDGE_CHECK_USERS`` the user must also still exist: a token outlives
-    the deletion of its user, so the users table is asked (one primary-key lookup, in
-    the blocking executor) and a missing user is refused with ``unknown_user``.
-    Database failures are raised as they are.
-    """
-    identity = deps.tokens.verify(token)
-    if deps.settings.check_users:
-        exists = await asyncio.get_running_loop().run_in_executor(
-            deps.blocking, deps.users.exists, identity.user_id
-        )
-        if not exists:
-            raise TokenError("unknown_user", f"user {identity.user_id!r} does not exist")
-    return identity
+    """Who ``token`` speaks for; :class:`TokenError` if it is refused. With
+    ``WARREN_EDGE_CHECK_USERS`` its user must still exist (shared/auth/current.py).
+    Database failures are raised as they are."""
+    users = deps.users if deps.settings.check_users else None
+    return await verify_current(deps.tokens, token, users, deps.blocking)
 
 
 def lookup_failed(exc: SQLAlchemyError) -> tuple[int, str, str]:

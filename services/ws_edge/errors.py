@@ -79,7 +79,7 @@ def describe(exc: BaseException) -> ErrorSpec:
     if database_unavailable(exc):
         return DATABASE_UNAVAILABLE
     for kind in type(exc).__mro__:
-        spec = ERROR_TABLE.get(kind)  # type: ignore[arg-type]
+        spec = ERROR_TABLE.get(kind)
         if spec is not None:
             own = getattr(exc, "code", None)
             return ErrorSpec(spec.status, own) if isinstance(own, str) else spec

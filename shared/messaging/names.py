@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import Final, TypeGuard
 
 EVENTS_EXCHANGE: Final = "warren.events"
 COMMANDS_EXCHANGE: Final = "warren.commands"
@@ -55,7 +55,7 @@ class AddressError(ValueError):
     """An address, user id, group name or type that must never be routed."""
 
 
-def valid_name(name: object) -> bool:
+def valid_name(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 

@@ -11,7 +11,7 @@ from shared.messaging import Address, Envelope
 from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
-from tests.support.rabbit import BrokerAdmin
+from tests.support.rabbit import BrokerAdmin, reconnected
 
 
 async def _readyz(port: int) -> int:
@@ -32,9 +32,7 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
     bob = await Client.connect(edge.port, token_for("bob"))
     assert await _readyz(edge.port) == 200
 
-    assert edge.connection is not None
-    restored = asyncio.get_running_loop().create_future()
-    edge.connection.reconnect_callbacks.add(lambda *_: restored.done() or restored.set_result(None))
+    restored = reconnected(edge.connection)
 
     await broker_admin.close_connections(vhost)
     await asyncio.wait_for(restored, 30)
@@ -67,9 +65,7 @@ async def test_socket_opened_during_outage_binds_after_recovery(
 ) -> None:
     edge = make_edge()
     await edge.start()
-    assert edge.connection is not None
-    restored = asyncio.get_running_loop().create_future()
-    edge.connection.reconnect_callbacks.add(lambda *_: restored.done() or restored.set_result(None))
+    restored = reconnected(edge.connection)
     await broker_admin.close_connections(vhost)
     carol = await Client.connect(edge.port, token_for("carol"))
     await asyncio.wait_for(restored, 30)

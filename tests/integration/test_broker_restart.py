@@ -24,6 +24,7 @@ from services.ws_edge.settings import EdgeSettings
 from tests.support.client import UPGRADE, Client
 from tests.support.edge import edge_env
 from tests.support.private_broker import PrivateBroker
+from tests.support.rabbit import reconnected
 
 
 @pytest.fixture
@@ -44,9 +45,7 @@ async def test_edge_recovers_from_a_broker_restart(
     edge = edge_on_private
     alice = await Client.connect(edge.port, token_for("alice", ("team",)))
     bob = await Client.connect(edge.port, token_for("bob"))
-    assert edge.connection is not None
-    restored = asyncio.get_running_loop().create_future()
-    edge.connection.reconnect_callbacks.add(lambda *_: restored.done() or restored.set_result(None))
+    restored = reconnected(edge.connection)
 
     await asyncio.to_thread(private_broker.restart)
     await asyncio.wait_for(restored, 60)
@@ -81,11 +80,7 @@ async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
     edge = EdgeServer(settings, CollectorRegistry())
     await edge.start()
     try:
-        assert edge.connection is not None
-        restored = asyncio.get_running_loop().create_future()
-        edge.connection.reconnect_callbacks.add(
-            lambda *_: restored.done() or restored.set_result(None)
-        )
+        restored = reconnected(edge.connection)
         await asyncio.to_thread(private_broker.stop_app)
         url = f"ws://127.0.0.1:{edge.port}/ws?token="
         waiting = [await websocket_connect(url + token_for(user)) for user in ("ann", "ben")]
@@ -109,7 +104,9 @@ async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
         await asyncio.to_thread(private_broker.start_app)
         await asyncio.wait_for(restored, 60)
         for socket in waiting:  # welcomed once their keys are bound
-            welcome = orjson.loads(await asyncio.wait_for(socket.read_message(), 30))
+            message = await asyncio.wait_for(socket.read_message(), 30)
+            assert message is not None
+            welcome = orjson.loads(message)
             assert welcome["type"] == "welcome"
             socket.close()
         assert edge.hub.opening == 0

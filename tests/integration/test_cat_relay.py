@@ -22,7 +22,7 @@ from services.cat_relay.settings import RelaySettings
 from services.ws_edge.server import EdgeServer
 from tests.support.cat_v1 import CatV1Double, reply_for
 from tests.support.client import Client
-from tests.support.rabbit import BrokerAdmin
+from tests.support.rabbit import BrokerAdmin, reconnected
 from tests.support.relay import SERVICE_KEY, Chat, RelayProcess, relay_env
 
 
@@ -445,21 +445,17 @@ async def test_a_lost_broker_connection_is_recovered(
     assert relay.connection is not None and edge.connection is not None
     loop = asyncio.get_running_loop()
     ready_when_lost: asyncio.Future[bool] = loop.create_future()
-    restored: list[asyncio.Future[bool]] = [loop.create_future() for _ in range(2)]
 
-    def settle(future: asyncio.Future[bool], value: Callable[[], bool]) -> Callable[..., None]:
-        def callback(*_args: object) -> None:
-            if not future.done():
-                future.set_result(value())
-        return callback
+    def lost(*_args: object) -> None:
+        if not ready_when_lost.done():
+            ready_when_lost.set_result(relay.is_ready())
 
-    relay.connection.close_callbacks.add(settle(ready_when_lost, relay.is_ready))
-    for connection, future in zip((relay.connection, edge.connection), restored):
-        connection.reconnect_callbacks.add(settle(future, lambda: True))
+    relay.connection.close_callbacks.add(lost)
+    restored = asyncio.gather(reconnected(relay.connection), reconnected(edge.connection))
 
     await broker_admin.close_connections(vhost)
     assert await asyncio.wait_for(ready_when_lost, 30) is False  # not ready without the broker
-    await asyncio.wait_for(asyncio.gather(*restored), 30)
+    await asyncio.wait_for(restored, 30)
     assert relay.is_ready()
     _, final = await alice.outcome(await alice.ask("after"), timeout=30)
     assert final["type"] == "chat.reply" and final["data"]["text"] == reply_for("after")

@@ -22,7 +22,7 @@ from tests.support.client import Client
 from tests.support.edge import edge_env
 from tests.support.excel import WorkerProcess, until_logged, worker_env
 from tests.support.private_broker import PrivateBroker
-from tests.support.rabbit import BrokerAdmin
+from tests.support.rabbit import BrokerAdmin, reconnected
 
 SLOW = {"WARREN_EXCEL_TEST_ROW_DELAY_S": "0.05"}
 
@@ -96,23 +96,11 @@ async def fault_mid_task(
     client = await Client.connect(edge.port, token)
     task_id = await ask(client, 120)
     await until_event(client, "excel.progress", task_id, min_rows=5)
-    restored = reconnected(worker, edge)
+    restored = asyncio.gather(reconnected(worker.connection), reconnected(edge.connection))
     await fault()
     await asyncio.wait_for(restored, timeout)
     await done_live_or_pending(client, edge.port, token, task_id)
     return task_id
-
-
-def reconnected(*servers: ExcelWorkerServer | EdgeServer) -> asyncio.Future[list[None]]:
-    """Done when every server's robust connection has reconnected once."""
-    loop = asyncio.get_running_loop()
-    restored = [loop.create_future() for _ in servers]
-    for server, future in zip(servers, restored):
-        assert server.connection is not None
-        server.connection.reconnect_callbacks.add(
-            lambda *_a, f=future: f.done() or f.set_result(None)
-        )
-    return asyncio.gather(*restored)
 
 
 async def done_live_or_pending(client: Client, port: int, token: str, task_id: str) -> None:
@@ -246,7 +234,7 @@ async def test_broker_restart_mid_task_completes_it_exactly_once(
             edge, worker, token_for("alice"),
             lambda: asyncio.to_thread(private_broker.restart), timeout=60,
         )
-        assert await worker.consumer.drain(60)  # the redelivered copy is settled too
+        assert worker.consumer is not None and await worker.consumer.drain(60)  # the redelivered copy is settled too
         record = store.get(task_id)
         assert record is not None and record.status is ExportStatus.DONE and record.rows == 120
         assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]

@@ -166,8 +166,10 @@ class CatSocket(tornado.websocket.WebSocketHandler):
         self.set_nodelay(True)  # as a real server does: small frames go out at once
         self.cat.sockets[user_id] = self  # the newest socket takes the user's replies
         # Which relay process holds the socket: its local port is this peer port.
-        assert self.ws_connection is not None and self.ws_connection.stream.socket is not None
-        self.cat.peer_ports[user_id] = self.ws_connection.stream.socket.getpeername()[1]
+        assert self.ws_connection is not None
+        stream = self.ws_connection.stream
+        assert stream is not None and stream.socket is not None
+        self.cat.peer_ports[user_id] = stream.socket.getpeername()[1]
         self.cat._all.add(self)
         self.cat.open_count[user_id] += 1
         self.cat.max_open[user_id] = max(self.cat.max_open[user_id], self.cat.open_count[user_id])

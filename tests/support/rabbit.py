@@ -14,6 +14,8 @@ from base64 import b64encode
 from dataclasses import dataclass
 from functools import cached_property
 
+from aio_pika.abc import AbstractRobustConnection
+
 
 @dataclass(frozen=True)
 class BrokerAdmin:
@@ -112,3 +114,16 @@ def _ctl(*args: str) -> str:
         ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=60
     )
     return done.stdout
+
+
+def reconnected(connection: AbstractRobustConnection | None) -> asyncio.Future[None]:
+    """Done the next time aio-pika's robust ``connection`` has reconnected."""
+    assert connection is not None
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(*_args: object) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    connection.reconnect_callbacks.add(done)
+    return future

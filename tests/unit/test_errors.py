@@ -96,10 +96,10 @@ def test_non_string_code_falls_back_to_the_table() -> None:
 
 
 def test_close_codes() -> None:
-    assert CloseCode.GOING_AWAY == 1001
-    assert CloseCode.MESSAGE_TOO_BIG == 1009
-    assert CloseCode.INTERNAL_ERROR == 1011
-    assert CloseCode.TRY_AGAIN_LATER == 1013
-    assert CloseCode.TOKEN_EXPIRED == 4001
-    assert CloseCode.SLOW_CONSUMER == 4008
-    assert CloseCode.TOO_MANY_INVALID_FRAMES == 4029
+    assert CloseCode.GOING_AWAY.value == 1001
+    assert CloseCode.MESSAGE_TOO_BIG.value == 1009
+    assert CloseCode.INTERNAL_ERROR.value == 1011
+    assert CloseCode.TRY_AGAIN_LATER.value == 1013
+    assert CloseCode.TOKEN_EXPIRED.value == 4001
+    assert CloseCode.SLOW_CONSUMER.value == 4008
+    assert CloseCode.TOO_MANY_INVALID_FRAMES.value == 4029

@@ -28,4 +28,4 @@ async def test_tasks_started_inside_inherit_it_and_concurrent_blocks_do_not_mix(
             inner = await asyncio.create_task(asyncio.to_thread(correlation_id))
             return correlation_id(), inner
 
-    assert await asyncio.gather(work("a"), work("b")) == [("a", "a"), ("b", "b")]
+    assert list(await asyncio.gather(work("a"), work("b"))) == [("a", "a"), ("b", "b")]

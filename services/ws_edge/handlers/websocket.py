@@ -113,11 +113,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     async def open(self, *args: Any, **kwargs: Any) -> None:
         deps, identity = self._deps, self._identity
         assert identity is not None and self.ws_connection is not None
+        stream = self.ws_connection.stream
+        assert stream is not None
         self._release_handshake()
         self._opened = True
         deps.hub.track(self)
         deps.metrics.connections.inc()
-        self.ws_connection.stream.max_write_buffer_size = deps.settings.max_outbound_buffer_bytes
+        stream.max_write_buffer_size = deps.settings.max_outbound_buffer_bytes
         self._retained = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
         bound = deps.bindings.retain(self._retained)
         try:
@@ -204,6 +206,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if connection is None or connection.is_closing():
             return False
         stream = connection.stream
+        assert stream is not None  # an open connection has its stream
         sent = 0
         try:
             if type(stream) is IOStream and not stream.writing():
@@ -225,7 +228,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             # Let the close frame queue behind what is buffered; nothing else is written,
             # except the rest of a frame whose first bytes the kernel took: without it the
             # client would read the close frame as that frame's payload.
-            connection.stream.max_write_buffer_size = None
+            stream.max_write_buffer_size = None
             if sent:
                 try:
                     stream.write(frame)

@@ -1,0 +1,17 @@
+"""The code type-checks: mypy in strict mode (pyproject.toml's ``[tool.mypy]``) over every package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mypy import api
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("shared", "services", "bench", "tests")
+
+
+def test_mypy_strict_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # pyproject.toml's settings, and its cache directory
+    report, errors, status = api.run([*PACKAGES])
+    assert status == 0, report + errors

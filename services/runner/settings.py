@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shared.auth import admin_role
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_str
 from shared.service import HttpSettings
 
@@ -63,7 +64,7 @@ class RunnerSettings:
             db_threads=env_int(env, p + "DB_THREADS", 4, minimum=1),
             consumer_timeout_s=env_float(env, p + "CONSUMER_TIMEOUT_S", 1800.0, minimum=1),
             http_job_url=env_str(env, p + "HTTP_JOB_URL", ""),
-            admin_role=env_str(env, p + "ADMIN_ROLE", "admin"),
+            admin_role=admin_role(env),
             owner_probe_s=env_float(env, p + "OWNER_PROBE_S", 3.0),
             child_path=env_str(env, "PATH", DEFAULT_CHILD_PATH),
         )

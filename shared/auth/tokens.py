@@ -20,6 +20,7 @@ HS256: Final = "HS256"
 RS256: Final = "RS256"
 DEV_SECRET: Final = "warren-development-secret-do-not-use-in-production"
 MIN_SECRET_BYTES: Final = 32
+DEFAULT_ADMIN_ROLE: Final = "admin"
 REQUIRED_CLAIMS: Final = ("exp", "iat", "sub")
 
 
@@ -38,11 +39,14 @@ class AuthSettings:
     verify_key: str
     signing_key: str | None
     token_ttl_s: int
+    # the role that may see and act on every user's runs, exports and chats
+    admin_role: str = DEFAULT_ADMIN_ROLE
 
     @classmethod
     def from_env(cls, env: Env, *, development: bool) -> AuthSettings:
         algorithm = env_str(env, "WARREN_JWT_ALGORITHM", HS256).upper()
         ttl = env_int(env, "WARREN_JWT_TTL_S", 3600, minimum=1)
+        admin = admin_role(env)
         if algorithm == HS256:
             secret = env_file_or_value(env, "WARREN_JWT_SECRET")
             if secret is None:
@@ -54,7 +58,7 @@ class AuthSettings:
                 secret = DEV_SECRET
             if len(secret.encode()) < MIN_SECRET_BYTES:
                 raise ConfigError(f"WARREN_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes")
-            return cls(HS256, secret, secret, ttl)
+            return cls(HS256, secret, secret, ttl, admin)
         if algorithm == RS256:
             public = env_file_or_value(env, "WARREN_JWT_PUBLIC_KEY")
             if public is None:
@@ -63,8 +67,16 @@ class AuthSettings:
             _check_rsa_key("WARREN_JWT_PUBLIC_KEY", public)
             if private is not None:
                 _check_rsa_key("WARREN_JWT_PRIVATE_KEY", private)
-            return cls(RS256, public, private, ttl)
+            return cls(RS256, public, private, ttl, admin)
         raise ConfigError(f"WARREN_JWT_ALGORITHM must be HS256 or RS256, got {algorithm!r}")
+
+
+def admin_role(env: Env) -> str:
+    """``WARREN_ADMIN_ROLE``: one role name for every service (default ``admin``)."""
+    role = env_str(env, "WARREN_ADMIN_ROLE", DEFAULT_ADMIN_ROLE)
+    if not valid_name(role):
+        raise ConfigError(f"WARREN_ADMIN_ROLE must match [A-Za-z0-9_-]{{1,64}}, got {role!r}")
+    return role
 
 
 def _check_rsa_key(name: str, pem: str) -> None:

@@ -510,6 +510,18 @@ async def test_send_answers_with_the_reply_for_service_key_and_own_jwt(
     assert metric(relay, "warren_relay_asks_total", source="http") == 3
 
 
+async def test_send_as_another_user_needs_the_configured_admin_role(
+    make_relay: Callable[..., RelayServer], token_for: Callable[..., str]
+) -> None:
+    relay = make_relay(WARREN_ADMIN_ROLE="ops")
+    await relay.start()
+    body = {"user_id": "alice", "message": "hi"}
+    response = await post_send(relay, body, token_for("root", roles=("ops",)))
+    assert response.code == 200, response.body
+    response = await post_send(relay, body, token_for("bob", roles=("admin",)))
+    assert response.code == 403 and orjson.loads(response.body)["error"] == "forbidden"
+
+
 async def test_send_waits_its_turn_behind_the_users_websocket_ask_on_the_same_socket(
     edge: EdgeServer, relay: RelayServer, cat: CatV1Double, token_for: Callable[..., str]
 ) -> None:

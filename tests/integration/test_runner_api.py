@@ -52,6 +52,25 @@ async def test_owner_and_admin_read_a_run_and_its_tail_others_get_404(
     client.close()
 
 
+async def test_the_admin_role_is_the_configured_one(
+    make_edge: Callable[..., EdgeServer], make_runner: Callable[..., RunnerServer],
+    token_for: Callable[..., str],
+) -> None:
+    edge = make_edge(WARREN_ADMIN_ROLE="ops")
+    await edge.start()
+    await make_runner().start()
+    alice = token_for("alice")
+    client = await Client.connect(edge.port, alice)
+    run_id = await start_run(client, "countdown", {"start": 1, "interval_s": 0})
+    await collect(client, run_id)
+
+    code, body = await _get(edge.port, f"/api/runs/{run_id}", token_for("root", roles=("ops",)))
+    assert code == 200 and body["owner"] == "alice"
+    code, body = await _get(edge.port, f"/api/runs/{run_id}", token_for("bob", roles=("admin",)))
+    assert code == 404 and body["error"] == "not_found"
+    client.close()
+
+
 async def test_a_running_run_shows_its_progress_a_queued_one_its_wait_and_the_list_both(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
 ) -> None:

@@ -90,13 +90,15 @@ async def test_stop_from_another_edge_reaches_the_owning_replica(
     on_b.close()
 
 
+@pytest.mark.parametrize("admin_role", ["admin", "ops"])
 async def test_stop_by_a_non_owner_is_refused_and_by_an_admin_allowed(
     edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str],
-    users: UserStore,
+    users: UserStore, admin_role: str,
 ) -> None:
-    users.add("root", "pw-root-123", roles=("admin",))
-    users.add("bob", "pw-bob-123")
-    await _runner(make_runner)
+    users.add("root", "pw-root-123", roles=(admin_role,))
+    # bob has a role named "admin", which is not the admin role when WARREN_ADMIN_ROLE=ops
+    users.add("bob", "pw-bob-123", roles=("admin",) if admin_role != "admin" else ())
+    await _runner(make_runner, WARREN_ADMIN_ROLE=admin_role)
     alice = await Client.connect(edge.port, token_for("alice"))
     bob = await Client.connect(edge.port, token_for("bob"))
     root = await Client.connect(edge.port, token_for("root"))

@@ -25,6 +25,7 @@ from shared.auth.tokens import (
     Identity,
     TokenError,
     TokenService,
+    admin_role,
 )
 from shared.config import ConfigError
 
@@ -328,6 +329,16 @@ def test_production_with_blank_secret_is_a_config_error() -> None:
 def test_development_without_secret_uses_the_dev_secret() -> None:
     settings = AuthSettings.from_env({}, development=True)
     assert settings == AuthSettings(HS256, DEV_SECRET, DEV_SECRET, 3600)
+
+
+def test_the_admin_role_is_read_once_for_every_service() -> None:
+    assert AuthSettings.from_env({}, development=True).admin_role == "admin"
+    env = {"WARREN_ADMIN_ROLE": "ops", "WARREN_JWT_SECRET": SECRET}
+    assert AuthSettings.from_env(env, development=False).admin_role == "ops"
+    assert admin_role(env) == "ops"
+    for bad in ("two words", "x" * 65, "a.b"):
+        with pytest.raises(ConfigError, match="WARREN_ADMIN_ROLE"):
+            AuthSettings.from_env({"WARREN_ADMIN_ROLE": bad}, development=True)
 
 
 def test_secret_from_env() -> None:

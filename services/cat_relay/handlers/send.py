@@ -28,8 +28,6 @@ from services.cat_relay.cat import CatClient
 from services.cat_relay.relay import INTERRUPTED
 from services.cat_relay.settings import RelaySettings
 
-ADMIN_ROLE = "admin"
-
 # A chat.error code -> the HTTP status POST /send answers with.
 STATUS_BY_CODE: Final = {
     "bad_request": 400,
@@ -116,7 +114,7 @@ class SendHandler(JsonHandler):
                 raise
             self.fail(503, "database_unavailable", "the users table could not be read; retry later")
             return False
-        if identity.user_id != user_id and ADMIN_ROLE not in identity.roles:
+        if identity.user_id != user_id and not identity.has_role(self._settings.auth.admin_role):
             self.fail(403, "forbidden", "a user may ask only as themself")
             return False
         return True

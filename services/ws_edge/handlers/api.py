@@ -101,3 +101,9 @@ class ApiHandler(EdgeJsonHandler):
             self.fail(401, exc.code, exc.message)
         except SQLAlchemyError as exc:
             self.fail(*lookup_failed(exc))
+
+    def may_see(self, owner: str) -> bool:
+        """Whether the caller may see what ``owner`` owns: their own, or any as an admin."""
+        return owner == self.identity.user_id or self.identity.has_role(
+            self.deps.settings.auth.admin_role
+        )

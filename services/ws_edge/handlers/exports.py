@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 XLSX_TYPE: Final = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 SAFE_FILENAME: Final = re.compile(r"[A-Za-z0-9._-]{1,200}")
 CHUNK: Final = 64 * 1024
-ADMIN_ROLE: Final = "admin"
 LIST_LIMIT: Final = 100
 NO_WORKER: Final = "no excel worker is running"
 T = TypeVar("T")
@@ -116,9 +115,7 @@ class ExportsHandler(ApiHandler):
             self.fail(400, "invalid_task_id", "a task id is letters, digits, '_' and '-' only")
             return None
         record = await self.blocking(self.exports.store.get, task_id)
-        if record is None or not (
-            record.owner == self.identity.user_id or self.identity.has_role(ADMIN_ROLE)
-        ):
+        if record is None or not self.may_see(record.owner):
             self.fail(404, "not_found", "no such export")
             return None
         return record

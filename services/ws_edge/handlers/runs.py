@@ -13,7 +13,6 @@ from typing import Final
 from shared.db.runs import RunRecord, RunStore
 from services.ws_edge.handlers.api import ApiHandler
 
-ADMIN_ROLE: Final = "admin"
 RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 100
@@ -61,9 +60,7 @@ class RunStatusHandler(RunsHandler):
             record = await asyncio.get_running_loop().run_in_executor(
                 self.deps.blocking, self.runs.get, run_id
             )
-        if record is None or not (
-            record.owner == self.identity.user_id or self.identity.has_role(ADMIN_ROLE)
-        ):
+        if record is None or not self.may_see(record.owner):
             self.fail(404, "not_found", f"no run {run_id[:128]!r}")
             return
         lines = record.tail[-tail:] if tail else []

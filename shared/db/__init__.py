@@ -1,10 +1,11 @@
 """Database access: models, engine and the user store."""
 
 from shared.db.chat import ChatHistory
-from shared.db.engine import create_schema, make_engine, session_factory
+from shared.db.engine import make_engine, session_factory
 from shared.db.exports import ExportStore  # noqa: F401  (registers export_tasks)
 from shared.db.notifications import NotificationStore  # noqa: F401  (registers notifications)
 from shared.db.runs import RunRecord, RunStatus, RunStore  # noqa: F401  (registers the runs table)
+from shared.db.schema import create_schema
 from shared.db.users import UserExists, UserRecord, UserStore
 
 __all__ = [

@@ -9,8 +9,6 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.models import Base
-
 # A PostgreSQL server that does not answer fails a new connection after this long, as
 # "database unavailable" (shared/db/outage.py), instead of after the TCP time-outs.
 POSTGRES_CONNECT_TIMEOUT_S: Final = 5
@@ -36,10 +34,6 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
-
-
-def create_schema(engine: Engine) -> None:
-    Base.metadata.create_all(engine)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -32,6 +32,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from shared.logging import CONNECTION_LOSS
 from shared.messaging import BROADCAST, EnvelopeError, Kind, decode
 from shared.messaging.broker import declare_exchanges, edge_queue_arguments
 from shared.messaging.names import EVENTS_EXCHANGE, edge_queue_name
@@ -119,11 +120,17 @@ class EventConsumer:
         self._consumer_tag = None
         if self._ack_timer is not None:
             self._ack_timer.cancel()
-        if queue is not None and tag is not None and self._connection.connected.is_set():
-            await queue.cancel(tag)
-        for channel in (*self._bind_channels, self._channel):
-            if channel is not None and not channel.is_closed:
-                await channel.close()
+        try:
+            if queue is not None and tag is not None and self._connection.connected.is_set():
+                await queue.cancel(tag)
+            for channel in (*self._bind_channels, self._channel):
+                if channel is not None and not channel.is_closed:
+                    await channel.close()
+        except CONNECTION_LOSS as exc:
+            # The connection went away before aio-pika noticed: the broker ends the
+            # consumer and its channels with it, and requeues what was in flight.
+            log.info("broker connection gone while stopping the consumer",
+                     extra={"error": repr(exc)})
 
     async def bind(self, key: str) -> None:
         channel = await self._bind_channel(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
@@ -12,6 +13,7 @@ from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
 from tests.support.rabbit import BrokerAdmin, reconnected
+from tests.support.tcp_proxy import TcpProxy
 
 
 async def _readyz(port: int) -> int:
@@ -72,3 +74,24 @@ async def test_socket_opened_during_outage_binds_after_recovery(
     await asyncio.wait_for(edge.rebound(), 30)
     assert "user.carol" in broker_admin.bindings(vhost, edge.consumer.queue_name)  # type: ignore[union-attr]
     assert carol.welcome["data"]["user"] == "carol"
+
+
+async def test_an_edge_stops_cleanly_when_its_broker_link_has_just_dropped(
+    make_edge: Callable[..., EdgeServer], amqp_url: str, token_for: Callable[..., str]
+) -> None:
+    # The link drops as the edge stops, before aio-pika has noticed: cancelling the
+    # consumer and closing its channels then meets a dead connection. The broker ends
+    # them itself, so stopping must go on to the end instead of raising.
+    url = urlsplit(amqp_url)
+    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 5672).start()
+    try:
+        edge = make_edge(WARREN_AMQP_URL=urlunsplit(
+            url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}")))
+        await edge.start()
+        alice = await Client.connect(edge.port, token_for("alice"))
+        proxy.cut()
+        await asyncio.wait_for(edge.stop(), 30)
+        closed = await alice.closed()
+        assert closed == (1001, "server shutting down")
+    finally:
+        await proxy.close()

@@ -19,6 +19,7 @@ Env = Mapping[str, str]
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "sqlite:///var/warren.db"
+DEFAULT_BROKER_OUTAGE_ALERT_S = 60.0
 DEVELOPMENT = "development"
 PRODUCTION = "production"
 
@@ -105,6 +106,9 @@ class CommonSettings:
     database_url: str
     instance_id: str
     log_level: str
+    # A broker outage lasting longer than this is logged at ERROR, once (it is a WARNING
+    # before: restarts are expected).
+    broker_outage_alert_s: float
 
     @property
     def development(self) -> bool:
@@ -121,4 +125,7 @@ class CommonSettings:
             database_url=env_str(env, "WARREN_DATABASE_URL", DEFAULT_DATABASE_URL),
             instance_id=env_str(env, "WARREN_INSTANCE_ID", default_instance_id(service)),
             log_level=env_str(env, "WARREN_LOG_LEVEL", "INFO").upper(),
+            broker_outage_alert_s=env_float(
+                env, "WARREN_BROKER_OUTAGE_ALERT_S", DEFAULT_BROKER_OUTAGE_ALERT_S
+            ),
         )

@@ -1,7 +1,9 @@
-"""Tornado handlers every Warren service serves: liveness, readiness and metrics."""
+"""Tornado handlers every Warren service serves (liveness, readiness and metrics), and
+the access log every service writes."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +11,41 @@ import orjson
 import tornado.web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from tornado.log import access_log
+
+
+def access_log_level(handler: tornado.web.RequestHandler) -> int:
+    """How loud a finished request is in the access log.
+
+    - below 400: INFO, or DEBUG for a handler polled every second or so (the console's
+      sets ``quiet_access_log``), so that it does not drown everything else;
+    - 4xx: WARNING, the client's fault;
+    - 503: WARNING. It is Warren's deliberate "not now, retry later" (the broker or the
+      database away), whose cause is logged once where it changes; a readiness probe
+      saying "not ready" (``expected_unavailable``) is doing its job: INFO;
+    - any other 5xx: ERROR, a fault that needs a human.
+    """
+    status = handler.get_status()
+    if status < 400:
+        return logging.DEBUG if getattr(handler, "quiet_access_log", False) else logging.INFO
+    if status == 503:
+        expected = getattr(handler, "expected_unavailable", False)
+        return logging.INFO if expected else logging.WARNING
+    return logging.WARNING if status < 500 else logging.ERROR
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Tornado's access log (every service's ``log_function``), without the query string:
+    it may carry a token."""
+    request = handler.request
+    access_log.log(
+        access_log_level(handler),
+        "%d %s %s",
+        handler.get_status(),
+        request.method,
+        request.path,
+        extra={"remote": request.remote_ip, "ms": round(1000 * request.request_time(), 2)},
+    )
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -39,6 +76,8 @@ class HealthHandler(JsonHandler):
 
 class ReadyHandler(JsonHandler):
     """Readiness: 200 while ``is_ready()`` holds, 503 otherwise."""
+
+    expected_unavailable = True  # 503 is an answer here, not a failure (access_log_level)
 
     def initialize(self, is_ready: Callable[[], bool]) -> None:
         self._is_ready = is_ready

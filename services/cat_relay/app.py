@@ -9,7 +9,7 @@ import tornado.web
 
 from shared.auth import TokenService
 from shared.db import UserStore
-from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient
 from services.cat_relay.handlers.send import CatStatusHandler, SendHandler
@@ -38,5 +38,6 @@ def make_app(
             (r"/readyz", ReadyHandler, {"is_ready": is_ready}),
             (r"/readyz/cat", CatStatusHandler, {"cat": cat}),
             (r"/metrics", MetricsHandler, {"registry": metrics.registry}),
-        ]
+        ],
+        log_function=log_request,
     )

@@ -69,7 +69,8 @@ class RelayServer:
         self.cat = cat = make_client(settings.cat, self._executor)
         self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
         self.connection = connection = await connect(
-            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
+            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
+            outage_alert_s=settings.common.broker_outage_alert_s,
         )
         publisher = await Publisher.open(connection)
         relay = Relay(settings, cat, history, publisher, self.metrics, self._executor)
@@ -85,12 +86,11 @@ class RelayServer:
         self._asker = asker = Asker(connection, publisher, settings.common.instance_id)
         await asker.start()
         dispatcher = Dispatcher(sessions, self.metrics)
-        # No retries in place: an ask that failed may have reached the Cat already (the
-        # v2 history is written after the answer), so it goes back to the queue and is
+        # No retry policy: an ask that failed may have reached the Cat already (the v2
+        # history is written after the answer), so it goes back to the queue and is
         # answered ``interrupted`` rather than asked again (docs/cat_relay.md, Failures).
         self._consumer = WorkConsumer(
-            connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch,
-            retry_for_s=0,
+            connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch
         )
         await self._consumer.start()
         tokens = TokenService(settings.auth)

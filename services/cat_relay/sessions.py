@@ -33,7 +33,7 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,7 @@ from shared.logging import correlated
 from shared.messaging import EnvelopeError, decode
 from shared.messaging.broker import CONTENT_TYPE, declare_chat_claims_queue, declare_session_queue
 from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
+from shared.messaging.work import settle
 from services.cat_relay.cat import CatClient
 from shared.locks import KeyedLocks
 from services.cat_relay.relay import Ask, Relay
@@ -225,17 +226,17 @@ class SessionTable:
             user = None
         if not valid_name(user):
             log.warning("dropped a malformed session claim", extra={"body": claim.body[:200]})
-            await _settle(claim.reject(requeue=False))
+            await settle(claim.reject(requeue=False))
             return
         if not self._taking:
-            await _settle(claim.nack(requeue=True))  # shutting down: for another replica
+            await settle(claim.nack(requeue=True))  # shutting down: for another replica
             return
         try:
             await self._take(user, claim)
         except Exception:
             log.warning("could not take a session; its claim goes back", extra={"user": user},
                         exc_info=True)
-            await _settle(claim.nack(requeue=True))
+            await settle(claim.nack(requeue=True))
 
     async def _take(self, user: str, claim: AbstractIncomingMessage) -> None:
         async with self._subscription.hold(user):
@@ -260,7 +261,7 @@ class SessionTable:
     async def _deliver(self, session: Session, message: AbstractIncomingMessage) -> None:
         # Runs in delivery order up to _enqueue: nothing here may await before it.
         if session.released:
-            await _settle(message.nack(requeue=True))  # for the next owner
+            await settle(message.nack(requeue=True))  # for the next owner
             return
         session.active = True
         try:
@@ -268,7 +269,7 @@ class SessionTable:
         except EnvelopeError as exc:
             log.warning("dead-lettered a session message",
                         extra={"user": session.user, "reason": str(exc)})
-            await _settle(message.reject(requeue=False))
+            await settle(message.reject(requeue=False))
             return
         handed_back = bool(message.redelivered or (message.headers or {}).get(HANDED_BACK_HEADER))
         ask = Ask(envelope, reply_to=message.reply_to, handed_back=handed_back)
@@ -296,9 +297,9 @@ class SessionTable:
                     if session.retiring and len(session.jobs) == 1:
                         await self._stop_consuming(session)  # before the ack: no new delivery
                     if failure is None:
-                        await _settle(job.delivery.ack())
+                        await settle(job.delivery.ack())
                     else:
-                        await _settle(job.delivery.nack(requeue=True))
+                        await settle(job.delivery.nack(requeue=True))
                 session.jobs.popleft()
                 _resolve(job, failure)
         finally:
@@ -371,11 +372,11 @@ class SessionTable:
             consumers, waiting = 0, 1  # unknown: hand the session on
         if consumers == 0 and waiting == 0:
             for claim in claims:
-                await _settle(claim.ack())
+                await settle(claim.ack())
         elif claims:
             # Asks wait, or other replicas still consume: keep the session claimed.
             for claim in claims:
-                await _settle(claim.nack(requeue=True))
+                await settle(claim.nack(requeue=True))
         elif consumers == 0:
             try:
                 await self._claim(session.user)
@@ -418,7 +419,7 @@ class SessionTable:
             session.jobs.clear()
             self._spawn(self._cat.release(session.user))
             for claim in session.claims:
-                self._spawn(_settle(claim.nack(requeue=True)))
+                self._spawn(settle(claim.nack(requeue=True)))
             session.claims = []
 
     def _on_claims_lost(self, *_args: Any) -> None:
@@ -470,7 +471,7 @@ class SessionTable:
                 except Exception:
                     log.warning("could not say an ask was interrupted", extra={"ask_id": job.ask.id})
             if job.delivery is not None:
-                await _settle(job.delivery.ack())
+                await settle(job.delivery.ack())
             _resolve(job, None)
         self._forget(session)
         await self._settle_claims(session)
@@ -522,11 +523,3 @@ def _resolve(job: _Job, failure: Exception | None) -> None:
     else:
         job.done.set_exception(failure)
         job.done.exception()  # nobody awaits a delivery's future: mark the exception seen
-
-
-async def _settle(outcome: Awaitable[None]) -> None:
-    # After a channel loss the delivery is void: the broker has returned it already.
-    try:
-        await outcome
-    except Exception:
-        log.warning("could not settle a delivery; the broker returns it", exc_info=True)

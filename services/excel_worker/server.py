@@ -15,13 +15,14 @@ from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 
 from shared.db import create_schema, make_engine, session_factory
+from shared.db.outage import RetryWhileUnavailable
 from shared.db.exports import ExportStore
 from shared.db.notifications import NotificationStore
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command
 from shared.messaging.work import WorkConsumer
 from shared.service import listen, run_until_signalled
-from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 from services.excel_worker.metrics import ExcelMetrics
 from services.excel_worker.notify import RoutedPublisher
 from services.excel_worker.process import build_context, warm_up
@@ -86,7 +87,8 @@ class ExcelWorkerServer:
         await warm_up(context)
 
         self.connection = connection = await connect(
-            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
+            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
+            outage_alert_s=settings.common.broker_outage_alert_s,
         )
         publisher = await Publisher.open(connection)
         routed = await RoutedPublisher.open(connection)
@@ -98,6 +100,7 @@ class ExcelWorkerServer:
         self.consumer = WorkConsumer(
             connection, Command.EXCEL_CREATE, self.worker.handle, prefetch=PREFETCH,
             on_rejected=lambda _reason: self.metrics.dead_lettered.inc(),
+            retry=RetryWhileUnavailable(),  # a task that meets the database away waits for it
         )
         await self.consumer.start()
         self._sweeper = asyncio.create_task(self._sweep_forever(store))
@@ -107,7 +110,7 @@ class ExcelWorkerServer:
             (r"/readyz", ReadyHandler, {"is_ready": self.is_ready}),
             (r"/metrics", TaskMetricsHandler,
              {"registry": self.metrics.registry, "refresh": self._refresh_counts}),
-        ])
+        ], log_function=log_request)
         self._http, self.port = listen(app, settings.http)
         log.info("excel_worker ready", extra={"port": self.port,
                                               "instance": settings.common.instance_id,

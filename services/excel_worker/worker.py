@@ -1,7 +1,10 @@
-"""Handling one ``excel.create`` command: claim the task, build, store, notify, then ack.
+"""Handling one ``excel.create`` command: hold and claim the task, build, store, notify, then ack.
 
 The handler returns (ack) only once the file is in storage and the row says done, or
-the row says failed and the owner's notification is stored. See docs/exports.md.
+the row says failed and the owner's notification is stored. A task is built by one
+handler at a time: a second delivery of a task this process handles waits for that
+handler's outcome, and one of a task another live worker holds waits for its hold (an
+attempt is counted only for a new build). See docs/exports.md, "Attempts".
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from datetime import datetime, timezone
 from functools import partial
 from multiprocessing.context import ForkServerContext
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.db.exports import FINAL_STATUSES, ExportRecord, ExportStore
+from shared.db.exports import FINAL_STATUSES, ExportRecord, ExportStore, TaskHold
 from shared.db.notifications import NotificationStore, make_notification
 from shared.exports.events import done_event, failed_event, progress_event
 from shared.exports.requests import (
@@ -49,6 +52,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# One wait for a hold that another worker has. The waits run on threads of their own,
+# not the database threads; between them a stopping worker gets its thread back.
+HOLD_WAIT_S: Final = 2.0
+
 
 def download_name(report: str, when: datetime) -> str:
     return f"warren-{report}-{when.strftime('%Y%m%d-%H%M%S')}.xlsx"
@@ -67,9 +74,21 @@ class WorkerDeps:
     blocking: Executor
 
 
+@dataclass(frozen=True, slots=True)
+class _InHand:
+    """A task this process handles now, and how its handling ends."""
+
+    owner: str
+    outcome: asyncio.Future[None]
+
+
 class ExportWorker:
     def __init__(self, deps: WorkerDeps) -> None:
         self._deps = deps
+        # The tasks this process handles now, by id. After a broker connection loss the
+        # broker takes a delivery back while its build goes on here, and may deliver it
+        # here again: that delivery waits for the build instead of starting another.
+        self._in_hand: dict[str, _InHand] = {}
 
     async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -85,21 +104,70 @@ class ExportWorker:
         except InvalidRequest as exc:
             await self._refuse(envelope, exc)
             return
-        record = await self._db(
-            deps.exports.claim, task_id, owner, request.report.value, request.params
-        )
-        if record.owner != owner:
-            raise Reject(f"task {task_id} belongs to another user")
-        if record.status in FINAL_STATUSES:
-            deps.metrics.tasks.labels("duplicate").inc()
-            log.info("task already final; acked",
-                     extra={"task_id": task_id, "status": record.status.value})
+        in_hand = self._in_hand.get(task_id)
+        if in_hand is not None:
+            if in_hand.owner != owner:
+                raise Reject(f"task {task_id} belongs to another user")
+            await self._attach(task_id, in_hand)
             return
-        deps.metrics.running.inc()
+        in_hand = _InHand(owner, asyncio.get_running_loop().create_future())
+        self._in_hand[task_id] = in_hand
         try:
-            await self._attempts(record, request)
+            await self._hold_and_build(task_id, owner, request)
+        except BaseException as exc:
+            _resolve(in_hand.outcome, exc)
+            raise
+        else:
+            _resolve(in_hand.outcome, None)
         finally:
-            deps.metrics.running.dec()
+            del self._in_hand[task_id]
+
+    async def _attach(self, task_id: str, in_hand: _InHand) -> None:
+        """Settle this delivery as the handler of the same task already running here
+        settles its own (whose delivery is void if the broker gave this one)."""
+        log.info("task redelivered while it is handled here; this delivery waits for it",
+                 extra={"task_id": task_id})
+        try:
+            await asyncio.shield(in_hand.outcome)
+        except asyncio.CancelledError:
+            if not in_hand.outcome.cancelled():
+                raise  # this handler is cancelled
+            raise RuntimeError(f"the handling of task {task_id} was stopped") from None
+
+    async def _hold_and_build(self, task_id: str, owner: str, request: ExportRequest) -> None:
+        """Hold the task, then claim it and build it unless it is final. A hold another
+        live worker has is waited for: it is building the task, and ends with that build."""
+        deps = self._deps
+        hold = deps.exports.hold(task_id)
+        try:
+            if not await self._db(hold.take):
+                await self._wait_for(hold, task_id)
+            record = await self._db(
+                deps.exports.claim, task_id, owner, request.report.value, request.params
+            )
+            if record.owner != owner:
+                raise Reject(f"task {task_id} belongs to another user")
+            if record.status in FINAL_STATUSES:
+                deps.metrics.tasks.labels("duplicate").inc()
+                log.info("task already final; acked",
+                         extra={"task_id": task_id, "status": record.status.value})
+                return
+            deps.metrics.running.inc()
+            try:
+                await self._attempts(record, request)
+            finally:
+                deps.metrics.running.dec()
+        finally:
+            await self._db(hold.release)
+
+    async def _wait_for(self, hold: TaskHold, task_id: str) -> None:
+        """Take the hold once the worker that has it lets it go: it finished the task, or died."""
+        log.info("task held by a live worker elsewhere; this delivery waits for it",
+                 extra={"task_id": task_id})
+        loop = asyncio.get_running_loop()
+        taken = False
+        while not taken:
+            taken = await loop.run_in_executor(None, hold.take, HOLD_WAIT_S)
 
     async def _attempts(self, record: ExportRecord, request: ExportRequest) -> None:
         deps, settings = self._deps, self._deps.settings
@@ -228,6 +296,18 @@ class ExportWorker:
             await self._deps.publisher.publish_event(event)
         except Exception:
             log.debug("progress event not published", exc_info=True)
+
+
+def _resolve(outcome: asyncio.Future[None], failure: BaseException | None) -> None:
+    if outcome.done():
+        return
+    if failure is None:
+        outcome.set_result(None)
+    elif isinstance(failure, asyncio.CancelledError):
+        outcome.cancel()
+    else:
+        outcome.set_exception(failure)
+        outcome.exception()  # usually no redelivery waits for it: mark the exception seen
 
 
 class _ProgressReporter:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import tornado.web
 from prometheus_client import CollectorRegistry
 
-from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 
 
 def make_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> tornado.web.Application:
@@ -16,5 +16,6 @@ def make_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> torna
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": is_ready}),
             (r"/metrics", MetricsHandler, {"registry": registry}),
-        ]
+        ],
+        log_function=log_request,
     )

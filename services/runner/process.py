@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from shared.db.runs import Progress, RunStatus
+from shared.logging import CONNECTION_LOSS
 from services.runner.output import Batch, Batcher, LineSplitter
 
 log = logging.getLogger(__name__)
@@ -308,17 +309,25 @@ class ChildRun:
     async def _publish_batch(self, seq: int, batch: Batch) -> bool:
         delay = 0.05
         give_up = time.monotonic() + self._limits.publish_retry_s
+        retried = False
         while True:
             try:
                 await self._publish(seq, batch)
                 return True
-            except Exception:
+            except Exception as exc:
+                # The broker being away is expected and documented (runner.md, "Batching"):
+                # a warning, without traceback (shared/logging.py). Anything else is a fault.
+                expected = isinstance(exc, CONNECTION_LOSS)
                 if time.monotonic() + delay > give_up:
-                    log.exception("output batch dropped", extra={"run_id": self.run_id, "seq": seq})
+                    log.log(logging.WARNING if expected else logging.ERROR, "output batch dropped",
+                            extra={"run_id": self.run_id, "seq": seq}, exc_info=True)
                     self._on_dropped(len(batch.lines))
                     return False
-                log.warning("output publish failed; retrying", extra={"run_id": self.run_id},
-                            exc_info=True)
+                # Once per batch: the retries of one outage would otherwise fill the log.
+                log.log(logging.DEBUG if retried else logging.WARNING,
+                        "output publish failed; retrying", extra={"run_id": self.run_id},
+                        exc_info=True)
+                retried = True
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
 

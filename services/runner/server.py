@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 
 from shared.db import create_schema, make_engine, session_factory
+from shared.db.outage import RetryWhileUnavailable
 from shared.db.runs import RunStore
 from shared.db.users import UserStore
 from shared.messaging.broker import Publisher, connect
@@ -69,7 +70,8 @@ class RunnerServer:
         sessions = session_factory(self._engine)
 
         self._connection = connection = await connect(
-            settings.common.amqp_url, name=f"warren-{self.replica}"
+            settings.common.amqp_url, name=f"warren-{self.replica}",
+            outage_alert_s=settings.common.broker_outage_alert_s,
         )
         publisher = await Publisher.open(connection)
         self._queue = queue = RunQueue(connection)
@@ -87,19 +89,21 @@ class RunnerServer:
 
         app = make_app(self.metrics.registry, self.is_ready)
         self._http, self.port = listen(app, settings.http)
+        retry = RetryWhileUnavailable()  # a command that meets the database away waits for it
         self._stops = WorkConsumer(
-            connection, Command.RUN_STOP, stops.handle_command, prefetch=settings.command_prefetch
+            connection, Command.RUN_STOP, stops.handle_command, prefetch=settings.command_prefetch,
+            retry=retry,
         )
         await self._stops.start()
         # The runs queue's prefetch is this replica's number of slots.
         self._runs = WorkConsumer(
             connection, Command.RUN_START, manager.handle_run, prefetch=settings.max_concurrent,
-            declare=declare_runs_queue,
+            declare=declare_runs_queue, retry=retry,
         )
         await self._runs.start()
         self._starts = WorkConsumer(
             connection, Command.RUN_START, manager.handle_start,
-            prefetch=settings.command_prefetch,
+            prefetch=settings.command_prefetch, retry=retry,
         )
         await self._starts.start()
         log.info("runner ready", extra={"port": self.port, "instance": self.replica,

@@ -83,7 +83,8 @@ class EdgeServer:
         )
 
         self.connection = connection = await connect(
-            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}"
+            settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
+            outage_alert_s=settings.common.broker_outage_alert_s,
         )
         connection.reconnect_callbacks.add(self._on_reconnect)
         publisher = await Publisher.open(connection)

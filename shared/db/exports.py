@@ -7,19 +7,42 @@ and done -> expired when retention deletes the file. Blocking: run in an executo
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import orjson
-from sqlalchemy import CursorResult, DateTime, Integer, String, Text, Update, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    CursorResult,
+    DateTime,
+    Engine,
+    Integer,
+    String,
+    Text,
+    Update,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.db.models import Base, utcnow
 from shared.db.notifications import Notification
+
+
+log = logging.getLogger(__name__)
+
+LOCK_NOT_AVAILABLE: Final = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 
 
 class ExportStatus(StrEnum):
@@ -127,10 +150,18 @@ class ExportStore:
             assert found is not None
             return found
 
+    def hold(self, task_id: str) -> TaskHold:
+        """The task's hold (:class:`TaskHold`), not taken yet."""
+        engine = self._sessions.kw.get("bind")
+        postgres = isinstance(engine, Engine) and engine.dialect.name == "postgresql"
+        return TaskHold(engine if postgres else None, task_id)
+
     def claim(self, task_id: str, owner: str, kind: str, params: dict[str, Any]) -> ExportRecord:
         """Upsert the row and, unless it is final, mark it running and count one more attempt.
 
-        A final row (done, failed, expired) is returned unchanged: the caller acks
+        Call it holding the task (:meth:`hold`): then no live worker is building it, and
+        the attempt counted is a new build, whose predecessor failed or died with its
+        worker. A final row (done, failed, expired) is returned unchanged: the caller acks
         without building again. A row owned by someone else is returned unchanged too.
         """
         for _ in range(2):
@@ -268,6 +299,88 @@ class ExportStore:
                 select(ExportTask.status, func.count()).group_by(ExportTask.status)
             ).all()
             return {status: count for status, count in pairs}
+
+
+class TaskHold:
+    """Says that a live worker handles a task: PostgreSQL's session-level advisory lock on
+    the task id, taken on a connection of its own and kept while the worker handles the
+    task, all its attempts included.
+
+    PostgreSQL ends the lock with its connection, so it outlives neither the worker (the
+    kernel closes a killed process's sockets) nor that connection. So a worker that gets
+    a delivery of a task can tell a builder that is alive, whose broker connection
+    dropped so that the broker took the delivery back, from one that died: only the
+    first still holds the lock. ``release`` closes the connection instead of unlocking
+    and returning it to the pool, so no pooled connection ever carries a lock.
+
+    Without PostgreSQL (SQLite: development, every worker on one host) there is no such
+    lock, and the hold is always free. Blocking; the methods run one at a time, so
+    ``release`` may be called from another thread while ``take`` waits (it waits too).
+    """
+
+    def __init__(self, engine: Engine | None, task_id: str) -> None:
+        self._engine = engine
+        self._key = _lock_key(task_id)
+        self._guard = threading.Lock()
+        self._connection: Connection | None = None
+        self._released = False
+
+    def take(self, wait_s: float = 0.0) -> bool:
+        """Take the hold if no other session has it, waiting up to ``wait_s`` seconds for it
+        to be let go. True once taken (at once without PostgreSQL); False if another
+        session kept it, or after :meth:`release`."""
+        if self._engine is None:
+            return True
+        with self._guard:
+            if self._released:
+                return False
+            try:
+                if self._connection is None:
+                    self._connection = self._engine.connect().execution_options(
+                        isolation_level="AUTOCOMMIT"
+                    )
+                return self._lock(self._connection, wait_s)
+            except BaseException:
+                self._drop()
+                raise
+
+    def release(self) -> None:
+        """Let the hold go (if taken) by closing its connection. Never raises: a broken
+        connection has let it go already."""
+        with self._guard:
+            self._released = True
+            self._drop()
+
+    def _lock(self, connection: Connection, wait_s: float) -> bool:
+        key = literal(self._key, BigInteger)
+        if wait_s <= 0:
+            return bool(connection.scalar(select(func.pg_try_advisory_lock(key))))
+        connection.execute(text(f"SET lock_timeout = {max(1, int(wait_s * 1000))}"))
+        try:
+            connection.execute(select(func.pg_advisory_lock(key)))
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+                connection.rollback()
+                return False
+            raise
+        return True
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.invalidate()
+            connection.close()
+        except Exception:
+            log.debug("closing a task hold's connection failed", exc_info=True)
+
+
+def _lock_key(task_id: str) -> int:
+    """The advisory lock key of a task: 64 bits of a hash of its id. Two ids sharing a
+    key would make one task's delivery wait for the other's build, nothing worse."""
+    digest = hashlib.blake2b(task_id.encode(), digest_size=8, person=b"warren.export").digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _changed(session: Session, statement: Update) -> int:

@@ -1,7 +1,8 @@
 """The database away: telling it from a refused statement, and waiting it out.
 
 The first is transient: the same work succeeds once the database answers again, so
-the edge answers ``503 database_unavailable`` and command consumers retry in place.
+the edge answers ``503 database_unavailable`` and command consumers retry in place
+(each service gives its ``WorkConsumer`` a :class:`RetryWhileUnavailable`).
 The second (a constraint, a bad statement) fails the same way every time.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 FIRST_DELAY_S: Final = 0.1
 MAX_DELAY_S: Final = 5.0
+RETRY_FOR_S: Final = 300.0  # a command's retries in place; then it returns to its queue
 
 
 def database_unavailable(exc: BaseException) -> bool:
@@ -68,3 +71,16 @@ async def while_unavailable(
                         extra={"retry_in_s": delay, "error": type(exc).__name__})
         await asyncio.sleep(delay)
         delay = next_delay(delay)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryWhileUnavailable:
+    """A command consumer's retry policy (``shared.messaging.work.RetryPolicy``): a handler
+    that fails because the database is away runs again in place, for up to ``for_s``."""
+
+    for_s: float = RETRY_FOR_S
+
+    async def __call__(
+        self, attempt: Callable[[], Awaitable[T]], *, worth_it: Callable[[], bool] = lambda: True
+    ) -> T:
+        return await while_unavailable(attempt, for_s=self.for_s, worth_it=worth_it)

@@ -1,7 +1,8 @@
 """Connecting to RabbitMQ, declaring Warren's topology, and publishing envelopes.
 
 The connection is aio-pika's robust connection: it reconnects by itself and its
-robust channels re-declare exchanges, queues, bindings and consumers.
+robust channels re-declare exchanges, queues, bindings and consumers. Its state changes
+are logged here, once each (:class:`ConnectionWatch`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import PublishError
 
+from shared.config import DEFAULT_BROKER_OUTAGE_ALERT_S
 from shared.logging import correlation_id as current_correlation_id
 from shared.messaging.envelope import Envelope, encode
 from shared.messaging.names import (
@@ -52,15 +54,22 @@ class Unroutable(LookupError):
 
 
 async def connect(
-    url: str, *, name: str, timeout: float = 10.0, reconnect_interval: float = 1.0
+    url: str,
+    *,
+    name: str,
+    timeout: float = 10.0,
+    reconnect_interval: float = 1.0,
+    outage_alert_s: float = DEFAULT_BROKER_OUTAGE_ALERT_S,
 ) -> AbstractRobustConnection:
     """Open a robust connection, failing fast when the broker is not there at start-up.
 
     Once open, aio-pika reconnects every ``reconnect_interval`` seconds until the
-    broker answers, then restores channels, queues, bindings and consumers.
+    broker answers, then restores channels, queues, bindings and consumers. A loss is
+    logged at WARNING, the reconnection at INFO, and an outage still going on after
+    ``outage_alert_s`` at ERROR (``WARREN_BROKER_OUTAGE_ALERT_S``).
     """
     try:
-        return await asyncio.wait_for(
+        connection = await asyncio.wait_for(
             aio_pika.connect_robust(
                 url,
                 client_properties={"connection_name": name},
@@ -70,6 +79,75 @@ async def connect(
         )
     except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
         raise BrokerUnavailable(f"cannot reach RabbitMQ at {_safe_url(url)}: {exc!r}") from exc
+    ConnectionWatch(connection, name=name, alert_after_s=outage_alert_s)
+    return connection
+
+
+class ConnectionWatch:
+    """Logs a robust connection's state changes, once each.
+
+    The broker going away and coming back is expected: the loss is a WARNING and the
+    reconnection an INFO record, however many attempts it took (aio-pika's own records
+    of them are demoted in ``shared/logging.py``). An outage still going on after
+    ``alert_after_s`` needs a human: one ERROR record, once per outage.
+    """
+
+    def __init__(
+        self, connection: AbstractRobustConnection, *, name: str, alert_after_s: float
+    ) -> None:
+        self._connection = connection
+        self._name = name
+        self._alert_after_s = alert_after_s
+        self._loop = asyncio.get_running_loop()
+        self._lost_at: float | None = None
+        self._alert: asyncio.TimerHandle | None = None
+        # Held strongly by the connection's callback collections, as long as it lives.
+        connection.close_callbacks.add(self._on_close)
+        connection.reconnect_callbacks.add(self._on_reconnect)
+
+    def _on_close(self, _connection: object, reason: BaseException | None) -> None:
+        if self._connection.close_called:  # closed on purpose, at shutdown
+            self._cancel_alert()
+            return
+        if self._lost_at is not None:  # a restore that failed: the same outage
+            return
+        self._lost_at = self._loop.time()
+        log.warning(
+            "broker connection lost; reconnecting",
+            extra={"connection": self._name, "reason": _describe(reason)},
+        )
+        self._alert = self._loop.call_later(self._alert_after_s, self._still_away)
+
+    def _still_away(self) -> None:
+        self._alert = None
+        log.error(
+            "broker unreachable for %g s; still reconnecting",
+            self._alert_after_s,
+            extra={"connection": self._name},
+        )
+
+    def _on_reconnect(self, _connection: object) -> None:
+        if self._lost_at is None:
+            return
+        outage_s = self._loop.time() - self._lost_at
+        self._lost_at = None
+        self._cancel_alert()
+        log.info(
+            "broker reconnected after %.1f s",
+            outage_s,
+            extra={"connection": self._name, "outage_s": round(outage_s, 3)},
+        )
+
+    def _cancel_alert(self) -> None:
+        if self._alert is not None:
+            self._alert.cancel()
+            self._alert = None
+
+
+def _describe(reason: BaseException | None) -> str | None:
+    if reason is None:
+        return None
+    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
 
 
 def _safe_url(url: str) -> str:

@@ -6,16 +6,20 @@ what happens to the message:
 
 - it returns: the message is acked;
 - it raises :class:`Reject`: the message is dead-lettered at once (it can never succeed);
-- it raises because the database is away (``shared.db.outage``) while the delivery is
-  still held: the handler runs again in place after a capped backoff (0.1 s doubling
-  to 5 s), for up to ``retry_for_s`` (5 minutes), then as below. Returning the message
-  at once would burn the delivery limit in milliseconds and dead-letter work that
-  succeeds a moment later. Handlers are idempotent anyway (a redelivery runs them
-  again), so running one again in place is safe. Broker failures are not retried in
-  place: the delivery is usually void by then, and the broker redelivers it;
+- it raises a failure that the consumer's :class:`RetryPolicy` calls transient, while
+  the delivery is still held: the policy runs the handler again in place. Services pass
+  ``shared.db.outage.RetryWhileUnavailable``: the database away, retried after a capped
+  backoff (0.1 s doubling to 5 s) for up to 5 minutes, then as below. Returning the
+  message at once would burn the delivery limit in milliseconds and dead-letter work
+  that succeeds a moment later. Handlers are idempotent anyway (a redelivery runs them
+  again), so running one again in place is safe. Without a policy nothing is retried in
+  place. Broker failures are not retried in place: the delivery is usually void by
+  then, and the broker redelivers it;
 - it raises anything else: the message is returned to the queue. The quorum queue's
   delivery limit (``x-delivery-limit``) dead-letters it after a few returns, so a
-  poison message never loops forever.
+  poison message never loops forever. A failure because the broker is away (its
+  delivery lost with the connection, or a publish on a channel not yet restored) is
+  expected during a broker restart: a warning, not an error.
 
 A body that is not a valid envelope, or a command whose ``from`` is not a user, is
 dead-lettered without reaching the handler.
@@ -26,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Protocol
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -35,18 +39,16 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import ChannelInvalidStateError
+from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
 
-from shared.db.outage import while_unavailable
 from shared.logging import correlated
-from shared.messaging.broker import declare_work_queue
+from shared.messaging.broker import BrokerUnavailable, declare_work_queue
 from shared.messaging.envelope import Envelope, EnvelopeError, decode
 from shared.messaging.names import Command, Kind
 
 log = logging.getLogger(__name__)
 
 DELIVERY_COUNT_HEADER = "x-delivery-count"
-RETRY_FOR_S: Final = 300.0  # retries in place while the database is away; then requeued
 
 
 class Reject(Exception):
@@ -57,10 +59,35 @@ Handler = Callable[[Envelope, AbstractIncomingMessage], Awaitable[None]]
 QueueDeclarer = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
 
 
+class RetryPolicy(Protocol):
+    """Runs ``attempt``, and runs it again in place while it fails in a way the policy
+    calls transient and ``worth_it()`` holds, waiting as the policy says; then raises
+    its error. Given by the service that builds the consumer (the messaging layer does
+    not know what a transient failure is)."""
+
+    async def __call__(
+        self, attempt: Callable[[], Awaitable[None]], *, worth_it: Callable[[], bool]
+    ) -> None: ...
+
+
+async def settle(outcome: Awaitable[None]) -> None:
+    """Await an ack, nack or reject, which fails when the delivery is void: after a
+    connection or channel loss the broker has taken the message back and redelivers it."""
+    try:
+        await outcome
+    except Exception:
+        log.warning("could not settle a delivery; the broker redelivers it", exc_info=True)
+
+
 def delivery_count(message: AbstractIncomingMessage) -> int:
     """How many times the quorum queue delivered this message before (0 the first time)."""
     value = (message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
     return value if isinstance(value, int) else 0
+
+
+def _broker_away(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker connection, or one of its channels, is away."""
+    return isinstance(exc, (BrokerUnavailable, ChannelInvalidStateError, AMQPConnectionError))
 
 
 def still_held(message: AbstractIncomingMessage) -> bool:
@@ -84,19 +111,19 @@ class WorkConsumer:
         prefetch: int,
         on_rejected: Callable[[str], None] | None = None,
         declare: QueueDeclarer | None = None,
-        retry_for_s: float = RETRY_FOR_S,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """``declare`` consumes another queue of this command's envelopes instead of its
         work queue: the runner moves accepted starts into a queue of its own.
-        ``retry_for_s`` bounds the retries in place of a handler that met the database
-        away; 0 returns such a command to the queue at once, like any other failure."""
+        ``retry`` runs a failed handler again in place (see the module's docstring);
+        without it, every failure returns the command to the queue at once."""
         self._connection = connection
         self._declare = declare
         self._command = command
         self._handler = handler
         self._prefetch = prefetch
         self._on_rejected = on_rejected or (lambda _reason: None)
-        self._retry_for_s = retry_for_s
+        self._retry = retry
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -187,26 +214,30 @@ class WorkConsumer:
             await self._dead_letter(message, str(exc))
             return
         except asyncio.CancelledError:
-            await self._settle(message.nack(requeue=True))
+            await settle(message.nack(requeue=True))
             raise
-        except Exception:
-            log.exception(
-                "command failed; returned to the queue",
-                extra={"command": envelope.type, "id": envelope.id,
-                       "deliveries": delivery_count(message) + 1},
-            )
-            await self._settle(message.nack(requeue=True))
+        except Exception as exc:
+            details = {"command": envelope.type, "id": envelope.id,
+                       "deliveries": delivery_count(message) + 1}
+            if still_held(message) and not _broker_away(exc):
+                log.exception("command failed; returned to the queue", extra=details)
+            else:
+                # Expected while the broker restarts (its channels are restored one by
+                # one); an outage that lasts is logged at ERROR by ConnectionWatch.
+                log.warning("command met the broker away; returned to the queue",
+                            extra=details, exc_info=True)
+            await settle(message.nack(requeue=True))
             return
-        await self._settle(message.ack())
+        await settle(message.ack())
 
     async def _run_handler(self, envelope: Envelope, message: AbstractIncomingMessage) -> None:
-        """The handler, run again in place after a capped backoff while it fails because
-        the database is away and the delivery is still held, for at most ``retry_for_s``.
-        (Its log lines carry the command's correlation id.)"""
-        await while_unavailable(
-            lambda: self._handler(envelope, message),
-            for_s=self._retry_for_s,
-            worth_it=lambda: still_held(message),
+        """The handler, run again in place as the retry policy says while the delivery is
+        still held. (Its log lines carry the command's correlation id.)"""
+        if self._retry is None:
+            await self._handler(envelope, message)
+            return
+        await self._retry(
+            lambda: self._handler(envelope, message), worth_it=lambda: still_held(message)
         )
 
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
@@ -215,12 +246,4 @@ class WorkConsumer:
             extra={"queue": self._command.value, "reason": reason, "message_id": message.message_id},
         )
         self._on_rejected(reason)
-        await self._settle(message.reject(requeue=False))
-
-    @staticmethod
-    async def _settle(outcome: Awaitable[None]) -> None:
-        # After a connection loss the delivery is void: the broker requeues it itself.
-        try:
-            await outcome
-        except Exception:
-            log.warning("could not settle a delivery; the broker will redeliver it", exc_info=True)
+        await settle(message.reject(requeue=False))

@@ -3,14 +3,17 @@
 Every service reconnects by itself, the sockets stay open (the edge closes nothing when
 the broker goes away: protocol.md 3.3 and 8), every queued export completes exactly
 once, the run ends (finished, or failed with a reason), and nothing durable is lost:
-the test counts it.
+the test counts it. The restart is expected, and the logs say so: each replica logs the
+loss and the reconnection once, and nothing at ERROR, with no traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from tests.chaos.ledger import Ledger
 from tests.chaos.watch import Watcher, api, is_event, until
@@ -19,6 +22,10 @@ from tests.support.system import System
 
 EXPORT_ROWS = 300  # about 3 s of building each (WARREN_EXCEL_TEST_ROW_DELAY_S)
 SETTLE_S = 90.0
+# A child's log line as `warren up` shows it: "edge-1   | 12:00:01 WARNING  message  k=v".
+RECORD = re.compile(r"^(?P<child>\S+)\s+\| \d\d:\d\d:\d\d (?P<level>[A-Z]+)\s+(?P<message>.*)$")
+LOST = "broker connection lost"
+RECONNECTED = "broker reconnected after"
 
 
 def vhost_of(amqp_url: str) -> str:
@@ -129,8 +136,69 @@ async def test_a_broker_restart_loses_no_durable_work(
               if row["id"] not in tasks]
     assert [(r["status"], r["error_code"]) for r in failed] == [("failed", "unavailable")] * 2
 
+    # The logs: every replica logged the loss and the reconnection once each; the restart
+    # put nothing at ERROR, and no traceback, in any service's log.
+    for name in system.children():
+        await asyncio.to_thread(
+            system.up.wait_for, rf"^{name}\s+\| \S+ INFO\s+{RECONNECTED}", SETTLE_S
+        )
+    log = ServiceLog.parse(system.up.output().splitlines(), system.children())
+    errors = [r for r in log.records if r.level in {"ERROR", "CRITICAL"}]
+    assert errors == [], "\n".join(r.text for r in errors)
+    tracebacks = [r for r in log.records if r.traceback]
+    assert tracebacks == [], "\n".join(r.text for r in tracebacks)
+    changes = {name: (log.count(name, "WARNING", LOST), log.count(name, "INFO", RECONNECTED))
+               for name in system.children()}
+    assert changes == {name: (1, 1) for name in system.children()}, changes
+
     for watcher in (alice, bob, alice_again, bob_again):
         await watcher.close()
+
+
+@dataclass
+class Record:
+    """One record of a service as `warren up` shows it, with its traceback lines if any."""
+
+    child: str
+    level: str
+    message: str  # with its fields
+    more: list[str] = field(default_factory=list)
+
+    @property
+    def traceback(self) -> bool:
+        return any("Traceback (most recent call last)" in line for line in self.more)
+
+    @property
+    def text(self) -> str:
+        return "\n".join([f"{self.child} {self.level} {self.message}", *self.more])
+
+
+@dataclass
+class ServiceLog:
+    """The services' records in `warren up`'s output (the Cat's and the supervisor's aside)."""
+
+    records: list[Record]
+
+    @classmethod
+    def parse(cls, lines: Iterable[str], children: Iterable[str]) -> ServiceLog:
+        names = set(children)
+        records: list[Record] = []
+        last: dict[str, Record] = {}
+        for line in lines:
+            child = line.split(" ", 1)[0]
+            if child not in names:
+                continue
+            match = RECORD.match(line)
+            if match:
+                last[child] = record = Record(child, match["level"], match["message"])
+                records.append(record)
+            elif child in last:  # a line of the record before it: its traceback
+                last[child].more.append(line)
+        return cls(records)
+
+    def count(self, child: str, level: str, message: str) -> int:
+        return sum(1 for r in self.records
+                   if (r.child, r.level) == (child, level) and r.message.startswith(message))
 
 
 async def _none_ready(system: System) -> bool:

@@ -1,13 +1,15 @@
 """Workers as real processes: sharing the queue, killed mid-task, SIGTERM; the broker lost
-or restarted mid-task."""
+or restarted mid-task, and the task's delivery given back while its build goes on."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -23,8 +25,11 @@ from tests.support.edge import edge_env
 from tests.support.excel import WorkerProcess, until_logged, worker_env
 from tests.support.private_broker import PrivateBroker
 from tests.support.rabbit import BrokerAdmin, reconnected
+from tests.support.tcp_proxy import TcpProxy
 
 SLOW = {"WARREN_EXCEL_TEST_ROW_DELAY_S": "0.05"}
+ATTACHED = "task redelivered while it is handled here; this delivery waits for it"
+WAITING = "task held by a live worker elsewhere; this delivery waits for it"
 
 
 @pytest.fixture
@@ -242,3 +247,134 @@ async def test_broker_restart_mid_task_completes_it_exactly_once(
     finally:
         await worker.stop()
         await edge.stop()
+
+
+def build_children(worker: WorkerProcess) -> int:
+    """The worker's build processes running now: the live children of its fork server."""
+    count = 0
+    for process in psutil.Process(worker.pid).children(recursive=True):
+        try:
+            if any("forkserver" in part for part in process.cmdline()):
+                count += sum(1 for child in process.children()
+                             if child.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            continue
+    return count
+
+
+async def builds_when_logged(worker: WorkerProcess, message: str, timeout: float) -> int:
+    """The worker's build processes at the moment it logs ``message``."""
+    await worker.wait_log(message, timeout)
+    return build_children(worker)
+
+
+async def test_broker_restart_mid_build_attaches_the_redelivery_to_the_running_build(
+    private_broker: PrivateBroker, private_amqp_url: str, database_url: str, exports_dir: Path,
+    token_for: Callable[..., str], store: ExportStore,
+) -> None:
+    # The broker takes the delivery back when it stops, and gives it to the same worker
+    # when it is back, while the first build still runs: that copy waits for the build
+    # instead of starting a second one, and is no attempt.
+    edge = EdgeServer(EdgeSettings.from_env(edge_env(
+        private_amqp_url, database_url, WARREN_EXPORTS_DIR=str(exports_dir)
+    )), CollectorRegistry())
+    worker = WorkerProcess(worker_env(private_amqp_url, database_url, exports_dir, **SLOW))
+    await edge.start()
+    try:
+        await worker.start()
+        token = token_for("alice")
+        client = await Client.connect(edge.port, token)
+        task_id = await ask(client, 400)
+        await until_event(client, "excel.progress", task_id, min_rows=5)
+        assert build_children(worker) == 1
+        attached = asyncio.create_task(builds_when_logged(worker, ATTACHED, 90))
+        await asyncio.to_thread(private_broker.restart)
+        await done_live_or_pending(client, edge.port, token, task_id)
+        record = store.get(task_id)
+        assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 1)
+        assert await asyncio.wait_for(attached, 10) == 1  # the copy arrived mid-build: one build
+        assert len(worker.messages("export built")) == 1
+        assert worker.messages("task finished elsewhere meanwhile; this build is dropped") == []
+        assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+        assert done_notifications(database_url, task_id) == 1
+        # The copy was settled with the build: the worker's one slot takes the next task.
+        second = await ask(client, 3, ref=2)
+        await until_event(client, "excel.done", second)
+    finally:
+        await worker.kill()
+        await edge.stop()
+
+
+def through(proxy: TcpProxy, amqp_url: str) -> str:
+    """``amqp_url`` reached through ``proxy``."""
+    parsed = urllib.parse.urlsplit(amqp_url)
+    netloc = f"{parsed.username}:{parsed.password}@127.0.0.1:{proxy.port}"
+    return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
+
+
+@pytest.fixture
+async def broker_proxy(amqp_url: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy to the test's broker: cutting it drops one worker's connection only."""
+    target = urllib.parse.urlsplit(amqp_url)
+    proxy = await TcpProxy(target.hostname or "127.0.0.1", target.port or 5672).start()
+    yield proxy
+    await proxy.close()
+
+
+async def held_elsewhere(
+    spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
+    postgres_url: str, exports_dir: Path, proxy: TcpProxy, token: str,
+) -> tuple[WorkerProcess, WorkerProcess, Client, str]:
+    """A worker builds a task when its broker connection drops; the broker gives the
+    delivery to a second worker, which finds the task held and waits. Returns the
+    builder, the waiter, the owner's client and the task id."""
+    edge = make_edge(WARREN_EXPORTS_DIR=str(exports_dir), WARREN_DATABASE_URL=postgres_url)
+    await edge.start()
+    builder = await spawn(WARREN_DATABASE_URL=postgres_url,
+                          WARREN_AMQP_URL=through(proxy, amqp_url), **SLOW)
+    client = await Client.connect(edge.port, token)
+    task_id = await ask(client, 200)
+    await until_event(client, "excel.progress", task_id, min_rows=5)
+    waiter = await spawn(WARREN_DATABASE_URL=postgres_url, **SLOW)
+    proxy.cut()  # the builder's delivery goes back to the queue, and to the waiter
+    assert await builds_when_logged(waiter, WAITING, 30) == 0
+    assert build_children(builder) == 1
+    return builder, waiter, client, task_id
+
+
+async def test_a_delivery_of_a_task_another_live_worker_builds_waits_for_that_build(
+    spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
+    postgres_url: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
+) -> None:
+    builder, waiter, _client, task_id = await held_elsewhere(
+        spawn, make_edge, amqp_url, postgres_url, exports_dir, broker_proxy, token_for("alice")
+    )
+    # The builder finishes (its done event stays pending: its broker link is cut); then
+    # the waiter gets the hold, finds the task done, and acks.
+    await waiter.wait_log("task already final; acked", timeout=60)
+    assert len(builder.messages("export built")) == 1
+    assert waiter.messages("export built") == []
+    store = ExportStore(session_factory(make_engine(postgres_url)))
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 1)
+    assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+    assert done_notifications(postgres_url, task_id) == 1
+
+
+async def test_a_waiting_delivery_builds_once_the_builder_dies_as_attempt_two(
+    spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
+    postgres_url: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
+) -> None:
+    builder, waiter, client, task_id = await held_elsewhere(
+        spawn, make_edge, amqp_url, postgres_url, exports_dir, broker_proxy, token_for("alice")
+    )
+    await builder.kill()  # its database connection closes, and the hold with it
+    done = await until_event(client, "excel.done", task_id)
+    assert done["data"]["rows"] == 200
+    assert builder.messages("export built") == []
+    assert len(waiter.messages("export built")) == 1
+    store = ExportStore(session_factory(make_engine(postgres_url)))
+    record = store.get(task_id)
+    assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 2)
+    assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
+    assert done_notifications(postgres_url, task_id) == 1

@@ -4,16 +4,19 @@ the message is neither returned to the queue nor dead-lettered while the failure
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelInvalidStateError
 from sqlalchemy.exc import OperationalError
 
 from shared.messaging import Address, Command, Envelope
 from shared.messaging.broker import BrokerUnavailable, Publisher, connect
 from shared.messaging.names import dead_letter_queue_name, work_queue_name
-from shared.messaging.work import RETRY_FOR_S, WorkConsumer
+from shared.db.outage import RETRY_FOR_S, RetryWhileUnavailable
+from shared.messaging.work import WorkConsumer
 
 WAIT_S = 10.0
 
@@ -54,11 +57,12 @@ class Calls:
 
 async def run_one(
     connection: AbstractRobustConnection, publisher: Publisher, calls: Calls,
-    retry_for_s: float = RETRY_FOR_S,
+    retry_for_s: float | None = RETRY_FOR_S,
 ) -> None:
-    consumer = WorkConsumer(
-        connection, Command.RUN_STOP, calls.handle, prefetch=1, retry_for_s=retry_for_s
-    )
+    """One command through a consumer that retries database outages for ``retry_for_s``,
+    or has no retry policy (None), as cat_relay's."""
+    retry = None if retry_for_s is None else RetryWhileUnavailable(retry_for_s)
+    consumer = WorkConsumer(connection, Command.RUN_STOP, calls.handle, prefetch=1, retry=retry)
     await consumer.start()
     try:
         me = Address.user("alice")
@@ -101,12 +105,12 @@ async def test_a_failure_outlasting_the_retry_window_returns_the_message_to_the_
     assert calls.redelivered == [False, False, True, True]
 
 
-async def test_a_consumer_without_a_retry_window_returns_the_message_at_once(
+async def test_a_consumer_without_a_retry_policy_returns_the_message_at_once(
     connection: AbstractRobustConnection, publisher: Publisher
 ) -> None:
     # cat_relay's: an ask is never run twice in place.
     calls = Calls(lambda n: outage() if n == 1 else None)
-    await run_one(connection, publisher, calls, retry_for_s=0)
+    await run_one(connection, publisher, calls, retry_for_s=None)
     assert calls.redelivered == [False, True]
 
 
@@ -116,3 +120,21 @@ async def test_a_broker_failure_is_not_retried_in_place(
     calls = Calls(lambda n: BrokerUnavailable("not confirmed") if n == 1 else None)
     await run_one(connection, publisher, calls)
     assert calls.redelivered == [False, True]
+
+
+@pytest.mark.parametrize(("failure", "logged"), [
+    # Expected while the broker restarts: its channels come back one by one.
+    (BrokerUnavailable("not confirmed"), ("WARNING", "command met the broker away")),
+    (ChannelInvalidStateError("<Channel> closed"), ("WARNING", "command met the broker away")),
+    (RuntimeError("a bug"), ("ERROR", "command failed")),
+], ids=["broker-unavailable", "channel-closed", "bug"])
+async def test_only_a_failure_that_needs_a_human_is_an_error(
+    connection: AbstractRobustConnection, publisher: Publisher,
+    caplog: pytest.LogCaptureFixture, failure: Exception, logged: tuple[str, str],
+) -> None:
+    calls = Calls(lambda n: failure if n == 1 else None)
+    with caplog.at_level(logging.WARNING, "shared.messaging.work"):
+        await run_one(connection, publisher, calls)
+    assert calls.redelivered == [False, True]
+    records = [r for r in caplog.records if r.name == "shared.messaging.work"]
+    assert [(r.levelname, r.getMessage().split(";")[0]) for r in records] == [logged]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.exports import ExportStore
-from shared.db.runs import Run
+from shared.db.runs import RunStore
 
 
 def _when(text: str | None) -> datetime | None:
@@ -22,6 +21,7 @@ def _when(text: str | None) -> datetime | None:
 
 
 def _naive(value: datetime | None) -> datetime | None:
+    """The UTC wall time, as a spreadsheet cell holds it (openpyxl refuses time zones)."""
     if value is None:
         return None
     if value.tzinfo is not None:
@@ -43,35 +43,9 @@ def activity_rows(
             rows.append(["export", task.id, task.kind, task.status.value, task.attempts,
                          _naive(task.created_at), _naive(task.finished_at), detail])
     if "runs" in params["sources"]:
-        rows.extend(_run_rows(sessions, owner, statuses, since, until, limit))
+        runs = RunStore(sessions)
+        for run in runs.activity(owner, statuses=statuses, since=since, until=until, limit=limit):
+            rows.append(["run", run.id, run.job, run.status.value, None,
+                         _naive(run.created_at), _naive(run.finished_at), run.reason])
     rows.sort(key=lambda r: r[5] or datetime.min)
     return rows[:limit]
-
-
-def _run_rows(
-    sessions: sessionmaker[Session],
-    owner: str,
-    statuses: list[str],
-    since: datetime | None,
-    until: datetime | None,
-    limit: int,
-) -> list[list[Any]]:
-    query = select(Run).where(Run.owner == owner)
-    if statuses:
-        query = query.where(Run.status.in_(statuses))
-    if since is not None:
-        query = query.where(Run.created_at >= since.timestamp())
-    if until is not None:
-        query = query.where(Run.created_at < until.timestamp())
-    with sessions() as session:
-        runs = session.scalars(query.order_by(Run.created_at).limit(limit)).all()
-        return [
-            ["run", r.id, r.job, r.status, None, _from_unix(r.created_at),
-             _from_unix(r.finished_at), r.reason] for r in runs
-        ]
-
-
-def _from_unix(value: float | None) -> datetime | None:
-    if value is None:
-        return None
-    return datetime.fromtimestamp(value, timezone.utc).replace(tzinfo=None)

@@ -20,12 +20,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 
+from shared.db.models import utcnow
 from shared.db.outage import while_unavailable
 from shared.db.runs import RunExists, RunLimitReached, RunRecord, RunStatus, RunStore
 from shared.db.users import UserStore
@@ -186,7 +188,7 @@ class RunManager:
             return
         if record.replica == self.replica:
             reason = f"runner {self.replica} restarted while the run was running"
-        elif time.time() - record.heartbeat_at > self.settings.heartbeat_timeout_s:
+        elif utcnow() - record.heartbeat_at > timedelta(seconds=self.settings.heartbeat_timeout_s):
             reason = f"runner {record.replica} stopped sending heartbeats"
         elif record.replica is None or not await self.owner_alive(record.replica):
             reason = f"runner {record.replica} died"
@@ -337,9 +339,9 @@ class RunManager:
         lost = await self.db(self._store.heartbeat, self.replica, progress)
         for run_id in lost:
             self._abandon(run_id)
-        now = time.time()
+        now = utcnow()
         failed = await self.db(
-            self._store.fail_stale, now - self.settings.heartbeat_timeout_s,
+            self._store.fail_stale, now - timedelta(seconds=self.settings.heartbeat_timeout_s),
             "runner {replica} stopped sending heartbeats",
         )
         for record in failed:
@@ -347,7 +349,8 @@ class RunManager:
             await self.announce_finished(record)
         wait = self.settings.max_queue_s
         expired = await self.db(
-            self._store.expire_queued, now - wait, f"no runner had a free slot within {wait:g} s"
+            self._store.expire_queued, now - timedelta(seconds=wait),
+            f"no runner had a free slot within {wait:g} s",
         )
         for record in expired:
             await self.announce_finished(record)

@@ -30,8 +30,10 @@ def make_engine(url: str) -> Engine:
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    # Only per-connection settings here. The journal mode (WAL) is stored in the database
+    # file and switched once by shared/db/schema.py: switching it on every connect fails
+    # at once with "database is locked" whenever another connection is writing.
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

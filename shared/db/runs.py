@@ -1,25 +1,26 @@
 """Runs of the runner service: who started which job where, its state and its output tail.
 
 A run is ``queued`` once accepted, ``running`` once a replica claimed it, then one of
-the final statuses. Times are Unix seconds (floats) so that heartbeat comparisons
-behave the same on SQLite and PostgreSQL. Every state change is a conditional update
+the final statuses. Times are timezone-aware UTC datetimes (:class:`UtcDateTime`), read
+back aware from SQLite too, so that heartbeat comparisons and durations behave the same
+on SQLite and PostgreSQL. Every state change is a conditional update
 (``WHERE status = ...``), so when two replicas race to claim, finish or fail the same
 run exactly one of them wins (and only the winner publishes the event).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final
 
 import orjson
-from sqlalchemy import Float, Integer, String, Text, func, select, update
+from sqlalchemy import Integer, String, Text, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from shared.db.models import Base
+from shared.db.models import Base, UtcDateTime, utcnow
 
 
 class RunStatus(StrEnum):
@@ -45,10 +46,10 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    created_at: Mapped[float] = mapped_column(Float)  # accepted (queued)
-    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)  # claimed by a replica
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    heartbeat_at: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)  # accepted (queued)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)  # claimed
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
     line_count: Mapped[int] = mapped_column(Integer, default=0)
     output_bytes: Mapped[int] = mapped_column(Integer, default=0)
     tail: Mapped[str] = mapped_column(Text, default="[]")
@@ -64,10 +65,10 @@ class RunRecord:
     status: RunStatus
     reason: str | None
     exit_code: int | None
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    heartbeat_at: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime
     line_count: int
     output_bytes: int
     tail: list[str]
@@ -77,26 +78,8 @@ class RunRecord:
         """Time the job ran: 0 for a run that ended before a replica started it."""
         if self.started_at is None:
             return 0.0
-        end = self.finished_at if self.finished_at is not None else time.time()
-        return max(0.0, end - self.started_at)
-
-    def summary(self) -> dict[str, Any]:
-        """The run without its tail, as the HTTP API shows it."""
-        return {
-            "run_id": self.id,
-            "owner": self.owner,
-            "job": self.job,
-            "args": self.args,
-            "replica": self.replica,
-            "status": self.status.value,
-            "reason": self.reason,
-            "exit_code": self.exit_code,
-            "queued_at": self.created_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "duration_s": round(self.duration_s, 3),
-            "lines": self.line_count,
-        }
+        end = self.finished_at if self.finished_at is not None else utcnow()
+        return max(0.0, (end - self.started_at).total_seconds())
 
 
 def _record(row: Run) -> RunRecord:
@@ -155,7 +138,7 @@ class RunStore:
         args: dict[str, Any],
         *,
         max_per_user: int,
-        now: float | None = None,
+        now: datetime | None = None,
     ) -> RunRecord:
         """Record a new queued run; raise :class:`RunExists` or :class:`RunLimitReached`.
 
@@ -164,7 +147,7 @@ class RunStore:
         may both pass the count on databases without serialisable isolation: the limit
         is best-effort across replicas.
         """
-        now = time.time() if now is None else now
+        now = utcnow() if now is None else now
         with self._sessions.begin() as session:
             existing = session.get(Run, run_id)
             if existing is not None:
@@ -196,9 +179,9 @@ class RunStore:
             session.flush()
             return _record(row)
 
-    def claim(self, run_id: str, replica: str, now: float | None = None) -> RunRecord | None:
+    def claim(self, run_id: str, replica: str, now: datetime | None = None) -> RunRecord | None:
         """Move a queued run to ``running`` on ``replica``; None if it was no longer queued."""
-        now = time.time() if now is None else now
+        now = utcnow() if now is None else now
         with self._sessions.begin() as session:
             done = session.execute(
                 update(Run)
@@ -224,15 +207,36 @@ class RunStore:
             ).all()
             return [_record(row) for row in rows]
 
+    def activity(
+        self,
+        owner: str,
+        *,
+        statuses: Sequence[str] = (),
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int,
+    ) -> list[RunRecord]:
+        """The owner's runs, oldest first, filtered on the time they were accepted."""
+        query = select(Run).where(Run.owner == owner)
+        if statuses:
+            query = query.where(Run.status.in_(list(statuses)))
+        if since is not None:
+            query = query.where(Run.created_at >= since)
+        if until is not None:
+            query = query.where(Run.created_at < until)
+        with self._sessions() as session:
+            rows = session.scalars(query.order_by(Run.created_at).limit(limit)).all()
+            return [_record(row) for row in rows]
+
     def heartbeat(
-        self, replica: str, progress: Sequence[Progress], now: float | None = None
+        self, replica: str, progress: Sequence[Progress], now: datetime | None = None
     ) -> list[str]:
         """Refresh the heartbeat, line count and tail of this replica's running runs.
 
         Returns the ids that are no longer running in the database (another replica
         marked them failed): the caller should end them.
         """
-        now = time.time() if now is None else now
+        now = utcnow() if now is None else now
         lost: list[str] = []
         with self._sessions.begin() as session:
             for item in progress:
@@ -263,10 +267,10 @@ class RunStore:
         reason: str | None,
         progress: Progress | None = None,
         was: RunStatus = RunStatus.RUNNING,
-        now: float | None = None,
+        now: datetime | None = None,
     ) -> RunRecord | None:
         """Move a run from ``was`` to ``status``; None if it was no longer in ``was``."""
-        now = time.time() if now is None else now
+        now = utcnow() if now is None else now
         values: dict[str, Any] = {
             "status": status.value,
             "exit_code": exit_code,
@@ -299,7 +303,7 @@ class RunStore:
             ).all()
         return self._fail_each(ids, reason, heartbeat_before=None)
 
-    def fail_stale(self, heartbeat_before: float, reason_for: str) -> list[RunRecord]:
+    def fail_stale(self, heartbeat_before: datetime, reason_for: str) -> list[RunRecord]:
         """Mark failed the running runs whose replica's heartbeat is older than the cutoff.
 
         ``reason_for`` is a format string with ``{replica}``.
@@ -317,7 +321,7 @@ class RunStore:
             )
         return failed
 
-    def expire_queued(self, queued_before: float, reason: str) -> list[RunRecord]:
+    def expire_queued(self, queued_before: datetime, reason: str) -> list[RunRecord]:
         """End with ``timeout`` the runs still queued since before the cutoff."""
         with self._sessions() as session:
             ids = session.scalars(
@@ -335,10 +339,10 @@ class RunStore:
         return expired
 
     def _fail_each(
-        self, ids: Sequence[str], reason: str, heartbeat_before: float | None
+        self, ids: Sequence[str], reason: str, heartbeat_before: datetime | None
     ) -> list[RunRecord]:
         failed: list[RunRecord] = []
-        now = time.time()
+        now = utcnow()
         for run_id in ids:
             with self._sessions.begin() as session:
                 conditions = [Run.id == run_id, Run.status == RunStatus.RUNNING.value]

@@ -2,8 +2,17 @@
 
 Every service calls :func:`create_schema` before it serves, and replicas start together,
 so the migrations run in one transaction under a lock that serialises them across
-processes: a PostgreSQL advisory lock, or SQLite's write lock (``BEGIN IMMEDIATE``).
+processes: a PostgreSQL advisory lock, or on SQLite a lock file beside the database.
 Whoever comes second finds the schema at the newest revision and does nothing.
+
+SQLite's own write lock cannot serialise the switch to WAL, the journal mode that lets
+readers and a writer work at once. The mode is stored in the database file, so it is
+switched once, here, before the migrations' transaction (it cannot change inside one).
+The switch takes a read lock and then upgrades it to the write lock, and SQLite refuses
+that upgrade at once, with "database is locked" and without waiting out the busy
+timeout (waiting could deadlock), while another connection holds the write lock: for
+instance another replica switching at the same moment. Hence the lock file, held over
+the switch and the migrations.
 
 A database made before the schema had migrations (``create_all`` of the first release)
 has the tables but no ``alembic_version``: it is stamped with :data:`BASELINE`, the
@@ -16,6 +25,9 @@ review the file it writes under ``shared/db/migrations/versions/``.
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -42,13 +54,14 @@ def schema_config(connection: Connection) -> Config:
 
 def create_schema(engine: Engine) -> None:
     """Create the tables, or migrate them to the newest revision; safe to run concurrently."""
-    with engine.connect() as connection:
-        _lock(connection)
-        config = schema_config(connection)
+    with _sqlite_lock(engine), engine.connect() as connection:
+        _begin(connection)
         current = MigrationContext.configure(connection).get_current_revision()
-        if current is None and inspect(connection).has_table(FIRST_TABLE):
-            command.stamp(config, BASELINE)
-        command.upgrade(config, "head")
+        if current != head_revision():  # else Alembic would load its environment for nothing
+            config = schema_config(connection)
+            if current is None and inspect(connection).has_table(FIRST_TABLE):
+                command.stamp(config, BASELINE)
+            command.upgrade(config, "head")
         connection.commit()
 
 
@@ -63,12 +76,32 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
-def _lock(connection: Connection) -> None:
-    """Begin the transaction the migrations run in, holding the lock that serialises them."""
+@contextmanager
+def _sqlite_lock(engine: Engine) -> Iterator[None]:
+    """Hold the lock file that serialises :func:`create_schema` on a SQLite database file.
+
+    A blocking ``flock``: the next process goes on as soon as the lock is released, and
+    the kernel releases it if its holder dies. The file is never deleted: a process could
+    then lock the deleted file while another locks a new one.
+    """
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.lock", "ab") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
+
+
+def _begin(connection: Connection) -> None:
+    """Begin the transaction the migrations run in: on PostgreSQL under the advisory lock,
+    on SQLite (under the lock file) once the database is in WAL mode."""
     dialect = connection.dialect.name
     if dialect == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": POSTGRES_LOCK_KEY})
     elif dialect == "sqlite":
-        # The sqlite3 module would begin only before the first write, and without taking
-        # the write lock: begin now, and take it, so a second process waits here.
+        connection.exec_driver_sql("PRAGMA journal_mode=WAL").close()
+        # The sqlite3 module would begin only before the first write (DDL would commit
+        # statement by statement): begin now, taking the write lock, so that services
+        # already serving wait for the migrations as a whole.
         connection.exec_driver_sql("BEGIN IMMEDIATE")

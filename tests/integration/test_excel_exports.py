@@ -7,7 +7,7 @@ import os
 import time
 import zipfile
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -514,8 +514,8 @@ async def test_activity_report_includes_runs_and_applies_filters(
     worker: ExcelWorkerServer, exports_edge: EdgeServer, token_for: Callable[..., str],
     database_url: str,
 ) -> None:
-    def at(text: str) -> float:
-        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    def at(text: str) -> datetime:
+        return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
 
     with session_factory(make_engine(database_url)).begin() as session:
         for run_id, owner, status, created in (
@@ -526,7 +526,8 @@ async def test_activity_report_includes_runs_and_applies_filters(
         ):
             session.add(Run(id=run_id, owner=owner, job="countdown", args="{}", replica="r1",
                             status=status, reason="boom" if status == "failed" else None,
-                            created_at=at(created), finished_at=at(created) + 90,
+                            created_at=at(created),
+                            finished_at=at(created) + timedelta(seconds=90),
                             heartbeat_at=at(created)))
     token = token_for("kim")
     client = await Client.connect(exports_edge.port, token)

@@ -1,14 +1,16 @@
 """``/api/runs``: a user's recent runs, and one run's state and output tail.
 
 The runner records runs in the ``runs`` table (``shared/db/runs.py``); the edge reads it
-so a client that reconnects can catch up on a run it started.
+through ``RunStore`` so a client that reconnects can catch up on a run it started, and
+shows it as docs/runner.md says: times in Unix seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import Final
+from datetime import datetime
+from typing import Any, Final
 
 from shared.db.runs import RunRecord, RunStore
 from services.ws_edge.handlers.api import ApiHandler
@@ -16,6 +18,29 @@ from services.ws_edge.handlers.api import ApiHandler
 RUN_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 DEFAULT_LIMIT: Final = 20
 MAX_LIMIT: Final = 100
+
+
+def summary(record: RunRecord) -> dict[str, Any]:
+    """The run without its tail, as the HTTP API shows it."""
+    return {
+        "run_id": record.id,
+        "owner": record.owner,
+        "job": record.job,
+        "args": record.args,
+        "replica": record.replica,
+        "status": record.status.value,
+        "reason": record.reason,
+        "exit_code": record.exit_code,
+        "queued_at": _unix(record.created_at),
+        "started_at": _unix(record.started_at),
+        "finished_at": _unix(record.finished_at),
+        "duration_s": round(record.duration_s, 3),
+        "lines": record.line_count,
+    }
+
+
+def _unix(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
 
 
 class RunsHandler(ApiHandler):
@@ -45,7 +70,7 @@ class RunListHandler(RunsHandler):
         records = await asyncio.get_running_loop().run_in_executor(
             self.deps.blocking, self.runs.recent, self.identity.user_id, limit
         )
-        self.write_json({"runs": [record.summary() for record in records]})
+        self.write_json({"runs": [summary(record) for record in records]})
 
 
 class RunStatusHandler(RunsHandler):
@@ -64,4 +89,4 @@ class RunStatusHandler(RunsHandler):
             self.fail(404, "not_found", f"no run {run_id[:128]!r}")
             return
         lines = record.tail[-tail:] if tail else []
-        self.write_json({**record.summary(), "tail": lines})
+        self.write_json({**summary(record), "tail": lines})

@@ -47,7 +47,10 @@ class HttpSettings:
 def listen(app: tornado.web.Application, settings: HttpSettings) -> tuple[HTTPServer, int]:
     """Serve ``app`` on the configured address; return the server and the bound port."""
     sockets = bind_sockets(settings.port, settings.host, reuse_port=False)
-    server = HTTPServer(app, xheaders=True, max_body_size=1 << 20, idle_connection_timeout=60)
+    # No xheaders: Tornado would take X-Forwarded-For from any client as its address.
+    # These listeners serve probes, metrics and service keys, none of which needs the
+    # address of a client behind a proxy.
+    server = HTTPServer(app, max_body_size=1 << 20, idle_connection_timeout=60)
     server.add_sockets(sockets)
     return server, sockets[0].getsockname()[1]
 
@@ -73,7 +76,7 @@ def run_service(main: Coroutine[Any, Any, None], *, on_uvloop: bool) -> None:
 
     uvloop (libuv under asyncio's API) costs the edge 10-15 % less CPU per delivery and
     cat_relay 6-10 % less per ask, and took cat_relay's p99 overhead from about 5.4 to
-    4.8 ms (bench/README.md): those two run on it. The runner and the Excel worker keep
+    4.8 ms (bench/history/relay.md): those two run on it. The runner and the Excel worker keep
     asyncio's loop: they read their child processes' pipes through asyncio's subprocess
     transports, whose back-pressure they were built and tested on (on uvloop a run's
     output stopped arriving), and nothing they do waits on the loop's speed.

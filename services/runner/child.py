@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,8 +52,10 @@ def main(argv: list[str]) -> int:
         print(f"unknown job {argv[1]!r}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        args = job.validate(orjson.loads(argv[2]))
         context: dict[str, Any] = orjson.loads(argv[3])
+        files_dir = Path(context["files_dir"]) if context.get("files_dir") else None
+        # Checked again here, as the job's user: the files may have changed since.
+        args = job.located(job.validate(orjson.loads(argv[2]), files_dir), files_dir)
     except (ArgsError, orjson.JSONDecodeError) as exc:
         print(f"bad arguments: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

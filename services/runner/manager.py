@@ -124,6 +124,7 @@ class RunManager:
             request = parse_start(
                 envelope.data, self._jobs, max_args_bytes=self.settings.max_args_bytes,
                 http_configured=bool(self.settings.http_job_url),
+                files_dir=self.settings.files_dir,
             )
         except Refused as exc:
             await self.refuse(envelope, exc)
@@ -217,6 +218,7 @@ class RunManager:
             publish=functools.partial(self._publish_output, record.owner, record.id),
             on_lines=lambda stream, n: self._metrics.lines[stream].inc(n),
             on_dropped=self._metrics.lines_dropped.inc,
+            user=self.settings.child_user,
         )
         active = ActiveRun(record, child)
         self._active[record.id] = active
@@ -256,7 +258,9 @@ class RunManager:
         await self.publish(events.finished(record))
 
     def _argv(self, job: Job, args: dict[str, Any]) -> list[str]:
-        context = {"http_base_url": self.settings.http_job_url, "orphan_grace_s": 1.0}
+        files_dir = self.settings.files_dir
+        context = {"http_base_url": self.settings.http_job_url, "orphan_grace_s": 1.0,
+                   "files_dir": str(files_dir) if files_dir is not None else None}
         return [
             sys.executable, "-m", "services.runner.child", job.name,
             orjson.dumps(args).decode(), orjson.dumps(context).decode(),

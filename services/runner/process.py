@@ -6,6 +6,10 @@ processes it started. Stop escalates: ``stop`` on the child's stdin (the job's
 SIGKILL after ``kill_grace_s``. Once the child exits, whatever is left in its group is
 killed.
 
+A runner running as root starts the child as an unprivileged :class:`ChildUser`
+(``WARREN_RUNNER_CHILD_USER``): its own user id and group, no supplementary groups,
+and a working directory it owns.
+
 The pipes are read through an :class:`asyncio.SubprocessProtocol` rather than
 ``asyncio.subprocess.Process``, whose ``wait()`` also waits for the pipes to close:
 a process the job left behind would hold them open, and the run with them.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -50,6 +55,21 @@ class Limits:
     batch_bytes: int
     batch_interval_s: float
     publish_retry_s: float = PUBLISH_RETRY_S  # how long one batch is retried before it is dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ChildUser:
+    """Who a job process runs as when the runner runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+    @classmethod
+    def lookup(cls, name: str) -> ChildUser:
+        """A user name or a numeric id; :class:`KeyError` if the system does not know it."""
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        return cls(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +137,10 @@ class ChildRun:
         publish: PublishBatch,
         on_lines: Callable[[str, int], None] = lambda _stream, _n: None,
         on_dropped: Callable[[int], None] = lambda _n: None,
+        user: ChildUser | None = None,
     ) -> None:
         self.run_id = run_id
+        self._user = user
         self._argv = list(argv)
         self._env = dict(env)
         self._cwd = cwd
@@ -159,7 +181,10 @@ class ChildRun:
     async def run(self) -> Outcome:
         """Start the child and supervise it until it and its output are done."""
         loop = asyncio.get_running_loop()
+        user = self._user
         try:
+            if user is not None:
+                os.chown(self._cwd, user.uid, user.gid)  # its scratch space, like a home
             transport, _ = await loop.subprocess_exec(
                 lambda: self._pipes,
                 *self._argv,
@@ -169,9 +194,13 @@ class ChildRun:
                 env=self._env,
                 cwd=self._cwd,
                 start_new_session=True,
+                user=user.uid if user is not None else None,
+                group=user.gid if user is not None else None,
+                extra_groups=[] if user is not None else None,
             )
         except OSError as exc:
-            return Outcome(RunStatus.FAILED, None, f"could not start the job process: {exc}")
+            who = f" as user {user.name}" if user is not None else ""
+            return Outcome(RunStatus.FAILED, None, f"could not start the job process{who}: {exc}")
         pid = self.pid = transport.get_pid()
         pump = asyncio.create_task(self._pump())
         exited = asyncio.create_task(self._pipes.exited.wait())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -28,7 +29,8 @@ class StartRequest:
 
 
 def parse_start(
-    data: Mapping[str, Any], jobs: Mapping[str, Job], *, max_args_bytes: int, http_configured: bool
+    data: Mapping[str, Any], jobs: Mapping[str, Job], *, max_args_bytes: int, http_configured: bool,
+    files_dir: Path | None = None,
 ) -> StartRequest:
     name = data.get("job")
     if not isinstance(name, str) or not name:
@@ -43,8 +45,12 @@ def parse_start(
         raise Refused(
             "args_too_large", f"args take {size} bytes as JSON; the limit is {max_args_bytes}"
         )
+    if job.needs_files and files_dir is None:
+        raise Refused(
+            "job_unavailable", f"{name} reads files and this runner has no files directory"
+        )
     try:
-        args = job.validate(raw)
+        args = job.validate(raw, files_dir)
     except ArgsError as exc:
         raise Refused("invalid_args", str(exc)) from exc
     if job.needs_http and not http_configured:

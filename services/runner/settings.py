@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+import sys
+import sysconfig
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.auth import admin_role
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_str
 from shared.service import HttpSettings
+from services.runner.process import ChildUser
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8200
 DEFAULT_CHILD_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEV_FILES_DIR = "var/files"
+ROOT_CHILD_USER = "nobody"  # jobs of a runner running as root run as this user by default
+CODE_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +51,15 @@ class RunnerSettings:
     admin_role: str  # users with this role (in the users table) may stop anyone's run
     owner_probe_s: float  # wait before a second look at a replica whose control queue is gone
     child_path: str  # PATH of job processes; nothing else of the runner's env is passed on
+    files_dir: Path | None  # what `path` arguments may name; None: jobs taking one are off
+    child_user: ChildUser | None  # who job processes run as; None: the runner's own user
 
     @classmethod
     def from_env(cls, env: Env) -> RunnerSettings:
         p = "WARREN_RUNNER_"
+        common = CommonSettings.from_env(env, "runner")
         return cls(
-            common=CommonSettings.from_env(env, "runner"),
+            common=common,
             http=HttpSettings.from_env(env, "RUNNER", DEFAULT_PORT),
             max_concurrent=env_int(env, p + "MAX_CONCURRENT", 4, minimum=1),
             max_per_user=env_int(env, p + "MAX_PER_USER", 2, minimum=1),
@@ -67,6 +83,8 @@ class RunnerSettings:
             admin_role=admin_role(env),
             owner_probe_s=env_float(env, p + "OWNER_PROBE_S", 3.0),
             child_path=env_str(env, "PATH", DEFAULT_CHILD_PATH),
+            files_dir=_files_dir(env, development=common.development),
+            child_user=_child_user(env),
         )
 
     def __post_init__(self) -> None:
@@ -85,3 +103,73 @@ class RunnerSettings:
             )
         if self.http_job_url and not self.http_job_url.startswith(("http://", "https://")):
             raise ConfigError("WARREN_RUNNER_HTTP_JOB_URL must be an http:// or https:// URL")
+        user = self.child_user
+        if user is not None and self.files_dir is not None and self.files_dir.exists():
+            if _unreadable(user, [self.files_dir]) is not None:
+                raise ConfigError(
+                    f"WARREN_RUNNER_FILES_DIR ({self.files_dir}) must be readable by "
+                    f"WARREN_RUNNER_CHILD_USER ({user.name}), who runs the jobs"
+                )
+
+
+def _files_dir(env: Env, *, development: bool) -> Path | None:
+    raw = env_str(env, "WARREN_RUNNER_FILES_DIR", DEV_FILES_DIR if development else "")
+    # Absolute: a job process works in a directory of its own.
+    return Path(raw).resolve() if raw else None
+
+
+def _child_user(env: Env) -> ChildUser | None:
+    """``WARREN_RUNNER_CHILD_USER``; unset means ``nobody`` for a root runner, else no switch."""
+    name = "WARREN_RUNNER_CHILD_USER"
+    raw = env_str(env, name, "")
+    euid = os.geteuid()
+    if not raw and euid != 0:
+        return None
+    try:
+        user = ChildUser.lookup(raw or ROOT_CHILD_USER)
+    except KeyError as exc:
+        if not raw:
+            log.warning("no user %r: jobs run as root; set %s", ROOT_CHILD_USER, name)
+            return None
+        raise ConfigError(f"{name}={raw!r} is not a user of this system") from exc
+    if user.uid == euid:
+        return None
+    if euid != 0:
+        raise ConfigError(f"{name}={raw!r} needs the runner to run as root (or as that user)")
+    blocked = _unreadable(user, _code_paths())
+    if blocked is not None:
+        message = (f"{user.name} cannot reach {blocked}, which job processes need to start "
+                   f"Python and the jobs' code")
+        if raw:
+            raise ConfigError(f"{name}={raw!r}: {message}")
+        # The development set-up may keep its interpreter somewhere private (~root/.pyenv).
+        log.warning("%s; jobs run as root: set %s to a user that can", message, name)
+        return None
+    return user
+
+
+def _code_paths() -> list[Path]:
+    paths = sysconfig.get_paths()
+    return [Path(os.path.realpath(sys.executable)), Path(paths["stdlib"]),
+            Path(paths["purelib"]), Path(paths["platlib"]), CODE_ROOT]
+
+
+def _unreadable(user: ChildUser, paths: Iterable[Path]) -> Path | None:
+    """The first of ``paths``, or a directory above one, that ``user`` may not read.
+
+    Judged from the mode bits (owner, group, others), as the kernel does for a process
+    with that user's id and group and no supplementary groups.
+    """
+    for path in paths:
+        for node in (*reversed(path.parents), path):
+            try:
+                info = node.stat()
+            except OSError:
+                return node
+            shift = 6 if info.st_uid == user.uid else 3 if info.st_gid == user.gid else 0
+            need = stat.S_IXOTH if node != path else stat.S_IROTH
+            if stat.S_ISDIR(info.st_mode):
+                need |= stat.S_IXOTH
+            if info.st_mode & (need << shift) != need << shift:
+                return node
+    return None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import tornado.web
-from tornado.log import access_log
+from tornado import httputil
 
-from shared.web import HealthHandler, MetricsHandler, ReadyHandler
+from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
+from services.ws_edge.client_address import TrustedProxies
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.auth import LoginHandler
 from services.ws_edge.handlers.console import console_routes
@@ -21,30 +22,26 @@ from services.ws_edge.handlers.websocket import EdgeSocket
 from services.ws_edge.shedding import WS_PATH
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """Tornado's access log, without the query string: it may carry a token.
+class EdgeApplication(tornado.web.Application):
+    """Tornado's application, with ``request.remote_ip`` set to the client's address
+    (services/ws_edge/client_address.py) before any handler, the access log or Tornado's
+    own error log reads it."""
 
-    Handlers polled every second or so (the console's) set ``quiet_access_log``: their
-    successful requests are logged at DEBUG, so they do not drown everything else.
-    """
-    request = handler.request
-    status = handler.get_status()
-    level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-    if status < 400 and getattr(handler, "quiet_access_log", False):
-        level = logging.DEBUG
-    access_log.log(
-        level,
-        "%d %s %s",
-        status,
-        request.method,
-        request.path,
-        extra={"remote": request.remote_ip, "ms": round(1000 * request.request_time(), 2)},
-    )
+    def __init__(self, proxies: TrustedProxies, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._proxies = proxies
+
+    def find_handler(
+        self, request: httputil.HTTPServerRequest, **kwargs: Any
+    ) -> tornado.web._HandlerDelegate:
+        request.remote_ip = self._proxies.client_address(request.remote_ip, request.headers)
+        return super().find_handler(request, **kwargs)
 
 
 def make_app(deps: EdgeDeps) -> tornado.web.Application:
     settings = deps.settings
-    return tornado.web.Application(
+    return EdgeApplication(
+        settings.trusted_proxies,
         [
             (WS_PATH, EdgeSocket, {"deps": deps}),
             (r"/auth/login", LoginHandler, {"deps": deps}),

@@ -34,12 +34,21 @@ class FrameError(ValueError):
         self.code = code
 
 
+class TooManySockets(Exception):
+    """The user already holds ``WARREN_EDGE_MAX_SOCKETS_PER_USER`` sockets on this edge."""
+
+
 class BadRequest(ValueError):
     """An HTTP body that is not what the endpoint takes."""
 
 
 class InvalidCredentials(PermissionError):
     pass
+
+
+class CookieNotAccepted(PermissionError):
+    """A state-changing request whose only credential is the token cookie, which a
+    browser also sends with a page's cross-site form (handlers/api.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +67,10 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     InvalidCredentials: ErrorSpec(401, "invalid_credentials"),
     TokenError: ErrorSpec(401, "token_invalid"),
     PolicyDenied: ErrorSpec(403, "forbidden"),
+    CookieNotAccepted: ErrorSpec(403, "cookie_not_accepted"),
     LoginThrottled: ErrorSpec(429, "rate_limited"),
     FramesThrottled: ErrorSpec(429, "rate_limited"),
+    TooManySockets: ErrorSpec(429, "too_many_sockets"),
     Unroutable: ErrorSpec(503, "no_service"),
     BrokerUnavailable: ErrorSpec(503, "unavailable"),
 }

@@ -34,12 +34,14 @@ class TextFramer:
 
 
 class Hub:
-    """Open connections of this process, and the routing keys each one receives."""
+    """Open connections of this process, the routing keys each one receives, and how
+    many sockets each user holds."""
 
     def __init__(self) -> None:
         self._open: set[Subscriber] = set()
         self._by_key: dict[str, set[Subscriber]] = {}
         self._keys: dict[Subscriber, tuple[str, ...]] = {}
+        self._slots: dict[str, int] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -56,6 +58,28 @@ class Hub:
     def subscribers(self) -> tuple[Subscriber, ...]:
         """The connections that receive events (they have had their ``welcome``)."""
         return tuple(self._keys)
+
+    def take_slot(self, user_id: str, limit: int) -> bool:
+        """Count one more socket of ``user_id`` unless it holds ``limit`` already (0: no
+        limit); False if it does. Taken at the handshake, before the upgrade, so sockets
+        still upgrading or waiting for their bindings count too; every slot taken must
+        be given back once with :meth:`free_slot`."""
+        held = self._slots.get(user_id, 0)
+        if limit and held >= limit:
+            return False
+        self._slots[user_id] = held + 1
+        return True
+
+    def free_slot(self, user_id: str) -> None:
+        held = self._slots[user_id] - 1
+        if held:
+            self._slots[user_id] = held
+        else:
+            del self._slots[user_id]
+
+    def slots(self, user_id: str) -> int:
+        """The sockets ``user_id`` holds on this edge (handshakes past the check included)."""
+        return self._slots.get(user_id, 0)
 
     def track(self, subscriber: Subscriber) -> None:
         """A connection opened; it is closed by :meth:`close_all` from now on."""

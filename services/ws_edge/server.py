@@ -126,7 +126,8 @@ class EdgeServer:
             idle_connection_timeout=settings.handshake_timeout_s,
             body_timeout=settings.handshake_timeout_s,
             max_body_size=1 << 20,
-            xheaders=True,
+            # No xheaders: Tornado would believe X-Forwarded-For from any client. The
+            # application reads it from trusted proxies only (client_address.py).
         )
         self._http.add_sockets(sockets)
         self.keepalive.start()

@@ -17,6 +17,7 @@ from shared.config import (
     env_str,
 )
 from shared.exports.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
+from services.ws_edge.client_address import TrustedProxies
 from services.ws_edge.frame_rate import FrameRate
 from services.ws_edge.login_limits import LoginLimits
 from services.ws_edge.policy import SendPolicy
@@ -49,10 +50,14 @@ class EdgeSettings:
     # cat_relay replicas whose /readyz/cat the console's Cat status reads (warren up sets it)
     relay_urls: tuple[str, ...] = ()
     login_limits: LoginLimits = LoginLimits.from_env({})
+    # reverse proxies whose X-Forwarded-For / X-Real-IP name the client (none by default)
+    trusted_proxies: TrustedProxies = TrustedProxies()
     frame_rate: FrameRate = FrameRate.from_env({})
     # whether a token's user must still exist in the users table (one lookup per
     # connect and per /api request); off by default only with WARREN_ENV=development
     check_users: bool = True
+    # sockets one user may hold open on this edge at once; 0: no limit
+    max_sockets_per_user: int = 100
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -85,8 +90,10 @@ class EdgeSettings:
             export_limits=Limits.from_env(env),
             relay_urls=tuple(u.rstrip("/") for u in env_list(env, "WARREN_EDGE_RELAY_URLS")),
             login_limits=LoginLimits.from_env(env),
+            trusted_proxies=TrustedProxies.from_env(env),
             frame_rate=FrameRate.from_env(env),
             check_users=env_bool(env, "WARREN_EDGE_CHECK_USERS", not common.development),
+            max_sockets_per_user=env_int(env, "WARREN_EDGE_MAX_SOCKETS_PER_USER", 100),
         )
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ where the process issues tokens, signs with ``WARREN_JWT_PRIVATE_KEY``.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,6 +23,7 @@ DEV_SECRET: Final = "warren-development-secret-do-not-use-in-production"
 MIN_SECRET_BYTES: Final = 32
 DEFAULT_ADMIN_ROLE: Final = "admin"
 REQUIRED_CLAIMS: Final = ("exp", "iat", "sub")
+NUMERIC_DATE_CLAIMS: Final = ("exp", "iat", "nbf")
 
 
 class TokenError(Exception):
@@ -134,6 +136,8 @@ class TokenService:
 
     def verify(self, token: str) -> Identity:
         try:
+            # PyJWT passes these claims through int(), which takes "1796..." and true.
+            _check_numeric_dates(jwt.decode(token, options={"verify_signature": False}))
             claims = jwt.decode(
                 token,
                 self._settings.verify_key,
@@ -151,6 +155,18 @@ class TokenService:
         except jwt.InvalidTokenError as exc:
             raise TokenError("token_invalid", f"the token is not valid: {exc}") from exc
         return _identity(claims)
+
+
+def _check_numeric_dates(claims: dict[str, Any]) -> None:
+    for claim in NUMERIC_DATE_CLAIMS:
+        if claim not in claims:
+            continue
+        value = claims[claim]
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value):
+            raise TokenError(
+                "token_invalid", f"the token's {claim!r} claim must be a NumericDate (a number)"
+            )
 
 
 def _identity(claims: dict[str, Any]) -> Identity:

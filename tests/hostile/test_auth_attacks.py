@@ -144,6 +144,18 @@ ATTACKS: dict[str, tuple[Callable[[Signer], str], str]] = {
     "no_expiry": (
         lambda s: s.sign({k: v for k, v in claims().items() if k != "exp"}), "token_invalid"
     ),
+    # NumericDate claims that PyJWT alone would coerce with int() (docs/protocol.md 4.2).
+    "expiry_as_a_string": (
+        lambda s: s.sign(claims(exp=str(int(time.time()) + 600))), "token_invalid"
+    ),
+    "issued_at_as_a_bool": (lambda s: s.sign(claims(iat=True)), "token_invalid"),
+    "not_before_as_a_string": (
+        lambda s: s.sign(claims(nbf=str(int(time.time()) - 60))), "token_invalid"
+    ),
+    "not_before_null": (lambda s: s.sign(claims(nbf=None)), "token_invalid"),
+    "expiry_nested": (
+        lambda s: s.sign(claims(exp={"value": int(time.time()) + 600})), "token_invalid"
+    ),
     # Properly signed, but for users the edge does not know.
     "deleted_user": (lambda s: s.sign(claims("carol")), "unknown_user"),
     "never_existed": (lambda s: s.sign(claims("ghost")), "unknown_user"),

@@ -16,6 +16,9 @@ attempt is made, and which test proves it failed.
   ``GET /api/runs[/<id>]``. ``test_cannot_stop_or_read_another_users_run``
 - See or download another user's export: ``GET /api/exports[/<id>[/file]]``, the
   activity report. ``test_cannot_see_or_download_another_users_export``
+- Make a signed-in user's browser act for a foreign page (CSRF): a cross-site
+  ``POST /api/exports`` that carries only the ``warren_token`` cookie.
+  ``test_the_token_cookie_does_not_authenticate_a_cross_site_post``
 - Hold groups or roles the token lacks: change the token's payload.
   test_auth_attacks.py, ``tampered_payload``
 - Ask the Cat as another user: ``POST /send`` with another ``user_id``.
@@ -208,3 +211,37 @@ async def test_cannot_see_or_download_another_users_export(
     assert (status, error["error"]) == (400, "invalid_params")
     status, response, _ = await http(edge.port, f"/api/exports/{task_id}/file", token=alice)
     assert status == 200 and response is not None and response.body.startswith(b"PK")
+
+
+async def test_the_token_cookie_does_not_authenticate_a_cross_site_post(
+    make_edge: Callable[..., EdgeServer], worker: ExcelWorkerServer, exports_dir: Path,
+    token_for: Callable[..., str],
+) -> None:
+    edge = make_edge(WARREN_EXPORTS_DIR=str(exports_dir))
+    await edge.start()
+    bob = token_for("bob")
+    url = f"http://127.0.0.1:{edge.port}/api/exports"
+    body = orjson.dumps({"report": "sample", "params": {"rows": 1}})
+    # What a foreign page's form or no-preflight fetch makes bob's browser send; with
+    # the Origin a browser adds, and without (older browsers, privacy settings).
+    for origin in ({"Origin": "http://evil.example"}, {}):
+        response = await AsyncHTTPClient().fetch(
+            HTTPRequest(url, method="POST", body=body, headers={
+                "Cookie": f"warren_token={bob}", "Content-Type": "text/plain", **origin,
+            }),
+            raise_error=False,
+        )
+        assert response.headers["Content-Type"] == "application/json"
+        refused = orjson.loads(response.body)
+        assert (response.code, refused["error"]) == (403, "cookie_not_accepted"), refused
+        assert "Authorization: Bearer" in refused["message"]
+    status, _, listed = await http(edge.port, "/api/exports", token=bob)
+    assert (status, listed) == (200, {"exports": []})  # nothing was queued
+    # The cookie still reads (GET changes nothing), and a header token still writes.
+    response = await AsyncHTTPClient().fetch(
+        HTTPRequest(url, headers={"Cookie": f"warren_token={bob}"}), raise_error=False
+    )
+    assert response.code == 200
+    status, _, accepted = await http(edge.port, "/api/exports", token=bob, method="POST",
+                                     body={"report": "sample", "params": {"rows": 1}})
+    assert (status, accepted["status"]) == (202, "queued")

@@ -7,6 +7,9 @@ connections that never finish their handshake.
   what was already written to it arrives whole, then the close frame.
 - Idle and half-done connections are closed within ``WARREN_EDGE_HANDSHAKE_TIMEOUT_S``;
   meanwhile the edge stays ready and a real client connects and gets its messages.
+- A user holds at most ``WARREN_EDGE_MAX_SOCKETS_PER_USER`` sockets on an edge; past it
+  upgrades are refused ``429 too_many_sockets``, even when they all come at once, and
+  every socket that goes (closed, or failed while waiting for its bindings) frees its slot.
 """
 
 from __future__ import annotations
@@ -20,17 +23,21 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from shared.messaging import Address, Envelope
 from shared.messaging.broker import Publisher
 from services.ws_edge.server import EdgeServer
+from tests.support.client import UPGRADE as UPGRADE_HEADERS
 from tests.support.client import Client
+from tests.support.rabbit import reconnected
+from tests.support.tcp_proxy import TcpProxy
 
 SERVICE = Address.service("test")
 TIMEOUT = 30.0
@@ -347,3 +354,161 @@ async def test_idle_and_half_done_connections_are_closed_and_the_edge_serves_on(
     assert open_descriptors() <= before + 10
     reply = await client.request({"type": "message.send", "ref": 1, "to": "user:real", "data": {}})
     assert reply["type"] == "ack"
+
+
+# -- sockets per user ------------------------------------------------------------------
+
+
+async def refusal(port: int, token: str) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of an upgrade the edge refuses."""
+    request = HTTPRequest(f"http://127.0.0.1:{port}/ws?token={token}", headers=UPGRADE_HEADERS)
+    with pytest.raises(HTTPClientError) as refused:
+        await AsyncHTTPClient().fetch(request)
+    response = refused.value.response
+    assert response is not None
+    return refused.value.code, orjson.loads(response.body)
+
+
+async def test_an_upgrade_tornado_refuses_after_the_check_frees_its_slot(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_MAX_SOCKETS_PER_USER="1")
+    await edge.start()
+    for _ in range(3):
+        # Past the edge's checks, Tornado refuses a WebSocket version it does not speak.
+        request = HTTPRequest(
+            f"http://127.0.0.1:{edge.port}/ws?token={token_for('alice')}",
+            headers={**UPGRADE_HEADERS, "Sec-WebSocket-Version": "8"},
+        )
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(request)
+        assert refused.value.code == 426
+    assert edge.hub.slots("alice") == 0
+    assert (await Client.connect(edge.port, token_for("alice"))).welcome["type"] == "welcome"
+
+
+async def close_and_wait(client: Client) -> None:
+    """Close ``client``; done once the edge has answered the close, which it does in the
+    same step as it lets go of the socket (on_close)."""
+    client.close()
+    await client.closed()
+
+
+async def test_sockets_past_the_per_user_limit_are_refused_until_one_closes(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_MAX_SOCKETS_PER_USER="3")
+    await edge.start()
+    tabs = [await Client.connect(edge.port, token_for("alice")) for _ in range(3)]
+
+    status, body = await refusal(edge.port, token_for("alice"))
+    assert (status, body["error"]) == (429, "too_many_sockets")
+    assert "3 sockets" in body["message"]
+    assert sample(edge, "warren_edge_handshakes_refused_total", reason="too_many_sockets") == 1
+    # Another user is not affected, and alice's open sockets carry on.
+    bob = await Client.connect(edge.port, token_for("bob"))
+    reply = await tabs[0].request({"type": "message.send", "ref": 1, "to": "user:bob", "data": {}})
+    assert reply["type"] == "ack"
+    assert (await bob.recv())["id"] == reply["data"]["id"]
+
+    await close_and_wait(tabs.pop())
+    assert (await Client.connect(edge.port, token_for("alice"))).welcome["data"]["user"] == "alice"
+    status, body = await refusal(edge.port, token_for("alice"))
+    assert (status, body["error"]) == (429, "too_many_sockets")
+    assert edge.hub.slots("alice") == 3
+
+
+async def test_concurrent_upgrades_of_one_user_get_exactly_the_limit(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_MAX_SOCKETS_PER_USER="3")
+    await edge.start()
+    token = token_for("alice")
+    results = await asyncio.gather(
+        *(Client.connect(edge.port, token) for _ in range(12)), return_exceptions=True
+    )
+    opened = [r for r in results if isinstance(r, Client)]
+    refused = [r for r in results if isinstance(r, HTTPClientError) and r.code == 429]
+    assert (len(opened), len(refused)) == (3, 9), results
+    assert sample(edge, "warren_edge_handshakes_refused_total", reason="too_many_sockets") == 9
+
+    await asyncio.gather(*(close_and_wait(c) for c in opened))
+    assert edge.hub.slots("alice") == 0
+    again = await asyncio.gather(*(Client.connect(edge.port, token) for _ in range(3)))
+    assert all(c.welcome["type"] == "welcome" for c in again)
+
+
+class RawSocket:
+    """A WebSocket client (wsproto over a stream) that finishes the close handshake and
+    waits for the edge to close the TCP connection: the edge closes it in the same step
+    as it lets go of the socket (on_close)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.ws = WSConnection(ConnectionType.CLIENT)
+
+    @classmethod
+    async def connect(cls, port: int, token: str) -> RawSocket:
+        client = cls(*await asyncio.open_connection("127.0.0.1", port))
+        client.writer.write(client.ws.send(Request(host=f"127.0.0.1:{port}", target=f"/ws?token={token}")))
+        assert any(isinstance(e, AcceptConnection) for e in await client._read_until(AcceptConnection))
+        return client
+
+    async def _read_until(self, kind: type) -> list[Any]:
+        events: list[Any] = []
+        async with asyncio.timeout(TIMEOUT):
+            while not any(isinstance(e, kind) for e in events):
+                data = await self.reader.read(65536)
+                assert data, f"connection closed before {kind.__name__}: {events}"
+                self.ws.receive_data(data)
+                events.extend(self.ws.events())
+        return events
+
+    async def closed_by_edge(self) -> CloseConnection:
+        """The edge's close frame (no welcome before it), answered; then the edge's EOF."""
+        events = await self._read_until(CloseConnection)
+        assert not any(isinstance(e, TextMessage) for e in events), events
+        closed = next(e for e in events if isinstance(e, CloseConnection))
+        self.writer.write(self.ws.send(closed.response()))
+        async with asyncio.timeout(TIMEOUT):
+            assert await self.reader.read() == b""
+        self.writer.close()
+        return closed
+
+
+def through(proxy: TcpProxy, amqp_url: str) -> str:
+    """``amqp_url`` by way of ``proxy``."""
+    url = urlsplit(amqp_url)
+    return urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}"))
+
+
+async def test_a_socket_that_fails_while_waiting_for_its_bindings_frees_its_slot(
+    make_edge: Callable[..., EdgeServer], amqp_url: str, token_for: Callable[..., str]
+) -> None:
+    url = urlsplit(amqp_url)
+    proxy = await TcpProxy(url.hostname or "127.0.0.1", url.port or 5672).start()
+    try:
+        edge = make_edge(
+            WARREN_AMQP_URL=through(proxy, amqp_url),
+            WARREN_EDGE_MAX_SOCKETS_PER_USER="1",
+            WARREN_EDGE_BIND_TIMEOUT_S="0.5",
+        )
+        await edge.start()
+        restored = reconnected(edge.connection)
+        proxy.cut()  # the broker is out of reach: no key can be bound
+
+        stuck = await RawSocket.connect(edge.port, token_for("alice"))
+        closed = await stuck.closed_by_edge()
+        assert (closed.code, closed.reason) == (1013, "broker unavailable, retry later")
+        assert sample(edge, "warren_edge_closes_total", code="1013") == 1
+        assert edge.hub.slots("alice") == 0
+
+        proxy.restore()
+        await asyncio.wait_for(restored, TIMEOUT)
+        await asyncio.wait_for(edge.rebound(), TIMEOUT)
+        alice = await Client.connect(edge.port, token_for("alice"))
+        assert alice.welcome["data"]["user"] == "alice"
+        assert sample(edge, "warren_edge_handshakes_refused_total", reason="too_many_sockets") == 0
+        await edge.stop()  # while its broker is still reachable
+    finally:
+        await proxy.close()

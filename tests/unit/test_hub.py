@@ -415,3 +415,32 @@ def test_framer_is_reusable() -> None:
 def test_text_rejects_invalid_utf8() -> None:
     with pytest.raises(UnicodeDecodeError):
         TextFramer().text(b"\xff\xfe")
+
+
+# --- sockets per user -------------------------------------------------------------------
+
+
+def test_slots_are_counted_per_user_up_to_the_limit() -> None:
+    hub = Hub()
+    assert [hub.take_slot("alice", 2) for _ in range(3)] == [True, True, False]
+    assert hub.take_slot("bob", 2)
+    assert (hub.slots("alice"), hub.slots("bob")) == (2, 1)
+    hub.free_slot("alice")
+    assert hub.take_slot("alice", 2)
+    assert not hub.take_slot("alice", 2)
+
+
+def test_a_limit_of_zero_is_no_limit() -> None:
+    hub = Hub()
+    assert all(hub.take_slot("alice", 0) for _ in range(1000))
+    assert hub.slots("alice") == 1000
+
+
+def test_a_user_whose_slots_are_all_free_is_forgotten() -> None:
+    hub = Hub()
+    hub.take_slot("alice", 5)
+    hub.take_slot("alice", 5)
+    hub.free_slot("alice")
+    hub.free_slot("alice")
+    assert hub.slots("alice") == 0
+    assert hub._slots == {}  # no entry kept per user ever seen

@@ -251,6 +251,36 @@ def test_non_numeric_exp_is_refused() -> None:
     assert refused(hs_service(), token).code == "token_invalid"
 
 
+def _not_numeric(now: int) -> list[object]:
+    """Values PyJWT's int() would turn into a time, and other non-numbers."""
+    return [str(now + 600), str(now - 600), True, False, None, [now], {"t": now}, f"{now}.5"]
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+@pytest.mark.parametrize("index", range(8))
+def test_numeric_date_claims_must_be_numbers(claim: str, index: int) -> None:
+    value = _not_numeric(int(time.time()))[index]
+    token = jwt.encode(claims(**{claim: value}), SECRET, algorithm="HS256")
+    error = refused(hs_service(), token)
+    assert error.code == "token_invalid", (claim, value, error.message)
+    assert repr(claim) in error.message
+
+
+@pytest.mark.parametrize("claim", ["exp", "iat", "nbf"])
+def test_non_finite_numeric_dates_are_refused(claim: str) -> None:
+    payload = claims()
+    payload[claim] = float("inf")
+    token = hand_made({"alg": "HS256", "typ": "JWT"}, payload, SECRET.encode())
+    assert refused(hs_service(), token).code == "token_invalid"
+
+
+def test_fractional_numeric_dates_are_accepted() -> None:
+    now = time.time()
+    token = jwt.encode(claims(iat=now - 1.5, nbf=now - 1.5, exp=now + 600.25), SECRET,
+                       algorithm="HS256")
+    assert hs_service().verify(token).expires_at == pytest.approx(now + 600.25)
+
+
 def test_token_error_carries_code_and_message() -> None:
     error = TokenError("token_invalid", "why")
     assert error.code == "token_invalid"

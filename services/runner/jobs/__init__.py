@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Final
 
-from services.runner.jobs import countdown, http_probe, lines, misbehave, primes
+from services.runner.jobs import countdown, http_probe, lines, misbehave, primes, show_file
 from services.runner.jobs.base import ArgsError, Job, JobContext, Param
 
 JOBS: Final[Mapping[str, Job]] = MappingProxyType(
     {job.name: job for job in (
-        countdown.JOB, primes.JOB, http_probe.JOB, lines.JOB, misbehave.JOB
+        countdown.JOB, primes.JOB, http_probe.JOB, lines.JOB, misbehave.JOB, show_file.JOB
     )}
 )
 

@@ -2,6 +2,12 @@
 
 Arguments are validated twice: by the runner before it starts a child (so bad input
 becomes a clear ``run.error``), and again in the child before the job runs.
+
+A ``path`` argument names a file in the runner's files directory
+(``WARREN_RUNNER_FILES_DIR``) and nothing else: a ``str`` argument that a job opens
+would let any signed-in user read whatever the job process can read. The value stays
+the name the user gave (it is stored and shown with the run); the job gets the resolved
+absolute :class:`~pathlib.Path` (:meth:`Job.located`).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
 
@@ -17,7 +24,9 @@ class ArgsError(ValueError):
 
 
 _REQUIRED: Final = object()
-KINDS: Final = ("int", "float", "str", "bool", "str_list")
+KINDS: Final = ("int", "float", "str", "bool", "str_list", "path")
+MAX_PATH_CHARS: Final = 1024  # of a path argument
+MAX_NAME_BYTES: Final = 255  # of each of its parts, as Linux file systems allow
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,13 +42,18 @@ class Param:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown parameter kind {self.kind!r}")
+        if self.kind == "path" and not self.required:
+            raise ValueError("a path parameter has no default: the files directory varies")
 
     @property
     def required(self) -> bool:
         return self.default is _REQUIRED
 
-    def check(self, name: str, value: Any) -> Any:
+    def check(self, name: str, value: Any, files_dir: Path | None = None) -> Any:
         kind = self.kind
+        if kind == "path":
+            locate(name, value, files_dir)
+            return value
         if kind == "int":
             if type(value) is not int:
                 raise ArgsError(f"{name} must be an integer, got {_show(value)}")
@@ -67,6 +81,43 @@ class Param:
         if self.max_length is not None and len(value) > self.max_length:
             raise ArgsError(f"{name} must have at most {self.max_length} items/characters")
         return value
+
+
+def locate(name: str, value: object, files_dir: Path | None) -> Path:
+    """The file that the ``path`` argument ``name`` names, resolved; :class:`ArgsError` if
+    it is not a file inside ``files_dir``, after following every symbolic link."""
+    where = "a path relative to the files directory"
+    if not isinstance(value, str):
+        raise ArgsError(f"{name} must be {where}, got {_show(value)}")
+    if files_dir is None:
+        raise ArgsError(f"{name}: this runner has no files directory")
+    if not value or "\0" in value or len(value) > MAX_PATH_CHARS:
+        raise ArgsError(f"{name} must be {where} of 1 to {MAX_PATH_CHARS} characters without "
+                        f"NUL, got {_show(value)}")
+    try:
+        parts = PurePosixPath(value).parts
+        too_long = any(len(part.encode()) > MAX_NAME_BYTES for part in parts)
+    except UnicodeEncodeError:
+        raise ArgsError(f"{name} must be valid text, got {_show(value)}") from None
+    if too_long:
+        raise ArgsError(f"{name} has a part longer than {MAX_NAME_BYTES} bytes")
+    if PurePosixPath(value).is_absolute() or ".." in parts:
+        raise ArgsError(f"{name} must be {where}, without '..', got {_show(value)}")
+    try:
+        root = files_dir.resolve(strict=True)
+    except OSError:
+        raise ArgsError(f"{name}: the runner's files directory is missing") from None
+    try:
+        target = (root / value).resolve(strict=True)
+    except FileNotFoundError:
+        raise ArgsError(f"{name}: no file {_show(value)} in the files directory") from None
+    except (OSError, RuntimeError):  # a symbolic-link loop, a part that is not a directory
+        raise ArgsError(f"{name}: {_show(value)} cannot be resolved") from None
+    if not target.is_relative_to(root):
+        raise ArgsError(f"{name}: {_show(value)} leads outside the files directory")
+    if not target.is_file():
+        raise ArgsError(f"{name}: {_show(value)} is not a file")
+    return target
 
 
 def _show(value: Any) -> str:
@@ -101,8 +152,16 @@ class Job:
     needs_http: bool = False
     check: Callable[[dict[str, Any]], None] | None = None  # cross-argument rules
 
-    def validate(self, raw: object) -> dict[str, Any]:
-        """The arguments with defaults filled in; :class:`ArgsError` on any problem."""
+    @property
+    def needs_files(self) -> bool:
+        """Whether the job takes a ``path`` argument (and so needs a files directory)."""
+        return any(p.kind == "path" for p in self.params.values())
+
+    def validate(self, raw: object, files_dir: Path | None = None) -> dict[str, Any]:
+        """The arguments with defaults filled in; :class:`ArgsError` on any problem.
+
+        ``path`` arguments keep the name given; :meth:`located` resolves them for ``run``.
+        """
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -117,7 +176,7 @@ class Job:
         args: dict[str, Any] = {}
         for name, param in self.params.items():
             if name in raw:
-                args[name] = param.check(name, raw[name])
+                args[name] = param.check(name, raw[name], files_dir)
             elif param.required:
                 raise ArgsError(f"{self.name} needs the argument {name!r}: {param.help}")
             else:
@@ -125,6 +184,13 @@ class Job:
         if self.check is not None:
             self.check(args)
         return args
+
+    def located(self, args: dict[str, Any], files_dir: Path | None) -> dict[str, Any]:
+        """Validated ``args`` with each ``path`` argument replaced by its resolved file."""
+        return {
+            name: locate(name, value, files_dir) if self.params[name].kind == "path" else value
+            for name, value in args.items()
+        }
 
     def describe(self) -> dict[str, Any]:
         return {

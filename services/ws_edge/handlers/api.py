@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 import tornado.web
 from sqlalchemy.exc import SQLAlchemyError
@@ -13,22 +13,28 @@ from shared.auth import Identity, TokenError
 from shared.auth.current import verify_current
 from shared.web import JsonHandler
 from services.ws_edge.deps import EdgeDeps
-from services.ws_edge.errors import INTERNAL, describe
+from services.ws_edge.errors import INTERNAL, CookieNotAccepted, describe
 
 log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "warren_token"
+# Methods that change nothing. A browser attaches cookies to any site's cross-site forms
+# and fetches, so the cookie authenticates only these (and the WebSocket, which checks
+# the Origin); a POST needs the token in a header or the query, which a foreign page
+# cannot supply. That holds whatever the browser's SameSite or Origin behaviour.
+COOKIE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
-def request_token(handler: tornado.web.RequestHandler) -> str | None:
-    """The JWT of a request: ``?token=``, then ``Authorization: Bearer``, then the cookie."""
+def request_token(handler: tornado.web.RequestHandler, *, cookie: bool = True) -> str | None:
+    """The JWT of a request: ``?token=``, then ``Authorization: Bearer``, then (with
+    ``cookie``) the cookie."""
     token = handler.get_query_argument("token", None)
     if token:
         return token
     scheme, _, value = handler.request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return handler.get_cookie(TOKEN_COOKIE) or None
+    return (handler.get_cookie(TOKEN_COOKIE) or None) if cookie else None
 
 
 async def authenticate(deps: EdgeDeps, token: str) -> Identity:
@@ -82,7 +88,8 @@ class ApiHandler(EdgeJsonHandler):
     """A JSON endpoint for signed-in users: ``self.identity`` is set before any method runs.
 
     A request without a valid token is answered ``401`` with ``token_missing``,
-    ``token_invalid``, ``token_expired`` or ``unknown_user``.
+    ``token_invalid``, ``token_expired`` or ``unknown_user``; one that changes state with
+    only the cookie, ``403 cookie_not_accepted``.
     """
 
     identity: Identity
@@ -91,9 +98,16 @@ class ApiHandler(EdgeJsonHandler):
         self.deps = deps
 
     async def prepare(self) -> None:
-        token = request_token(self)
+        cookie = self.request.method in COOKIE_METHODS
+        token = request_token(self, cookie=cookie)
+        if token is None and not cookie and self.get_cookie(TOKEN_COOKIE):
+            raise CookieNotAccepted(
+                f"the {TOKEN_COOKIE} cookie does not authenticate {self.request.method}: "
+                "send the token as Authorization: Bearer"
+            )
         if token is None:
-            self.fail(401, "token_missing", "a token is required (Bearer, ?token= or cookie)")
+            places = "Bearer, ?token= or cookie" if cookie else "Bearer or ?token="
+            self.fail(401, "token_missing", f"a token is required ({places})")
             return
         try:
             self.identity = await authenticate(self.deps, token)

@@ -24,17 +24,21 @@ class LoginHandler(EdgeJsonHandler):
         if not self._deps.tokens.can_issue:
             self.fail(501, "login_disabled", "this edge verifies tokens but has no key to issue them")
             return
+        # The client's address behind trusted proxies (EdgeApplication sets it).
         limiter, address = self._deps.login_limiter, self.request.remote_ip or ""
         try:
             username, password = _credentials(self.request.body)
-            limiter.attempt(username, address)
+            # Names that cannot exist share one count: a flood of made-up names holds
+            # no memory per name.
+            counted = username if valid_name(username) else ""
+            limiter.attempt(counted, address)
             user = None
-            if valid_name(username):
+            if counted:
                 user = await asyncio.get_running_loop().run_in_executor(
                     self._deps.blocking, self._deps.users.authenticate, username, password
                 )
             if user is None:
-                limiter.failed(username, address)
+                limiter.failed(counted, address)
                 raise InvalidCredentials("wrong user name or password")
         except (BadRequest, InvalidCredentials, LoginThrottled) as exc:
             spec = describe(exc)
@@ -43,7 +47,7 @@ class LoginHandler(EdgeJsonHandler):
                 self.set_header("Retry-After", str(exc.retry_after_s))
             self.fail(spec.status, spec.code, str(exc))
             return
-        limiter.succeeded(username, address)
+        limiter.succeeded(counted, address)
         self._deps.metrics.logins.labels("ok").inc()
         tokens = self._deps.tokens
         self.write_json(

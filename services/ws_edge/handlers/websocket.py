@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import orjson
 import tornado.websocket
 from sqlalchemy.exc import SQLAlchemyError
-from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from shared.auth import Identity, TokenError
 from shared.logging import correlated
@@ -27,9 +27,9 @@ from shared.messaging import (
     parse_destination,
     user_key,
 )
-from services.ws_edge import frames
+from services.ws_edge import frames, tornado_fast
 from services.ws_edge.deps import EdgeDeps
-from services.ws_edge.errors import CloseCode, FrameError, describe
+from services.ws_edge.errors import CloseCode, FrameError, TooManySockets, describe
 from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
 
@@ -45,7 +45,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     # the class) only up to 30 keys: a few more would cost every socket about 1.3 KB.
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
-        "_pinged_at", "_pong_due", "_allowance", "_spent_at",
+        "_pinged_at", "_pong_due", "_allowance", "_spent_at", "_holds_slot",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -65,12 +65,14 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # an idle socket's holds shared objects until its first frame.
         self._allowance: float = deps.settings.frame_rate.burst
         self._spent_at = 0.0
+        self._holds_slot = False  # one of the user's WARREN_EDGE_MAX_SOCKETS_PER_USER
 
     # -- handshake -------------------------------------------------------------
 
     async def prepare(self) -> None:
         """Refuse before the upgrade, with a JSON body: wrong upgrade, origin, token or
-        user. (Overload is refused before this handler exists: shedding.py.)"""
+        user, or a user who holds all the sockets it may. (Overload is refused before
+        this handler exists: shedding.py.)"""
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             self._refuse(426, "upgrade_required", "GET /ws takes a WebSocket upgrade")
             return
@@ -83,11 +85,28 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             self._refuse(401, "token_missing", "a token is required (?token=, Bearer or cookie)")
             return
         try:
-            self._identity = await authenticate(self._deps, token)
+            identity = await authenticate(self._deps, token)
         except TokenError as exc:
             self._refuse(401, exc.code, exc.message)
+            return
         except SQLAlchemyError as exc:
             self._refuse(*lookup_failed(exc))
+            return
+        # Checked and taken in one step (no await between), so concurrent upgrades of one
+        # user cannot all pass. Given back once (_free_slot): by on_finish() if there is
+        # no upgrade, else by on_close(), or by open() if the client left during the
+        # handshake or open() fails (Tornado then calls no on_close).
+        limit = self._deps.settings.max_sockets_per_user
+        if not self._deps.hub.take_slot(identity.user_id, limit):
+            refusal = TooManySockets(
+                f"this user has {limit} sockets open on this edge, the most allowed; "
+                "close one first"
+            )
+            spec = describe(refusal)
+            self._refuse(spec.status, spec.code, str(refusal))
+            return
+        self._identity = identity
+        self._holds_slot = True
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked in prepare(), where the refusal can carry a JSON body
@@ -108,14 +127,38 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"error": code, "message": message}))
 
+    def on_finish(self) -> None:
+        # Called once the response is written: the 101 of an upgrade, or a refusal
+        # (ours or Tornado's own, such as a bad Sec-WebSocket-Version).
+        if self.get_status() != 101:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
+        if self._holds_slot:
+            self._holds_slot = False
+            assert self._identity is not None
+            self._deps.hub.free_slot(self._identity.user_id)
+
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
+        if self._closed:
+            # The client left during the handshake: on_close has run, and will not again.
+            self._free_slot()
+            return
+        try:
+            await self._start()
+        except BaseException:
+            # Tornado drops the connection without calling on_close: let go here.
+            self.on_close()
+            raise
+
+    async def _start(self) -> None:
         deps, identity = self._deps, self._identity
         assert identity is not None and self.ws_connection is not None
         stream = self.ws_connection.stream
         assert stream is not None
-        self._release_handshake()
+        tornado_fast.release_handshake(self)
         self._opened = True
         deps.hub.track(self)
         deps.metrics.connections.inc()
@@ -146,21 +189,12 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
 
-    def _release_handshake(self) -> None:
-        """Let go of what only the upgrade needed: the request (headers, query, cookies,
-        HTTP/1 state) and the response headers. Kept, they would cost about 5 KB for
-        the socket's whole life; nothing reads them once the socket is open."""
-        # Tornado's get() keeps the request headers for the socket's whole life.
-        self.request.headers.clear()
-        self.request = None  # type: ignore[assignment]
-        self._headers = None  # type: ignore[assignment]
-        self.ui = None  # type: ignore[assignment]  # as Tornado's own _break_cycles
-
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        # Tornado's version describes the request, which is gone once the socket is open.
+        # Tornado's version describes the request, which is gone once the socket is open
+        # (tornado_fast.release_handshake).
         if self.request is not None:
             super().log_exception(typ, value, tb)
             return
@@ -168,9 +202,12 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         log.error("connection failed", extra={"user": user}, exc_info=(typ, value, tb))
 
     def on_close(self) -> None:
-        if self._closed or not self._opened:
+        if self._closed:
             return
         self._closed = True
+        self._free_slot()
+        if not self._opened:
+            return
         if self._expiry is not None:
             self._expiry.cancel()
         deps = self._deps
@@ -209,17 +246,11 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         assert stream is not None  # an open connection has its stream
         sent = 0
         try:
-            if type(stream) is IOStream and not stream.writing():
-                # Nothing is queued, so the kernel can take the frame now: skip
-                # IOStream.write's future and buffer bookkeeping on the hot path.
-                # Whatever the socket does not take is queued behind, in order.
-                try:
-                    sent = stream.socket.send(frame)
-                except BlockingIOError:
-                    sent = 0
-                if sent == len(frame):
-                    return True
-                frame = frame[sent:]
+            # Whatever the kernel does not take now is queued behind, in order.
+            sent = tornado_fast.send_now(stream, frame)
+            if sent == len(frame):
+                return True
+            frame = frame[sent:]
             stream.write(frame)
         except StreamBufferFullError:
             self._deps.metrics.slow_disconnects.inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -29,6 +30,9 @@ PROMQL_FUNCTIONS = {
     "sum", "max", "min", "avg", "rate", "increase", "delta", "histogram_quantile", "by",
     "without", "count", "irate", "abs", "clamp_min", "topk",
 }
+QUEUE = "warren.cmd.test"
+DETAILED = "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count"
+STATISTICS_DEADLINE_S = 30
 METRIC = re.compile(r"\b([a-z_][a-z0-9_]*)\s*(\{[^}]*\})?")
 SELECTOR_LABEL = re.compile(r"([a-z_][a-z0-9_]*)\s*(?:=~|!~|!=|=)")
 
@@ -75,22 +79,36 @@ def _metrics_in(expr: str) -> Iterator[tuple[str, set[str]]]:
 @pytest.fixture(scope="module")
 def rabbitmq_metrics(private_broker: PrivateBroker) -> set[str]:
     """Metric names a real RabbitMQ serves on the endpoints Prometheus scrapes."""
-    names: set[str] = set()
-    for path in ("/metrics",
-                 "/metrics/detailed?family=queue_coarse_metrics&family=queue_consumer_count"):
-        vhost = private_broker.create_vhost("warren-metrics")
-        try:
-            # A queue must exist for the per-queue families to list their metrics.
-            connection = pika.BlockingConnection(pika.URLParameters(private_broker.vhost_url(vhost)))
-            connection.channel().queue_declare("warren.cmd.test", durable=True)
-            connection.close()
-            with urllib.request.urlopen(private_broker.prometheus_url + path, timeout=10) as response:
-                text = response.read().decode()
-        finally:
-            private_broker.delete_vhost(vhost)
-        names |= {line.split("{")[0].split(" ")[0] for line in text.splitlines()
-                  if line and not line.startswith("#")}
-    return names
+    vhost = private_broker.create_vhost("warren-metrics")
+    try:
+        # A queue must exist for the per-queue families to list their metrics.
+        connection = pika.BlockingConnection(pika.URLParameters(private_broker.vhost_url(vhost)))
+        connection.channel().queue_declare(QUEUE, durable=True)
+        connection.close()
+        names = _scraped(private_broker, "/metrics")
+        # A new queue reports its figures at the node's next statistics tick (every
+        # 5 s by default), and RabbitMQ offers no event to wait for: ask again until
+        # the queue is listed, within a deadline.
+        deadline = time.monotonic() + STATISTICS_DEADLINE_S
+        while True:
+            detailed = _scraped(private_broker, DETAILED, queue=QUEUE)
+            if detailed or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert detailed, f"RabbitMQ listed no per-queue metrics for {QUEUE} within {STATISTICS_DEADLINE_S} s"
+        return names | detailed
+    finally:
+        private_broker.delete_vhost(vhost)
+
+
+def _scraped(broker: PrivateBroker, path: str, queue: str | None = None) -> set[str]:
+    """The sample names at ``path``; with ``queue``, only if some sample names that queue."""
+    with urllib.request.urlopen(broker.prometheus_url + path, timeout=10) as response:
+        lines = [line for line in response.read().decode().splitlines()
+                 if line and not line.startswith("#")]
+    if queue is not None and not any(f'queue="{queue}"' in line for line in lines):
+        return set()
+    return {line.split("{")[0].split(" ")[0] for line in lines}
 
 
 def test_alerts_and_dashboard_use_only_metrics_that_exist(rabbitmq_metrics: set[str]) -> None:

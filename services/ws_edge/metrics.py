@@ -82,3 +82,12 @@ class EdgeMetrics:
         self.logins = Counter(
             "warren_edge_logins_total", "Login attempts, by outcome.", ["outcome"], registry=registry
         )
+        downloads = Counter(
+            "warren_edge_export_downloads_total",
+            "Export files streamed, by outcome: complete (every byte written), or "
+            "client_closed (the client went away before the end of the file).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.downloads_complete = downloads.labels("complete")
+        self.downloads_client_closed = downloads.labels("client_closed")

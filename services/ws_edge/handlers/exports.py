@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 import orjson
+from tornado.iostream import StreamClosedError
 
 from shared.db.exports import ExportRecord, ExportStatus
 from shared.db.notifications import make_notification
@@ -193,11 +194,26 @@ class ExportFileHandler(ExportsHandler):
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("Cache-Control", "private, no-store")
         # The open file's own size: retention may unlink the name meanwhile.
-        self.set_header("Content-Length", str(os.fstat(handle.fileno()).st_size))
-        while chunk := await self.blocking(handle.read, CHUNK):
-            self.write(chunk)
-            await self.flush()
-        await self.finish()
+        size = os.fstat(handle.fileno()).st_size
+        self.set_header("Content-Length", str(size))
+        sent = 0
+        try:
+            while chunk := await self.blocking(handle.read, CHUNK):
+                self.write(chunk)
+                await self.flush()
+                sent += len(chunk)
+        except StreamClosedError:
+            # A client going away mid-download (a cancelled save, a lost network) is no
+            # error of the edge's; Tornado finishes the request after this returns.
+            self.deps.metrics.downloads_client_closed.inc()
+            log.info("export download closed by the client",
+                     extra={"task_id": record.id, "sent": sent, "size": size})
+            return
+        self.deps.metrics.downloads_complete.inc()
+        try:
+            await self.finish()
+        except StreamClosedError:
+            pass  # many clients close as soon as they hold the last byte
 
 
 def _open_binary(path: Path) -> IO[bytes]:

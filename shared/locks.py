@@ -1,4 +1,4 @@
-"""asyncio locks by key (a user id) that do not outlive their last holder."""
+"""asyncio locks by key (a user id, a routing key) that do not outlive their last holder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 class KeyedLocks:
     """One FIFO lock per key, created on first use and dropped when nobody holds or awaits it.
 
-    A plain ``dict[str, asyncio.Lock]`` would keep a lock for every user ever seen.
+    A plain ``dict[str, asyncio.Lock]`` would keep a lock for every key ever seen. Waiters
+    take the lock in the order they called :meth:`hold`.
     """
 
     def __init__(self) -> None:

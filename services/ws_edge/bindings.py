@@ -1,9 +1,10 @@
 """Reference-counted queue bindings: bound on the first holder, unbound on the last.
 
-Per key, bind and unbind calls are serialised by a lock and always move the broker
-towards the current wanted state, so rapid open/close sequences converge. After the
-broker connection is replaced (the edge's exclusive queue is then a new one, holding only
-what the consumer declares itself), :meth:`BindingTable.rebind` binds every held key again.
+Per key, bind and unbind calls are serialised by a lock (``shared.locks.KeyedLocks``) and
+always move the broker towards the current wanted state, so rapid open/close sequences
+converge. After the broker connection is replaced (the edge's exclusive queue is then a
+new one, holding only what the consumer declares itself), :meth:`BindingTable.rebind`
+binds every held key again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
+
+from shared.locks import KeyedLocks
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,7 @@ class BindingTable:
         self._on_change = on_change
         self._counts: dict[str, int] = {}
         self._bound: set[str] = set()
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._pending: dict[str, int] = {}
+        self._locks = KeyedLocks()
         self._tasks: set[asyncio.Task[None]] = set()
         self._generation = 0  # bumped by rebind(): a bind from before it may not count
 
@@ -77,22 +79,14 @@ class BindingTable:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _schedule(self, key: str) -> asyncio.Task[None]:
-        self._pending[key] = self._pending.get(key, 0) + 1
         task = asyncio.create_task(self._sync(key))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     async def _sync(self, key: str) -> None:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                await self._converge(key)
-        finally:
-            self._pending[key] -= 1
-            if self._pending[key] == 0:
-                del self._pending[key]
-                self._locks.pop(key, None)
+        async with self._locks.hold(key):
+            await self._converge(key)
 
     async def _converge(self, key: str) -> None:
         """Bind or unbind ``key`` as wanted now; called with the key's lock held."""

@@ -355,6 +355,7 @@ def _assert_converged(binder: FakeBinder, table: BindingTable, wanted: dict[str,
     assert table.bound == frozenset(wanted)
     for key in {k for _, k in binder.calls}:
         assert table.holders(key) == wanted.get(key, 0)
+    assert len(table._locks) == 0  # no key's lock outlives its calls
 
 
 @pytest.mark.parametrize("seed", range(40))

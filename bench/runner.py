@@ -11,7 +11,8 @@ WebSocket client in this process. Measured:
    the CPU time per line of the runner (with the job processes it reaped) and the edge,
    which depends much less than wall time on what else the machine is doing;
 2. latency at 1k lines/s: ``lines`` with ``rate=1000`` and ``stamp=true`` (each line
-   carries the Unix time of its ``print``); the client subtracts it from its receive time;
+   carries the time of its ``print``, UTC in ISO 8601); the client subtracts it from its
+   receive time;
 3. stop latency: ``misbehave`` jobs that never check ``running()`` (busy loop; busy loop
    ignoring SIGTERM); time from sending ``run.stop`` to receiving ``run.finished``, with
    the default graces.
@@ -26,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +122,8 @@ async def latency(session: Session, rate: int, count: int) -> Row:
 
     def on_output(data: dict[str, Any]) -> None:
         now = time.time()
-        delays.extend(now - float(line.split()[2]) for line in data["lines"])
+        delays.extend(now - datetime.fromisoformat(line.split()[2]).timestamp()
+                      for line in data["lines"])
 
     await session.until(run_id, "run.finished", on_output)
     p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)

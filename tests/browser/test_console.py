@@ -20,10 +20,71 @@ from tests.browser.conftest import (
 from tests.support.up import WarrenUp
 
 pytest.importorskip("playwright", reason=NO_PLAYWRIGHT)
-from playwright.sync_api import Browser, WebSocketRoute, expect  # noqa: E402
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect  # noqa: E402
 
 OpenConsole = Callable[[WarrenUp, str], Console]
 XSS = '<script>window.__pwned = 1</script><img src="x" onerror="window.__pwned = 2">'
+
+# What is wrong with the layout, measured: the elements named shown at all; every visible
+# control inside the viewport and inside its panel (or the top bar); buttons, labels and the
+# status neither cut nor wrapped onto a second line; text fields showing their whole value;
+# no sideways page scroll.
+LAYOUT_PROBLEMS = r"""(shown) => {
+  const problems = [];
+  for (const selector of shown) {
+    const box = document.querySelector(selector).getBoundingClientRect();
+    if (!box.width || !box.height) problems.push(`${selector} is not shown`);
+  }
+  const width = document.documentElement.clientWidth;
+  const page = document.documentElement.scrollWidth;
+  if (page > width) problems.push(`the page scrolls sideways: ${page} px in ${width}`);
+  const name = (node) => {
+    if (node.id) return `#${node.id}`;
+    const text = node.textContent.replace(/\s+/g, " ").trim().slice(0, 24);
+    return `${node.tagName.toLowerCase()}.${[...node.classList].join(".")} "${text}"`;
+  };
+  // Text boxes that overlap vertically share a line (an icon beside text is not a line).
+  const lines = (node) => {
+    const boxes = [];
+    const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+      const range = document.createRange();
+      range.selectNodeContents(text);
+      boxes.push(...[...range.getClientRects()].filter((box) => box.width && box.height));
+    }
+    boxes.sort((a, b) => a.top - b.top);
+    let count = 0, bottom = -Infinity;
+    for (const box of boxes) {
+      if (box.top >= bottom - 0.5) count += 1;
+      bottom = Math.max(bottom, box.bottom);
+    }
+    return count;
+  };
+  const oneLine = "button, .pill, .chip, h2, .brand, #status-text, #who-user, .field-name";
+  const controls = `input, select, textarea, .field, ${oneLine}`;
+  for (const node of document.querySelectorAll(controls)) {
+    const box = node.getBoundingClientRect();
+    if (!box.width || !box.height) continue;  // not shown
+    if (box.left < -0.5 || box.right > width + 0.5) {
+      problems.push(`${name(node)} sticks out of the viewport: ${box.left}..${box.right}`);
+    }
+    const container = node.parentElement.closest(".panel, .topbar");
+    const outer = container && container.getBoundingClientRect();
+    if (outer && (box.left < outer.left - 0.5 || box.right > outer.right + 0.5)) {
+      problems.push(`${name(node)} sticks out of ${name(container)}`);
+    }
+    if (node.matches(oneLine)) {
+      if (node.scrollWidth > node.clientWidth) {
+        problems.push(`${name(node)} is cut: ${node.scrollWidth} px in ${node.clientWidth}`);
+      }
+      if (lines(node) > 1) problems.push(`${name(node)} wraps onto ${lines(node)} lines`);
+    }
+    if (node.matches("input[type=text]") && node.scrollWidth > node.clientWidth) {
+      problems.push(`${name(node)} shows only part of its value`);
+    }
+  }
+  return problems;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +137,36 @@ def test_every_panel_works_in_one_tab(
     page.set_viewport_size({"width": 800, "height": 900})
     expect(page.locator("#terminal")).to_be_visible()
     page.screenshot(path=str(artifacts / "console-narrow.png"), full_page=True)
+
+
+def assert_fits(page: Page, *shown: str) -> None:
+    problems: list[str] = page.evaluate(LAYOUT_PROBLEMS, list(shown))
+    assert not problems, "the layout does not fit:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 800)])
+def test_the_layout_fits_from_a_phone_to_a_laptop(
+    up: WarrenUp, open_console: OpenConsole, artifacts: Path, width: int, height: int
+) -> None:
+    alice = open_console(up, "alice")
+    page = alice.page
+    page.set_viewport_size({"width": width, "height": height})
+    alice.send("group", "team", "A message long enough to need two lines on a phone's screen.")
+    expect(alice.feed_text("A message long enough")).to_be_visible()
+    page.select_option("#run-job", "http_probe")
+    page.fill("#arg-resources", "/api/console/metrics, /api/console/catalog")
+    page.fill("#arg-requests", "2")
+    page.click("#run-start")
+    expect(page.locator("#run-status")).to_have_text("completed")
+    expect(page.locator("#run-info")).to_contain_text("completed in")
+    expect(page.locator("#status-text")).to_contain_text("connected to edge-1-")
+    page.screenshot(path=str(artifacts / f"console-{width}px.png"), full_page=True)
+    assert_fits(page, "#status-text", "#who-user", "#logout")
+
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    expect(page.locator("#status-text")).to_have_text("signed out")
+    assert_fits(page, "#status-text", "#login-submit")
 
 
 def test_page_is_served_with_a_strict_content_security_policy(
@@ -158,10 +249,28 @@ def test_a_run_streams_lines_and_stops(
     expect(page.locator("#run-stop")).to_be_enabled()
     page.click("#run-stop")
     expect(page.locator("#run-status")).to_have_text("stopped")
-    expect(page.locator("#run-info")).to_contain_text("stopped in")
-    expect(page.locator("#terminal")).to_contain_text("[stopped in")
+    # Stopped on request, the job exits with 0: said as "stopped", never as "exit 0".
+    expect(page.locator("#run-info")).to_contain_text(re.compile(r" · stopped in [\d.]+ s · on "))
+    expect(page.locator("#run-info")).not_to_contain_text("exit")
+    final = page.locator("#terminal .note").last
+    expect(final).to_have_text(re.compile(r"^\[stopped in [\d.]+ s\] \(stopped by alice\)\s*$"))
     expect(page.locator("#run-start")).to_be_enabled()
     alice.shot(artifacts, "runner")
+
+
+def test_a_job_ignoring_sigterm_is_shown_killed_by_sigkill_when_stopped(
+    up: WarrenUp, open_console: OpenConsole
+) -> None:
+    page = open_console(up, "carol").page
+    page.select_option("#run-job", "misbehave")
+    page.check("#arg-ignore_sigterm")
+    page.click("#run-start")
+    expect(page.locator("#terminal")).to_contain_text("misbehaving: sleep for 30.0 s")
+    page.click("#run-stop")
+    expect(page.locator("#run-status")).to_have_text("stopped")
+    expect(page.locator("#run-info")).to_contain_text(
+        re.compile(r" · stopped in [\d.]+ s · killed by SIGKILL · on ")
+    )
 
 
 def test_thousands_of_lines_a_second_keep_the_tab_responsive_and_bounded(

@@ -4,7 +4,9 @@ crashing job, and a job that leaves a process behind."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 
 import psutil
 import pytest
@@ -55,6 +57,24 @@ async def test_c_stdio_lines_arrive_as_they_are_printed(
     events = await collect(client, run_id, events=events)
     assert events.lines() == ["line 0"]
     assert events.finished is not None and events.finished["status"] == "stopped"
+    client.close()
+
+
+async def test_stamped_lines_carry_a_readable_utc_time_of_their_print(
+    edge: EdgeServer, make_runner: Callable[..., RunnerServer], token_for: Callable[..., str]
+) -> None:
+    client = await _client(edge, make_runner, token_for)
+    before = datetime.now(timezone.utc)
+    run_id = await start_run(client, "lines", {"count": 3, "stamp": True})
+    events = await collect(client, run_id)
+    after = datetime.now(timezone.utc)
+    printed = events.lines()
+    assert [line.rsplit(" ", 1)[0] for line in printed] == ["line 0", "line 1", "line 2"]
+    stamps = [line.rsplit(" ", 1)[1] for line in printed]
+    for text in stamps:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", text), text
+    times = [datetime.fromisoformat(text) for text in stamps]
+    assert before <= times[0] <= times[1] <= times[2] <= after
     client.close()
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from services.runner.jobs.base import Job, JobContext, Param
@@ -28,6 +29,12 @@ def _c_stdio(stream: str) -> Callable[[bytes], None]:
     target = ctypes.c_void_p.in_dll(libc, stream)
     libc.fputs.argtypes = (ctypes.c_char_p, ctypes.c_void_p)
     return lambda data: libc.fputs(data, target)
+
+
+def _stamp() -> str:
+    """Now in UTC as ISO 8601 with microseconds, e.g. ``2026-12-06T20:15:27.123456Z``:
+    readable, and still precise enough to time a line's way to a client."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def lines(args: dict[str, Any], ctx: JobContext) -> None:
@@ -52,7 +59,7 @@ def lines(args: dict[str, Any], ctx: JobContext) -> None:
                 return
             elif i % 1000 == 0 and not ctx.running():
                 return
-        text = f"line {i}" + (f" {time.time():.6f}" if args["stamp"] else "") + pad
+        text = f"line {i}" + (f" {_stamp()}" if args["stamp"] else "") + pad
         if args["via"] == "fd":
             os.write(fd, (text + "\n").encode())
         elif c_write is not None:
@@ -74,6 +81,6 @@ JOB = Job(
         "stream": Param("str", "where to print", default="stdout", choices=("stdout", "stderr")),
         "via": Param("str", "how to print", default="print",
                      choices=("print", "fd", "c_stdio", "subprocess")),
-        "stamp": Param("bool", "append the Unix time of each print", default=False),
+        "stamp": Param("bool", "append the time of each print (UTC, ISO 8601)", default=False),
     },
 )

@@ -11,7 +11,9 @@ export function buildFields(container, schema, prefix) {
     const input = fieldFor(spec, id);
     input.name = name;
     input.dataset.kind = spec.kind;
-    const label = el("label", { for: id, class: `field kind-${spec.kind}`, title: spec.help || "" },
+    // Free text (a path, a list of them) gets the row's spare width; other fields their own.
+    const text = input.type === "text" ? " text" : "";
+    const label = el("label", { for: id, class: `field kind-${spec.kind}${text}`, title: spec.help || "" },
       el("span", { class: "field-name", text: name }), input);
     container.append(label);
   }

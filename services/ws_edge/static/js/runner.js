@@ -7,6 +7,16 @@ import { keepEarly } from "./socket.js";
 import { Terminal } from "./terminal.js";
 
 const FINAL = new Set(["completed", "stopped", "failed", "timeout"]);
+const SIGNALS = { 2: "SIGINT", 9: "SIGKILL", 15: "SIGTERM" };
+
+// What a run's exit code adds to its final status. A clean exit adds nothing: a job
+// stopped on request usually ends with 0, and "exit 0" beside "stopped" reads as success.
+// Negative codes are the signal that ended the job (docs/runner.md).
+function exitNote(code) {
+  if (code === null || code === undefined || code === 0) return null;
+  if (code < 0) return `killed by ${SIGNALS[-code] || `signal ${-code}`}`;
+  return `exit ${code}`;
+}
 
 export class RunnerPanel {
   constructor(app) {
@@ -180,11 +190,13 @@ export class RunnerPanel {
       return;
     }
     const { stdout, stderr } = run.lines;
-    const parts = [`${number(stdout + stderr)} lines`];
+    const total = stdout + stderr;
+    const parts = [`${number(total)} ${total === 1 ? "line" : "lines"}`];
     if (stderr) parts.push(`${number(stderr)} on stderr`);
     if (run.final && run.final.duration_s !== undefined) {
       parts.push(`${run.status} in ${duration(run.final.duration_s)}`);
-      if (run.final.exit_code !== null && run.final.exit_code !== undefined) parts.push(`exit ${run.final.exit_code}`);
+      const exit = exitNote(run.final.exit_code);
+      if (exit) parts.push(exit);
     } else if (!run.final) {
       parts.push(duration((Date.now() - run.began) / 1000));
     }

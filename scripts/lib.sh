@@ -26,14 +26,25 @@ ensure_venv() {
     fi
 }
 
+# With Warren's own client (aio-pika, a runtime dependency): scripts/run may find a
+# virtualenv with no test extras.
 broker_answers() {
     "$PY" - "$WARREN_AMQP_URL" <<'PYEOF'
+import asyncio
 import sys
-import pika
+
+from shared.messaging.broker import BrokerUnavailable, connect
+
+
+async def probe(url: str) -> None:
+    connection = await connect(url, name="warren-scripts", timeout=3)
+    await connection.close()
+
+
 try:
-    pika.BlockingConnection(pika.URLParameters(sys.argv[1] + ("&" if "?" in sys.argv[1] else "?") + "connection_attempts=1&socket_timeout=3")).close()
-except Exception as exc:
-    print(f"no broker: {exc!r}", file=sys.stderr)
+    asyncio.run(probe(sys.argv[1]))
+except (BrokerUnavailable, ValueError) as exc:
+    print(f"no broker: {exc}", file=sys.stderr)
     sys.exit(1)
 PYEOF
 }

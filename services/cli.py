@@ -8,6 +8,9 @@ import getpass
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Final
 
 import orjson
 
@@ -20,14 +23,43 @@ from shared.messaging.broker import BrokerUnavailable, Publisher, connect
 from shared.service import run_service
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceCommand:
+    """A command that runs a service: ``<package>.settings.<settings>.from_env``, then
+    ``<package>.server.serve``. The package is imported only then, so that a command
+    loads no other service's dependencies."""
+
+    help: str
+    package: str
+    settings: str  # the settings class's name in ``<package>.settings``
+    log_name: str
+    on_uvloop: bool  # shared.service.run_service says which services run on uvloop, and why
+
+
+SERVICES: Final = {
+    "edge": ServiceCommand(
+        "run the WebSocket edge", "services.ws_edge", "EdgeSettings", "edge", on_uvloop=True
+    ),
+    "cat-relay": ServiceCommand(
+        "run the Cheshire Cat relay", "services.cat_relay", "RelaySettings", "cat_relay",
+        on_uvloop=True,
+    ),
+    "runner": ServiceCommand(
+        "run the job runner", "services.runner", "RunnerSettings", "runner", on_uvloop=False
+    ),
+    "excel-worker": ServiceCommand(
+        "run the Excel export worker", "services.excel_worker", "ExcelSettings", "excel_worker",
+        on_uvloop=False,
+    ),
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warren", description="Warren real-time messaging.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("edge", help="run the WebSocket edge")
-    sub.add_parser("cat-relay", help="run the Cheshire Cat relay")
-    sub.add_parser("runner", help="run the job runner")
-    sub.add_parser("excel-worker", help="run the Excel export worker")
+    for command, service in SERVICES.items():
+        sub.add_parser(command, help=service.help)
     up = sub.add_parser(
         "up", help="development: run every service under one supervisor, with the web console"
     )
@@ -58,14 +90,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = _parser().parse_args(argv)
     env = os.environ if env is None else env
     try:
-        if args.command == "edge":
-            _edge(env)
-        elif args.command == "cat-relay":
-            _cat_relay(env)
-        elif args.command == "runner":
-            _runner(env)
-        elif args.command == "excel-worker":
-            _excel_worker(env)
+        if args.command in SERVICES:
+            _serve(SERVICES[args.command], env)
         elif args.command == "up":
             _up(env, args)
         elif args.command == "user":
@@ -79,40 +105,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         raise SystemExit(2) from exc
 
 
-def _edge(env: Mapping[str, str]) -> None:
-    from services.ws_edge.server import serve
-    from services.ws_edge.settings import EdgeSettings
-
-    settings = EdgeSettings.from_env(env)
-    configure_logging("edge", settings.common.log_level)
-    run_service(serve(settings), on_uvloop=True)
-
-
-def _cat_relay(env: Mapping[str, str]) -> None:
-    from services.cat_relay.server import serve
-    from services.cat_relay.settings import RelaySettings
-
-    settings = RelaySettings.from_env(env)
-    configure_logging("cat_relay", settings.common.log_level)
-    run_service(serve(settings), on_uvloop=True)
-
-
-def _runner(env: Mapping[str, str]) -> None:
-    from services.runner.server import serve
-    from services.runner.settings import RunnerSettings
-
-    settings = RunnerSettings.from_env(env)
-    configure_logging("runner", settings.common.log_level)
-    run_service(serve(settings), on_uvloop=False)
-
-
-def _excel_worker(env: Mapping[str, str]) -> None:
-    from services.excel_worker.server import serve
-    from services.excel_worker.settings import ExcelSettings
-
-    settings = ExcelSettings.from_env(env)
-    configure_logging("excel_worker", settings.common.log_level)
-    run_service(serve(settings), on_uvloop=False)
+def _serve(service: ServiceCommand, env: Mapping[str, str]) -> None:
+    settings = getattr(import_module(f"{service.package}.settings"), service.settings).from_env(env)
+    serve = import_module(f"{service.package}.server").serve
+    configure_logging(service.log_name, settings.common.log_level)
+    run_service(serve(settings), on_uvloop=service.on_uvloop)
 
 
 def _up(env: Mapping[str, str], args: argparse.Namespace) -> None:

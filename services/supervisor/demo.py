@@ -1,4 +1,5 @@
-"""Demo users for an empty database, so the console has someone to sign in as."""
+"""Demo users for an empty database, so the console has someone to sign in as, and a
+service key, so that cat_relay's ``POST /send`` can be tried out at once."""
 
 from __future__ import annotations
 
@@ -43,3 +44,12 @@ def prepare_database(database_url: str) -> list[DemoUser]:
         return created
     finally:
         engine.dispose()
+
+
+def service_key() -> str:
+    """A fresh key for the relays' ``POST /send``, for this run of ``warren up`` only.
+
+    Kept nowhere but in the supervisor and the relays' environment, and shown in the
+    start-up summary: nothing secret is left on disk, and each run prints its own.
+    """
+    return secrets.token_urlsafe(32)

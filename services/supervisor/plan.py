@@ -55,8 +55,13 @@ def service_specs(
     cat: CatPlan,
     python: str,
     host: str,
+    relay_api_key: str | None = None,
 ) -> list[ChildSpec]:
-    """Every replica of the four services, in start order."""
+    """Every replica of the four services, in start order.
+
+    ``relay_api_key``: the service key the relays take for ``POST /send``, when ``warren
+    up`` made one (a configured key reaches them with the rest of the environment).
+    """
     edge = settings.placement(EDGE)
     edge_urls = [base_url(edge, port) for port in ports[EDGE.name]]
     relay = settings.placement(RELAY)
@@ -76,6 +81,8 @@ def service_specs(
                 env["WARREN_CAT_URL"] = cat.url
                 if cat.protocol is not None:
                     env["WARREN_CAT_PROTOCOL"] = cat.protocol
+                if relay_api_key is not None:
+                    env["WARREN_RELAY_API_KEY"] = relay_api_key
             elif kind is EDGE:
                 env["WARREN_EDGE_RELAY_URLS"] = ",".join(relay_urls)
             elif kind is RUNNER:

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_str
+from shared.config import (
+    CommonSettings,
+    ConfigError,
+    Env,
+    env_file_or_value,
+    env_float,
+    env_int,
+    env_str,
+)
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_CAT_URL: Final = "http://127.0.0.1:1865"
@@ -66,6 +74,7 @@ class UpSettings:
     placements: tuple[Placement, ...]  # in start order
     cat: CatLookup
     runner_http_job_url: str  # as configured; empty: the first edge is used
+    relay_api_key_configured: bool  # else ``warren up`` makes a key for POST /send
     ready_timeout_s: float
     cat_ready_timeout_s: float
     stop_timeout_s: float
@@ -102,6 +111,7 @@ class UpSettings:
                 workdir=Path(env_str(env, "WARREN_UP_CAT_DIR", "var/cat")),
             ),
             runner_http_job_url=env_str(env, "WARREN_RUNNER_HTTP_JOB_URL", ""),
+            relay_api_key_configured=env_file_or_value(env, "WARREN_RELAY_API_KEY") is not None,
             ready_timeout_s=env_float(env, "WARREN_UP_READY_TIMEOUT_S", 60.0, minimum=1.0),
             cat_ready_timeout_s=env_float(env, "WARREN_UP_CAT_READY_TIMEOUT_S", 90.0, minimum=1.0),
             stop_timeout_s=env_float(env, "WARREN_UP_STOP_TIMEOUT_S", 20.0, minimum=0.1),

@@ -10,11 +10,11 @@ from collections.abc import Mapping
 import httpx
 
 from services.supervisor.cat import choose_cat, describe
-from services.supervisor.demo import DemoUser, prepare_database
+from services.supervisor.demo import DemoUser, prepare_database, service_key
 from services.supervisor.output import Output
 from services.supervisor.plan import ChildSpec, host_id, service_specs
 from services.supervisor.ports import assign_ports
-from services.supervisor.settings import EDGE, KINDS, UpSettings
+from services.supervisor.settings import EDGE, KINDS, RELAY, UpSettings
 from services.supervisor.supervisor import StartFailed, Supervisor
 
 
@@ -22,7 +22,8 @@ def up(settings: UpSettings, env: Mapping[str, str], output: Output, python: str
     """Run until a signal; the exit status is 0 when everything started and stopped cleanly."""
     ports = assign_ports(settings.placements)  # a taken port stops us before anything starts
     created = prepare_database(settings.common.database_url)
-    return asyncio.run(_supervise(settings, env, output, python, ports, created))
+    key = None if settings.relay_api_key_configured else service_key()
+    return asyncio.run(_supervise(settings, env, output, python, ports, created, key))
 
 
 async def _supervise(
@@ -32,13 +33,17 @@ async def _supervise(
     python: str,
     ports: dict[str, list[int]],
     created: list[DemoUser],
+    key: str | None,
 ) -> int:
+    """``key``: the relays' service key, when made for this run (else it is configured)."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     async with httpx.AsyncClient() as http:
         cat, local_cat = await choose_cat(settings.cat, http)
         specs: list[ChildSpec] = [local_cat] if local_cat is not None else []
-        specs += service_specs(settings, ports, cat, python, host_id(socket.gethostname()))
+        specs += service_specs(
+            settings, ports, cat, python, host_id(socket.gethostname()), relay_api_key=key
+        )
         supervisor = Supervisor(
             specs, env, output, http,
             ready_timeout_s=settings.ready_timeout_s,
@@ -64,7 +69,7 @@ async def _supervise(
             if starting.done():
                 starting.result()
                 _summary(settings, output, supervisor, ports, describe(cat, settings.cat), created,
-                         loop.time() - began)
+                         key, loop.time() - began)
                 await stopping
             else:
                 starting.cancel()
@@ -91,6 +96,7 @@ def _summary(
     ports: dict[str, list[int]],
     cat: str,
     created: list[DemoUser],
+    key: str | None,
     seconds: float,
 ) -> None:
     edge = settings.placement(EDGE)
@@ -111,6 +117,17 @@ def _summary(
             lines.append(
                 f"    {user.name:<6} password {user.password}   groups {groups:<8} roles {roles}"
             )
+    relay = settings.placement(RELAY)
+    send_url = f"http://{relay.probe_host}:{ports[RELAY.name][0]}/send"
+    if key is None:
+        lines.append("  relay key as configured (WARREN_RELAY_API_KEY), for POST /send")
+    else:
+        lines.append(f"  relay key {key}   (for POST /send; a new one each run)")
+    bearer = key or "$WARREN_RELAY_API_KEY"
+    body = '{"user_id": "bob", "message": "Hello, Cat"}'
+    lines.append(
+        f'  try       curl -X POST {send_url} -H "Authorization: Bearer {bearer}" -d \'{body}\''
+    )
     lines.append("Ctrl-C stops everything.")
     for line in lines:
         output.note(line)

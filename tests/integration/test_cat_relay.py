@@ -184,6 +184,18 @@ async def test_cat_error_frame_becomes_chat_error(
     assert "the model failed" in final["data"]["message"]
 
 
+async def test_a_cat_without_a_language_model_is_cat_no_llm_naming_its_admin_page(
+    edge: EdgeServer, relay: RelayServer, cat: CatV1Double, token_for: Callable[..., str]
+) -> None:
+    alice = await chat_for(edge, token_for("alice"))
+    _, final = await alice.outcome(await alice.ask("!no-llm"))
+    assert final["type"] == "chat.error" and final["data"]["code"] == "cat_no_llm", final
+    assert f"{cat.url}/admin/" in final["data"]["message"]
+    assert metric(relay, "warren_relay_errors_total", code="cat_no_llm") == 1
+    _, final = await alice.outcome(await alice.ask("hi"))  # the same socket goes on
+    assert final["type"] == "chat.reply" and final["data"]["text"] == reply_for("hi")
+
+
 async def test_notifications_from_plugins_are_not_part_of_the_reply(
     edge: EdgeServer, relay: RelayServer, token_for: Callable[..., str]
 ) -> None:
@@ -555,6 +567,7 @@ async def test_send_waits_its_turn_behind_the_users_websocket_ask_on_the_same_so
         ({"user_id": "alice", "message": "hi"}, "expired", 401, "token_expired"),
         ({"user_id": "alice", "message": "hi"}, "bob", 403, "forbidden"),
         ({"user_id": "alice", "message": "!error"}, "key", 502, "cat_error"),
+        ({"user_id": "alice", "message": "!no-llm"}, "key", 502, "cat_no_llm"),
     ],
 )
 async def test_send_refuses_bad_requests(
@@ -596,6 +609,18 @@ async def test_send_refuses_a_token_whose_user_is_not_in_the_users_table(
     # The service key speaks for no user: nothing to look up.
     response = await post_send(relay, {"user_id": "carol", "message": "hi"}, SERVICE_KEY)
     assert response.code == 200
+
+
+async def test_in_production_no_service_key_is_made_so_only_jwts_are_taken(
+    make_relay: Callable[..., RelayServer],
+) -> None:
+    # warren up makes a key in development; a relay never does.
+    relay = make_relay(WARREN_ENV="production", WARREN_JWT_SECRET="s" * 40, WARREN_RELAY_API_KEY="")
+    await relay.start()
+    body = {"user_id": "alice", "message": "hi"}
+    for credential, error in ((None, "token_missing"), (SERVICE_KEY, "token_invalid")):
+        response = await post_send(relay, body, credential)
+        assert response.code == 401 and orjson.loads(response.body)["error"] == error
 
 
 def test_the_relay_checks_users_unless_in_development(

@@ -66,27 +66,28 @@ async def test_protocol_is_detected_from_the_status_endpoint(cat_v2: CatV2Proces
         await double.stop()
 
 
-async def test_ask_through_the_edge_gets_the_real_cats_reply_and_history_is_kept(
-    edge: EdgeServer, relay_v2: RelayServer, token_for: Callable[..., str], database_url: str
+async def test_a_real_cat_without_a_language_model_is_cat_no_llm_naming_its_settings_page(
+    edge: EdgeServer, relay_v2: RelayServer, cat_v2: CatV2Process, token_for: Callable[..., str],
+    database_url: str,
 ) -> None:
+    # The Cat installed for the tests has no model: it answers everything with NO_MODEL.
     alice = Chat(await Client.connect(edge.port, token_for("alice")))
     for question in ("hello", "and again"):
-        _, final = await alice.outcome(await alice.ask(question))
-        assert final["type"] == "chat.reply", final
-        assert final["data"]["text"] == NO_MODEL
+        tokens, final = await alice.outcome(await alice.ask(question))
+        assert final["type"] == "chat.error" and final["data"]["code"] == "cat_no_llm", final
+        assert not tokens
+        assert f"{cat_v2.url}/#/settings" in final["data"]["message"]
 
+    # The page named is the Cat's own web UI.
+    page = await AsyncHTTPClient().fetch(f"{cat_v2.url}/")
+    assert b"<title>Cheshire Cat</title>" in page.body
+    # A non-answer is no turn of the conversation.
     engine = make_engine(database_url)
     try:
         with session_factory(engine)() as session:
-            turns = session.execute(
-                select(ChatTurn.role, ChatTurn.text).where(ChatTurn.user_id == "alice").order_by(ChatTurn.id)
-            ).all()
-            assert session.scalar(select(func.count()).select_from(ChatTurn)) == 4
+            assert session.scalar(select(func.count()).select_from(ChatTurn)) == 0
     finally:
         engine.dispose()
-    assert [tuple(t) for t in turns] == [
-        ("user", "hello"), ("assistant", NO_MODEL), ("user", "and again"), ("assistant", NO_MODEL)
-    ]
 
 
 async def send(relay: RelayServer, user_id: str, message: str) -> tuple[int, dict[str, Any]]:
@@ -98,8 +99,12 @@ async def send(relay: RelayServer, user_id: str, message: str) -> tuple[int, dic
     return response.code, orjson.loads(response.body)
 
 
-async def test_send_over_http_gets_the_real_cats_reply(relay_v2: RelayServer) -> None:
-    assert await send(relay_v2, "bob", "hi") == (200, {"response": NO_MODEL})
+async def test_send_over_http_to_a_real_cat_without_a_model_is_502_cat_no_llm(
+    relay_v2: RelayServer, cat_v2: CatV2Process
+) -> None:
+    code, body = await send(relay_v2, "bob", "hi")
+    assert code == 502 and body["error"] == "cat_no_llm", body
+    assert f"{cat_v2.url}/#/settings" in body["message"]
 
 
 async def test_a_wrong_cat_key_is_a_cat_error(
@@ -127,8 +132,9 @@ class StreamingCat(tornado.web.RequestHandler):
     """A v2 agent that streams its reply as AG-UI events and records what it was sent.
 
     Texts steer it: ``!fail`` ends the run with ``RUN_ERROR``, ``!drop`` closes the
-    connection mid-stream, ``!hold`` waits for ``hold`` before answering. ``pace_s``
-    spaces the events out; ``max_busy`` is the most requests it answered at once.
+    connection mid-stream, ``!hold`` waits for ``hold`` before answering, ``!say <words>``
+    answers ``<words>``. ``pace_s`` spaces the events out; ``max_busy`` is the most
+    requests it answered at once.
     """
 
     def initialize(self, stub: StubCat) -> None:
@@ -150,7 +156,7 @@ class StreamingCat(tornado.web.RequestHandler):
 
     async def _stream(self, body: dict[str, Any]) -> None:
         text = body["messages"][-1]["content"][0]["text"]
-        reply = f"v2 says {text}"
+        reply = text.removeprefix("!say ") if text.startswith("!say ") else f"v2 says {text}"
         self.set_header("Content-Type", "text/event-stream")
         events: list[dict[str, Any]] = [{"type": "RUN_STARTED"}]
         events += [{"type": "TEXT_MESSAGE_CONTENT", "delta": reply[i:i + 4]} for i in range(0, len(reply), 4)]
@@ -280,6 +286,17 @@ async def test_v2_failures_become_chat_errors_and_the_relay_goes_on(
     assert final["type"] == "chat.error" and final["data"]["code"] == code, final
     _, final = await alice.outcome(await alice.ask("still there?"))
     assert final["type"] == "chat.reply" and final["data"]["text"] == "v2 says still there?"
+
+
+async def test_a_model_streaming_the_placeholders_words_is_an_ordinary_reply(
+    make_stub_relay: Callable[..., RelayServer], edge: EdgeServer, token_for: Callable[..., str]
+) -> None:
+    # Only the placeholder model answers with the sentence unstreamed; a real model
+    # asked to repeat it streams it, and its answer is the user's.
+    await make_stub_relay().start()
+    alice = Chat(await Client.connect(edge.port, token_for("alice")))
+    tokens, final = await alice.outcome(await alice.ask(f"!say {NO_MODEL}"))
+    assert tokens and final["type"] == "chat.reply" and final["data"]["text"] == NO_MODEL
 
 
 async def test_v2_cat_unreachable_is_cat_unavailable(

@@ -14,12 +14,18 @@ import psutil
 import pytest
 
 from services.supervisor.ports import free_port
+from tests.support.cat_v1 import CatV1Double, reply_for
 from tests.support.cat_v2 import cat_python
 from tests.support.client import Client
 from tests.support.up import WarrenUp, up_env
 
 REPLICAS = ["--edges", "2", "--runners", "2", "--workers", "2", "--relays", "2"]
 PASSWORD = re.compile(r"^\[up\]\s+(alice|bob|carol)\s+password (\S+)", re.MULTILINE)
+RELAY_KEY = re.compile(r"^\[up\]\s+relay key (\S+)", re.MULTILINE)
+TRY_SEND = re.compile(
+    r"^\[up\]\s+try\s+curl -X POST (\S+) -H \"Authorization: Bearer (\S+)\" -d '(.+)'$",
+    re.MULTILINE,
+)
 
 
 def no_cat(tmp_path: Path) -> dict[str, str]:
@@ -140,6 +146,69 @@ async def test_a_signal_during_start_up_stops_what_was_started(
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (
             name
         )
+
+
+async def test_up_makes_a_service_key_and_the_printed_send_works(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    cat = CatV1Double().start()
+    up = WarrenUp(up_env(amqp_url, tmp_path, WARREN_CAT_URL=cat.url), [], tmp_path)
+    try:
+        await asyncio.to_thread(up.start)
+        output = up.output()
+        key_line, try_line = RELAY_KEY.search(output), TRY_SEND.search(output)
+        assert key_line is not None and try_line is not None, output
+        key = key_line.group(1)
+        url, bearer, body = try_line.groups()
+        assert bearer == key and len(key) >= 24
+        assert url == f"http://127.0.0.1:{up.children()['relay-1'][1]}/send"
+        edge = f"http://127.0.0.1:{up.children()['edge-1'][1]}"
+        password = dict(PASSWORD.findall(output))["bob"]
+        # As curl -d sends it.
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with httpx.AsyncClient(timeout=30) as http:
+            answered = await http.post(
+                url, content=body, headers={**form, "Authorization": f"Bearer {bearer}"}
+            )
+            assert answered.status_code == 200, answered.text
+            assert answered.json() == {"response": reply_for("Hello, Cat")}
+            token = await login(http, edge, "bob", password)  # a user's JWT does as well
+            as_bob = await http.post(
+                url, content=body, headers={**form, "Authorization": f"Bearer {token}"}
+            )
+            assert as_bob.json() == {"response": reply_for("Hello, Cat")}
+            refused = await http.post(url, content=body, headers=form)
+            assert refused.status_code == 401 and refused.json()["error"] == "token_missing"
+        assert await asyncio.to_thread(up.stop) == 0
+    finally:
+        up.kill()
+        await cat.stop()
+
+
+async def test_up_uses_a_configured_service_key_and_does_not_print_it(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    configured = "configured-relay-key-0123456789"
+    up = WarrenUp(
+        up_env(amqp_url, tmp_path, WARREN_RELAY_API_KEY=configured, **no_cat(tmp_path)),
+        [], tmp_path,
+    )
+    try:
+        await asyncio.to_thread(up.start)
+        url = f"http://127.0.0.1:{up.children()['relay-1'][1]}/send"
+        async with httpx.AsyncClient(timeout=30) as http:
+            response = await http.post(
+                url, json={"user_id": "bob", "message": "hi"},
+                headers={"Authorization": f"Bearer {configured}"},
+            )
+        # Past the key check: no Cat answers here.
+        assert response.status_code == 502 and response.json()["error"] == "cat_unavailable"
+        assert await asyncio.to_thread(up.stop) == 0
+    finally:
+        up.kill()
+    output = up.output()
+    assert "relay key as configured (WARREN_RELAY_API_KEY)" in output
+    assert configured not in output and "Bearer $WARREN_RELAY_API_KEY" in output
 
 
 def up_refused(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:

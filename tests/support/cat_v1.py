@@ -10,7 +10,9 @@
   input drops the socket without a close code.
 
 Texts steer it: ``!error`` answers an error frame, ``!hold`` waits until the test
-releases ``hold`` (or stops the server), ``!notify`` sends a notification first.
+releases ``hold`` (or stops the server), ``!notify`` sends a notification first,
+``!no-llm`` answers as a Cat with no language model configured does (its placeholder
+model's fixed sentence, in the final frame only).
 
 Not part of the protocol, for tests and benchmarks: ``pace_s`` spaces the frames of an
 answer out like a streaming model; the double counts asks in progress per user
@@ -31,14 +33,15 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 V1_STATUS = {"status": "We're all mad here, dear!", "version": "1.8.1"}
+NO_LLM_REPLY = "You did not configure a Language Model. Do it in the settings!"
 
 
 def reply_for(text: str) -> str:
     return f"You said: {text}"
 
 
-def reply_frame(user_id: str, text: str) -> dict[str, Any]:
-    reply = reply_for(text)
+def reply_frame(user_id: str, text: str, reply: str | None = None) -> dict[str, Any]:
+    reply = reply_for(text) if reply is None else reply
     return {
         "type": "chat", "user_id": user_id, "text": reply, "content": reply,
         "when": time.time(), "who": "AI", "why": {"input": text, "intermediate_steps": []},
@@ -110,6 +113,8 @@ class CatV1Double:
             await self.hold.wait()
         if text == "!error":
             return [{"type": "error", "name": "LLMError", "description": "the model failed"}]
+        if text == "!no-llm":
+            return [reply_frame(user_id, text, NO_LLM_REPLY)]
         frames: list[dict[str, Any]] = []
         if text == "!notify":
             frames.append({"type": "notification", "content": "plugin says hello"})

@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shared.config import ConfigError
+from services.supervisor.demo import service_key
 from services.supervisor.output import Output, render
 from services.supervisor.plan import CatPlan, host_id, service_specs
 from services.supervisor.ports import assign_ports, port_free
@@ -145,6 +147,30 @@ def test_a_configured_cat_protocol_and_http_job_url_are_kept() -> None:
     }
     assert "WARREN_CAT_PROTOCOL" not in specs["relay-1"].env
     assert specs["runner-1"].env["WARREN_RUNNER_HTTP_JOB_URL"] == "http://example.test"
+
+
+def test_the_relays_get_the_service_key_made_for_the_run_and_no_one_else_does() -> None:
+    up = settings()
+    ports = assign_ports(up.placements, is_free=lambda host, port: True)
+    cat = CatPlan("http://c:1", "configured")
+    specs = service_specs(up, ports, cat, "py", "h", relay_api_key="k" * 43)
+    assert [s.name for s in specs if "WARREN_RELAY_API_KEY" in s.env] == ["relay-1"]
+    assert specs[2].env["WARREN_RELAY_API_KEY"] == "k" * 43
+    without = service_specs(up, ports, cat, "py", "h")
+    assert all("WARREN_RELAY_API_KEY" not in s.env for s in without)
+
+
+def test_a_configured_service_key_is_noticed_as_a_value_or_a_file(tmp_path: Path) -> None:
+    assert not settings().relay_api_key_configured
+    assert settings(WARREN_RELAY_API_KEY="x" * 30).relay_api_key_configured
+    key_file = tmp_path / "relay-key"
+    key_file.write_text("y" * 30)
+    assert settings(WARREN_RELAY_API_KEY_FILE=str(key_file)).relay_api_key_configured
+
+
+def test_service_keys_are_long_and_fresh_each_time() -> None:
+    keys = {service_key() for _ in range(3)}
+    assert len(keys) == 3 and all(len(key) >= 24 for key in keys)  # the relay's minimum
 
 
 @pytest.mark.parametrize(

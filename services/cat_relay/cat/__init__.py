@@ -10,7 +10,7 @@ from dataclasses import replace
 import httpx
 
 from services.cat_relay.cat.base import CatClient, CatStatus, History, OnToken, Turn
-from services.cat_relay.cat.errors import CatError, CatFailed, CatTimeout, CatUnavailable
+from services.cat_relay.cat.errors import CatError, CatFailed, CatNoLlm, CatTimeout, CatUnavailable
 from services.cat_relay.cat.v1 import V1Client
 from services.cat_relay.cat.v2 import V2Client
 from services.cat_relay.settings import CatProtocol, CatSettings
@@ -23,6 +23,7 @@ __all__ = [
     "CatClient",
     "CatError",
     "CatFailed",
+    "CatNoLlm",
     "CatStatus",
     "CatTimeout",
     "CatUnavailable",

@@ -27,3 +27,9 @@ class CatFailed(CatError):
     """The Cat answered with an error (v1 ``error`` frame, v2 ``RUN_ERROR``, HTTP 4xx/5xx)."""
 
     code = "cat_error"
+
+
+class CatNoLlm(CatError):
+    """The Cat has no language model configured: it answers every ask with a placeholder."""
+
+    code = "cat_no_llm"

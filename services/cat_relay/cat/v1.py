@@ -25,6 +25,7 @@ from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from services.cat_relay.cat.base import STATUS_TIMEOUT_S, CatStatus, History, OnToken
 from services.cat_relay.cat.errors import CatFailed, CatTimeout, CatUnavailable
+from services.cat_relay.cat.no_llm import V1_PLACEHOLDERS, TokenWatch, checked
 from services.cat_relay.settings import CatSettings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 CLOSE_WAIT_S = 2.0
+# Where the Cat's admin chooses a model: the admin portal's settings.
+SETTINGS_PAGE = "/admin/ (Settings: Language Model)"
 
 
 def backoff() -> Iterator[float]:
@@ -160,6 +163,7 @@ class V1Client:
         parts = urlsplit(settings.url)
         scheme = "wss" if settings.secure else "ws"
         self._ws_base: str = f"{scheme}://{parts.netloc}{parts.path}/ws/"
+        self._settings_page: str = f"{settings.url}{SETTINGS_PAGE}"
 
     @property
     def open_sockets(self) -> int:
@@ -173,7 +177,9 @@ class V1Client:
                 if session.idle is not None:
                     session.idle.cancel()
                     session.idle = None
-                return await self._ask(user_id, session, text, on_token)
+                watch = TokenWatch(on_token)
+                reply = await self._ask(user_id, session, text, watch)
+                return checked(reply, watch, V1_PLACEHOLDERS, self._settings_page)
         finally:
             session.pending -= 1
             if session.socket is not None:

@@ -13,7 +13,12 @@ from httpx_sse import SSEError, aconnect_sse
 
 from services.cat_relay.cat.base import STATUS_TIMEOUT_S, CatStatus, History, OnToken
 from services.cat_relay.cat.errors import CatFailed, CatTimeout, CatUnavailable
+from services.cat_relay.cat.no_llm import V2_PLACEHOLDERS, TokenWatch, checked
 from services.cat_relay.settings import CatSettings
+
+# Where the Cat's admin chooses a model: its web UI (the ``ui`` plugin routes in the
+# URL's fragment), a model provider's settings and then the core settings' default LLM.
+SETTINGS_PAGE = "/#/settings (a model provider's settings, then Core Settings: Default LLM)"
 
 
 def _message(role: str, text: str) -> dict[str, Any]:
@@ -33,6 +38,7 @@ class V2Client:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
         )
         self._streams = 0
+        self._settings_page = f"{settings.url}{SETTINGS_PAGE}"
 
     @property
     def open_sockets(self) -> int:
@@ -45,6 +51,7 @@ class V2Client:
             "stream": True,
         }
         url = f"/agents/{self._settings.agent}/message"
+        watch = TokenWatch(on_token)
         self._streams += 1
         try:
             async with asyncio.timeout(self._settings.timeout_s):
@@ -54,9 +61,9 @@ class V2Client:
                         await response.aread()
                         raise CatFailed(f"the Cat answered HTTP {response.status_code}: {_detail(response)}")
                     async for event in source.aiter_sse():
-                        reply = _on_event(event.json(), on_token)
+                        reply = _on_event(event.json(), watch)
                         if reply is not None:
-                            return reply
+                            return checked(reply, watch, V2_PLACEHOLDERS, self._settings_page)
             raise CatUnavailable("the Cat ended the stream without RUN_FINISHED")
         except TimeoutError as exc:
             raise CatTimeout(f"the Cat did not answer within {self._settings.timeout_s:g} s") from exc

@@ -33,6 +33,7 @@ STATUS_BY_CODE: Final = {
     "bad_request": 400,
     "cat_unavailable": 502,
     "cat_error": 502,
+    "cat_no_llm": 502,
     "cat_timeout": 504,
     "interrupted": 503,
 }

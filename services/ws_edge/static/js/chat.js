@@ -7,6 +7,7 @@ import { keepEarly } from "./socket.js";
 
 const STATUS_EVERY_MS = 15_000;
 const CAT_DOWN = new Set(["cat_unavailable", "cat_timeout"]);
+const WEB_ADDRESS = /(https?:\/\/\S+)/;  // in split(): the addresses land at odd indexes
 
 export class ChatPanel {
   constructor(app) {
@@ -104,6 +105,11 @@ export class ChatPanel {
     if (CAT_DOWN.has(code)) {
       this.setCat("down", "Cat unavailable");
       node.textContent = `Cat unavailable: ${error.message || error}`;
+    } else if (code === "cat_no_llm") {
+      // The message names the Cat's settings page, where its admin chooses a model.
+      node.replaceChildren(...error.message.split(WEB_ADDRESS).map((part, index) => (index % 2
+        ? el("a", { href: part, target: "_blank", rel: "noopener", text: part })
+        : part)));
     } else {
       node.textContent = typeof error === "string" ? error : `${error.code}: ${error.message}`;
     }

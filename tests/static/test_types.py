@@ -8,7 +8,7 @@ import pytest
 from mypy import api
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("shared", "services", "bench", "tests")
+PACKAGES = ("warren", "shared", "services", "bench", "tests")
 
 
 def test_mypy_strict_finds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from services.runner.jobs import JOBS, ArgsError
-from services.runner.jobs.base import JobContext
+from warren.jobs import JobContext
 from services.runner.requests import Refused, parse_start, parse_stop
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.runner.jobs import JOBS, ArgsError, Job, JobContext, Param
-from services.runner.jobs.base import MAX_NAME_BYTES, MAX_PATH_CHARS
+from warren.params import MAX_NAME_BYTES, MAX_PATH_CHARS
 from services.runner.requests import Refused, parse_start
 
 

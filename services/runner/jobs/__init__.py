@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Final
 
 from services.runner.jobs import countdown, http_probe, lines, misbehave, primes, show_file
-from services.runner.jobs.base import ArgsError, Job, JobContext, Param
+from warren.jobs import ArgsError, Job, JobContext, Param
 
 JOBS: Final[Mapping[str, Job]] = MappingProxyType(
     {job.name: job for job in (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.runner.jobs.base import Job, JobContext, Param
+from warren.jobs import Job, JobContext, Param
 
 
 def countdown(args: dict[str, Any], ctx: JobContext) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from services.runner.jobs.base import ArgsError, Job, JobContext, Param
+from warren.jobs import ArgsError, Job, JobContext, Param
 
 
 def check_paths(args: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from services.runner.jobs.base import Job, JobContext, Param
+from warren.jobs import Job, JobContext, Param
 
 _GRANDCHILD = (
     "import sys\n"

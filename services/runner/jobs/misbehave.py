@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from services.runner.jobs.base import Job, JobContext, Param
+from warren.jobs import Job, JobContext, Param
 
 
 def misbehave(args: dict[str, Any], ctx: JobContext) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from services.runner.jobs.base import Job, JobContext, Param
+from warren.jobs import Job, JobContext, Param
 
 
 def primes(args: dict[str, Any], ctx: JobContext) -> None:

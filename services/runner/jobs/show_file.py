@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from services.runner.jobs.base import Job, JobContext, Param
+from warren.jobs import Job, JobContext, Param
 
 
 def show_file(args: dict[str, Any], ctx: JobContext) -> None:

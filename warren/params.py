@@ -1,20 +1,20 @@
-"""What a job is: a name, a description, a small argument schema and a callable.
+"""Argument schemas: the parameters a job (or a report) declares, and their checks.
 
-Arguments are validated twice: by the runner before it starts a child (so bad input
-becomes a clear ``run.error``), and again in the child before the job runs.
+Every value a user sends is checked against the declared :class:`Param` before any
+code of the extension sees it; a value that does not fit is an :class:`ArgsError` whose
+message names the parameter, which the services send back as ``invalid_args``.
 
 A ``path`` argument names a file in the runner's files directory
 (``WARREN_RUNNER_FILES_DIR``) and nothing else: a ``str`` argument that a job opens
 would let any signed-in user read whatever the job process can read. The value stays
 the name the user gave (it is stored and shown with the run); the job gets the resolved
-absolute :class:`~pathlib.Path` (:meth:`Job.located`).
+absolute :class:`~pathlib.Path`.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Final
 
@@ -125,83 +125,35 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-@dataclass(frozen=True, slots=True)
-class JobContext:
-    """What a running job may use. ``running()`` turns False once Stop was asked."""
+def validate(params: Mapping[str, Param], raw: object, owner: str,
+             files_dir: Path | None = None) -> dict[str, Any]:
+    """``raw`` checked against ``params`` (of the job or report ``owner``), with defaults
+    filled in; :class:`ArgsError` on any problem. ``path`` arguments keep the name given."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ArgsError(f"args must be a JSON object, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(params))
+    if unknown:
+        allowed = ", ".join(sorted(params)) or "none"
+        raise ArgsError(
+            f"unknown argument(s) {', '.join(map(repr, unknown))[:200]} for {owner} "
+            f"(allowed: {allowed})"
+        )
+    args: dict[str, Any] = {}
+    for name, param in params.items():
+        if name in raw:
+            args[name] = param.check(name, raw[name], files_dir)
+        elif param.required:
+            raise ArgsError(f"{owner} needs the argument {name!r}: {param.help}")
+        else:
+            args[name] = param.default
+    return args
 
-    stop_event: threading.Event
-    http_base_url: str = ""
 
-    def running(self) -> bool:
-        return not self.stop_event.is_set()
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; return False at once if Stop was asked."""
-        return not self.stop_event.wait(seconds)
-
-
-JobFunction = Callable[[dict[str, Any], JobContext], "Awaitable[None] | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    name: str
-    description: str
-    run: JobFunction
-    params: Mapping[str, Param] = field(default_factory=dict)
-    needs_http: bool = False
-    check: Callable[[dict[str, Any]], None] | None = None  # cross-argument rules
-
-    @property
-    def needs_files(self) -> bool:
-        """Whether the job takes a ``path`` argument (and so needs a files directory)."""
-        return any(p.kind == "path" for p in self.params.values())
-
-    def validate(self, raw: object, files_dir: Path | None = None) -> dict[str, Any]:
-        """The arguments with defaults filled in; :class:`ArgsError` on any problem.
-
-        ``path`` arguments keep the name given; :meth:`located` resolves them for ``run``.
-        """
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ArgsError(f"args must be a JSON object, got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(self.params))
-        if unknown:
-            allowed = ", ".join(sorted(self.params)) or "none"
-            raise ArgsError(
-                f"unknown argument(s) {', '.join(map(repr, unknown))[:200]} for {self.name} "
-                f"(allowed: {allowed})"
-            )
-        args: dict[str, Any] = {}
-        for name, param in self.params.items():
-            if name in raw:
-                args[name] = param.check(name, raw[name], files_dir)
-            elif param.required:
-                raise ArgsError(f"{self.name} needs the argument {name!r}: {param.help}")
-            else:
-                args[name] = param.default
-        if self.check is not None:
-            self.check(args)
-        return args
-
-    def located(self, args: dict[str, Any], files_dir: Path | None) -> dict[str, Any]:
-        """Validated ``args`` with each ``path`` argument replaced by its resolved file."""
-        return {
-            name: locate(name, value, files_dir) if self.params[name].kind == "path" else value
-            for name, value in args.items()
-        }
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "description": self.description,
-            "args": {
-                name: {
-                    "kind": p.kind,
-                    "help": p.help,
-                    **({} if p.required else {"default": p.default}),
-                }
-                for name, p in self.params.items()
-            },
-        }
+def describe(params: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
+    """The schema as clients see it (the console builds its forms from it)."""
+    return {
+        name: {"kind": p.kind, "help": p.help, **({} if p.required else {"default": p.default})}
+        for name, p in params.items()
+    }

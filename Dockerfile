@@ -11,6 +11,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 RUN python -m venv /opt/warren
 COPY pyproject.toml README.md ./
+COPY warren ./warren
 COPY shared ./shared
 COPY services ./services
 RUN /opt/warren/bin/pip install --no-compile . \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from tests.deploy.manifests import ROOT
@@ -71,3 +72,15 @@ def test_the_image_install_ships_every_console_file(tmp_path: Path) -> None:
     wanted = {p.relative_to(static) for p in static.rglob("*") if p.is_file()}
     shipped = target / "services" / "ws_edge" / "static"
     assert wanted and {p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()} == wanted
+
+
+def test_the_image_gets_every_package_that_pyproject_installs() -> None:
+    # A package left out of the build context installs nothing, and the services that
+    # import it fail at start in the image only.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]]
+    ignore = set((ROOT / ".dockerignore").read_text().splitlines())
+    dockerfile = DOCKERFILE.read_text().splitlines()
+    for package in packages:
+        assert f"!{package}/" in ignore, package
+        assert f"COPY {package} ./{package}" in dockerfile, package

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import orjson
 import tornado.web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from tornado.log import access_log
+from tornado.log import access_log, app_log, gen_log
 
 
 def access_log_level(handler: tornado.web.RequestHandler) -> int:
@@ -48,8 +49,29 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
     )
 
 
+def log_uncaught(
+    handler: tornado.web.RequestHandler, typ: type[BaseException] | None,
+    value: BaseException | None, tb: TracebackType | None,
+) -> None:
+    """Tornado's ``log_exception``, naming the request by method and path only: the
+    query string may carry a token (``?token=``), and Tornado's own version logs it."""
+    request = handler.request
+    where = {"method": request.method, "path": request.path}
+    if isinstance(value, tornado.web.HTTPError):
+        if value.log_message:
+            gen_log.warning("%d %s", value.status_code, value.log_message, extra=where)
+        return
+    app_log.error("uncaught exception", extra=where, exc_info=(typ, value, tb))  # type: ignore[arg-type]
+
+
 class JsonHandler(tornado.web.RequestHandler):
     """Answers in JSON, errors included: ``{"error": <code>, "message": <text>}``."""
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        log_uncaught(self, typ, value, tb)
 
     def write_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)

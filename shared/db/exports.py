@@ -7,14 +7,17 @@ and done -> expired when retention deletes the file. Blocking: run in an executo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final, cast
+from pathlib import Path
+from typing import Any, BinaryIO, Final, Protocol, cast
 
 import orjson
 from sqlalchemy import (
@@ -43,6 +46,7 @@ from shared.db.notifications import Notification
 log = logging.getLogger(__name__)
 
 LOCK_NOT_AVAILABLE: Final = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
+HOLD_FILES: Final = 4096  # lock files of FileHold
 
 
 class ExportStatus(StrEnum):
@@ -152,9 +156,14 @@ class ExportStore:
 
     def hold(self, task_id: str) -> TaskHold:
         """The task's hold (:class:`TaskHold`), not taken yet."""
-        engine = self._sessions.kw.get("bind")
-        postgres = isinstance(engine, Engine) and engine.dialect.name == "postgresql"
-        return TaskHold(engine if postgres else None, task_id)
+        engine = self._sessions.kw["bind"]
+        assert isinstance(engine, Engine)
+        if engine.dialect.name == "postgresql":
+            return AdvisoryHold(engine, task_id)
+        database = engine.url.database
+        if not database or database == ":memory:":
+            return FreeHold()
+        return FileHold(Path(f"{database}.holds"), task_id)
 
     def claim(self, task_id: str, owner: str, kind: str, params: dict[str, Any]) -> ExportRecord:
         """Upsert the row and, unless it is final, mark it running and count one more attempt.
@@ -301,24 +310,35 @@ class ExportStore:
             return {status: count for status, count in pairs}
 
 
-class TaskHold:
-    """Says that a live worker handles a task: PostgreSQL's session-level advisory lock on
-    the task id, taken on a connection of its own and kept while the worker handles the
-    task, all its attempts included.
+class TaskHold(Protocol):
+    """Says that a live worker handles a task, from before its claim until its result is
+    stored, all its attempts included; a worker that dies lets it go with its process.
 
-    PostgreSQL ends the lock with its connection, so it outlives neither the worker (the
-    kernel closes a killed process's sockets) nor that connection. So a worker that gets
-    a delivery of a task can tell a builder that is alive, whose broker connection
-    dropped so that the broker took the delivery back, from one that died: only the
-    first still holds the lock. ``release`` closes the connection instead of unlocking
-    and returning it to the pool, so no pooled connection ever carries a lock.
-
-    Without PostgreSQL (SQLite: development, every worker on one host) there is no such
-    lock, and the hold is always free. Blocking; the methods run one at a time, so
-    ``release`` may be called from another thread while ``take`` waits (it waits too).
+    So a worker that gets a delivery of a task can tell a builder that is alive, whose
+    broker connection dropped so that the broker took the delivery back, from one that
+    died: only the first still holds the task. Blocking; the methods run one at a time,
+    so ``release`` may be called from another thread while ``take`` waits.
     """
 
-    def __init__(self, engine: Engine | None, task_id: str) -> None:
+    def take(self, wait_s: float = 0.0) -> bool:
+        """Take the hold if nobody else has it, waiting up to ``wait_s`` seconds for it to
+        be let go. True once taken; False if another worker kept it, or after release."""
+
+    def release(self) -> None:
+        """Let the hold go (if taken). Never raises."""
+
+
+class AdvisoryHold:
+    """A :class:`TaskHold` on PostgreSQL: a session-level advisory lock on the task id,
+    taken on a connection of its own.
+
+    PostgreSQL ends the lock with its connection, so it outlives neither the worker (the
+    kernel closes a killed process's sockets) nor that connection. ``release`` closes
+    the connection instead of unlocking and returning it to the pool, so no pooled
+    connection ever carries a lock.
+    """
+
+    def __init__(self, engine: Engine, task_id: str) -> None:
         self._engine = engine
         self._key = _lock_key(task_id)
         self._guard = threading.Lock()
@@ -326,11 +346,6 @@ class TaskHold:
         self._released = False
 
     def take(self, wait_s: float = 0.0) -> bool:
-        """Take the hold if no other session has it, waiting up to ``wait_s`` seconds for it
-        to be let go. True once taken (at once without PostgreSQL); False if another
-        session kept it, or after :meth:`release`."""
-        if self._engine is None:
-            return True
         with self._guard:
             if self._released:
                 return False
@@ -345,8 +360,7 @@ class TaskHold:
                 raise
 
     def release(self) -> None:
-        """Let the hold go (if taken) by closing its connection. Never raises: a broken
-        connection has let it go already."""
+        # A broken connection has let the lock go already.
         with self._guard:
             self._released = True
             self._drop()
@@ -374,6 +388,67 @@ class TaskHold:
             connection.close()
         except Exception:
             log.debug("closing a task hold's connection failed", exc_info=True)
+
+
+class FileHold:
+    """A :class:`TaskHold` on SQLite, where every worker runs on the database's host: an
+    exclusive ``flock`` on a lock file beside the database. The kernel lets it go when
+    the holder's process ends, however it ends.
+
+    Tasks share :data:`HOLD_FILES` files by their key: files are never deleted (a
+    process could lock a deleted file while another locks a new one), so their number
+    is bounded. Two tasks on one file make one's first delivery wait for the other's
+    build, nothing worse. ``flock`` cannot wait with a timeout, so ``take`` tries again
+    with a capped backoff until ``wait_s`` has passed.
+    """
+
+    def __init__(self, directory: Path, task_id: str) -> None:
+        self._path = directory / f"{_lock_key(task_id) % HOLD_FILES:04d}.lock"
+        self._guard = threading.Lock()
+        self._file: BinaryIO | None = None
+        self._released = False
+
+    def take(self, wait_s: float = 0.0) -> bool:
+        deadline = time.monotonic() + wait_s
+        delay = 0.01
+        while True:
+            with self._guard:
+                if self._released:
+                    return False
+                if self._try():
+                    return True
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(0.25, delay * 2)
+
+    def release(self) -> None:
+        with self._guard:
+            self._released = True
+            held, self._file = self._file, None
+            if held is not None:
+                held.close()  # closing the file lets the lock go
+
+    def _try(self) -> bool:
+        if self._file is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self._path, "ab")  # noqa: SIM115 - kept open while held
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+class FreeHold:
+    """A :class:`TaskHold` that is always free: an in-memory SQLite database has one
+    process."""
+
+    def take(self, wait_s: float = 0.0) -> bool:
+        return True
+
+    def release(self) -> None:
+        pass
 
 
 def _lock_key(task_id: str) -> int:

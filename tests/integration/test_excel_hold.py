@@ -1,10 +1,14 @@
-"""A task's hold (shared/db/exports.py, TaskHold) on a real PostgreSQL server: one holder
-at a time, let go on release or when the holder's connection ends; always free on SQLite."""
+"""A task's hold (shared/db/exports.py, TaskHold) on a real PostgreSQL server and on a
+SQLite file: one holder at a time, let go on release or when the holder's connection or
+process ends; always free on an in-memory database."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
@@ -20,8 +24,21 @@ def postgres(postgres_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
-def test_one_holder_at_a_time_until_it_lets_go(postgres: Engine) -> None:
-    store = ExportStore(session_factory(postgres))
+@pytest.fixture
+def sqlite_file(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'warren.db'}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgres", "sqlite_file"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    found: Engine = request.getfixturevalue(request.param)
+    return found
+
+
+def test_one_holder_at_a_time_until_it_lets_go(engine: Engine) -> None:
+    store = ExportStore(session_factory(engine))
     first, second = store.hold("t1"), store.hold("t1")
     assert first.take()
     assert not second.take()
@@ -54,8 +71,8 @@ def test_a_hold_ends_with_its_holders_connection(postgres: Engine) -> None:
     dead.release()  # its connection is broken already: never raises
 
 
-def test_release_from_another_thread_waits_for_a_take_in_progress(postgres: Engine) -> None:
-    store = ExportStore(session_factory(postgres))
+def test_release_from_another_thread_waits_for_a_take_in_progress(engine: Engine) -> None:
+    store = ExportStore(session_factory(engine))
     holder, waiter = store.hold("t1"), store.hold("t1")
     assert holder.take()
     taken: list[bool] = []
@@ -70,8 +87,33 @@ def test_release_from_another_thread_waits_for_a_take_in_progress(postgres: Engi
     after.release()
 
 
-def test_without_postgresql_a_hold_is_always_free(database_url: str) -> None:
-    store = ExportStore(session_factory(make_engine(database_url)))
+def test_on_sqlite_a_hold_ends_with_its_holders_process(sqlite_file: Engine) -> None:
+    # A worker killed mid-build: the kernel drops its lock with its process.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; from shared.db import make_engine, session_factory;"
+            "from shared.db.exports import ExportStore;"
+            f"hold = ExportStore(session_factory(make_engine({str(sqlite_file.url)!r}))).hold('t1');"
+            "assert hold.take(); print('held', flush=True); sys.stdin.read()"
+        )],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        store = ExportStore(session_factory(sqlite_file))
+        waiter = store.hold("t1")
+        assert not waiter.take()
+        holder.kill()
+        holder.wait(10)
+        assert waiter.take(wait_s=10)
+        waiter.release()
+    finally:
+        holder.kill()
+        holder.wait(10)
+
+
+def test_in_memory_a_hold_is_always_free() -> None:
+    store = ExportStore(session_factory(make_engine("sqlite://")))
     first, second = store.hold("t1"), store.hold("t1")
     assert first.take() and second.take()
     first.release()

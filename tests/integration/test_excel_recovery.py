@@ -312,6 +312,13 @@ def through(proxy: TcpProxy, amqp_url: str) -> str:
     return urllib.parse.urlunsplit(parsed._replace(netloc=netloc))
 
 
+@pytest.fixture(params=["postgres_url", "database_url"])
+def task_db(request: pytest.FixtureRequest) -> str:
+    """The database the workers share: PostgreSQL, or a SQLite file on this host."""
+    url: str = request.getfixturevalue(request.param)
+    return url
+
+
 @pytest.fixture
 async def broker_proxy(amqp_url: str) -> AsyncIterator[TcpProxy]:
     """A TCP proxy to the test's broker: cutting it drops one worker's connection only."""
@@ -323,19 +330,19 @@ async def broker_proxy(amqp_url: str) -> AsyncIterator[TcpProxy]:
 
 async def held_elsewhere(
     spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
-    postgres_url: str, exports_dir: Path, proxy: TcpProxy, token: str,
+    task_db: str, exports_dir: Path, proxy: TcpProxy, token: str,
 ) -> tuple[WorkerProcess, WorkerProcess, Client, str]:
     """A worker builds a task when its broker connection drops; the broker gives the
     delivery to a second worker, which finds the task held and waits. Returns the
     builder, the waiter, the owner's client and the task id."""
-    edge = make_edge(WARREN_EXPORTS_DIR=str(exports_dir), WARREN_DATABASE_URL=postgres_url)
+    edge = make_edge(WARREN_EXPORTS_DIR=str(exports_dir), WARREN_DATABASE_URL=task_db)
     await edge.start()
-    builder = await spawn(WARREN_DATABASE_URL=postgres_url,
+    builder = await spawn(WARREN_DATABASE_URL=task_db,
                           WARREN_AMQP_URL=through(proxy, amqp_url), **SLOW)
     client = await Client.connect(edge.port, token)
     task_id = await ask(client, 200)
     await until_event(client, "excel.progress", task_id, min_rows=5)
-    waiter = await spawn(WARREN_DATABASE_URL=postgres_url, **SLOW)
+    waiter = await spawn(WARREN_DATABASE_URL=task_db, **SLOW)
     proxy.cut()  # the builder's delivery goes back to the queue, and to the waiter
     assert await builds_when_logged(waiter, WAITING, 30) == 0
     assert build_children(builder) == 1
@@ -344,37 +351,37 @@ async def held_elsewhere(
 
 async def test_a_delivery_of_a_task_another_live_worker_builds_waits_for_that_build(
     spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
-    postgres_url: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
+    task_db: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
 ) -> None:
     builder, waiter, _client, task_id = await held_elsewhere(
-        spawn, make_edge, amqp_url, postgres_url, exports_dir, broker_proxy, token_for("alice")
+        spawn, make_edge, amqp_url, task_db, exports_dir, broker_proxy, token_for("alice")
     )
     # The builder finishes (its done event stays pending: its broker link is cut); then
     # the waiter gets the hold, finds the task done, and acks.
     await waiter.wait_log("task already final; acked", timeout=60)
     assert len(builder.messages("export built")) == 1
     assert waiter.messages("export built") == []
-    store = ExportStore(session_factory(make_engine(postgres_url)))
+    store = ExportStore(session_factory(make_engine(task_db)))
     record = store.get(task_id)
     assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 1)
     assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
-    assert done_notifications(postgres_url, task_id) == 1
+    assert done_notifications(task_db, task_id) == 1
 
 
 async def test_a_waiting_delivery_builds_once_the_builder_dies_as_attempt_two(
     spawn: Callable[..., Any], make_edge: Callable[..., EdgeServer], amqp_url: str,
-    postgres_url: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
+    task_db: str, exports_dir: Path, broker_proxy: TcpProxy, token_for: Callable[..., str],
 ) -> None:
     builder, waiter, client, task_id = await held_elsewhere(
-        spawn, make_edge, amqp_url, postgres_url, exports_dir, broker_proxy, token_for("alice")
+        spawn, make_edge, amqp_url, task_db, exports_dir, broker_proxy, token_for("alice")
     )
     await builder.kill()  # its database connection closes, and the hold with it
     done = await until_event(client, "excel.done", task_id)
     assert done["data"]["rows"] == 200
     assert builder.messages("export built") == []
     assert len(waiter.messages("export built")) == 1
-    store = ExportStore(session_factory(make_engine(postgres_url)))
+    store = ExportStore(session_factory(make_engine(task_db)))
     record = store.get(task_id)
     assert record is not None and (record.status, record.attempts) == (ExportStatus.DONE, 2)
     assert xlsx_files(exports_dir) == [f"{task_id}.xlsx"]
-    assert done_notifications(postgres_url, task_id) == 1
+    assert done_notifications(task_db, task_id) == 1

@@ -57,11 +57,10 @@ from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Alignment, Font, PatternFill
 
-from shared.exports.requests import ReportKind
 from services.excel_worker.build import BuildJob
 from services.excel_worker.files import move_into_storage, work_dir_name
 from services.excel_worker.process import build_context, run_build, warm_up
-from services.excel_worker.reports import sample_rows
+from services.excel_worker.reports.sample import sample_rows
 
 RSS_TARGET_MB: Final = 150.0
 OVERHEAD_TARGET_PCT: Final = 10.0
@@ -130,8 +129,10 @@ async def measure_warren(
 ) -> tuple[Measure, Path]:
     task_id = f"bench{rows}"
     work, final = directory / work_dir_name(task_id), directory / f"warren-{rows}.xlsx"
-    job = BuildJob(task_id=task_id, report=ReportKind.SAMPLE, params={"rows": rows, "title": None},
-                   prepared_rows=None, work_dir=str(work), progress_interval_s=0.25)
+    job = BuildJob(task_id=task_id, owner="bench", report="sample",
+                   reference="services.excel_worker.reports.sample:REPORT",
+                   params={"rows": rows, "title": None}, work_dir=str(work),
+                   progress_interval_s=0.25)
     updates: list[int] = []
     cpu, wall = time.process_time(), time.perf_counter()
     work.mkdir()

@@ -141,3 +141,23 @@ ensure_chromium() {
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
         || say "apt-get install chromium failed; the browser tests will be skipped"
 }
+
+# Node 20+ and the JavaScript client's development packages (ws, typescript) for its tests
+# (clients/js/test, run through tests/clients/test_js_client.py).
+ensure_js_client() {
+    local client=$ROOT/clients/js stamp=$ROOT/clients/js/node_modules/.warren-npm
+    if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+        { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; } \
+            || die "the JavaScript client's tests need Node.js 20+ and npm; install them (Debian: nodejs npm)"
+        say "installing Debian's nodejs and npm"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; } \
+            || die "apt-get install nodejs npm failed"
+    fi
+    node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' \
+        || die "the JavaScript client's tests need Node.js 20+, $(node --version) found"
+    if [ ! -f "$stamp" ] || [ "$client/package-lock.json" -nt "$stamp" ]; then
+        say "installing the JavaScript client's test packages (npm ci in clients/js)"
+        (cd "$client" && npm ci --no-audit --no-fund --loglevel=error) || die "npm ci in clients/js failed"
+        touch "$stamp"
+    fi
+}

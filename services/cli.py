@@ -7,7 +7,7 @@ import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Final
@@ -17,6 +17,7 @@ import orjson
 from shared.auth import AuthSettings, TokenService
 from shared.config import CommonSettings, ConfigError
 from shared.db import UserExists, UserStore, create_schema, make_engine, session_factory
+from shared.db.keys import SCOPES, KeyStore, Scope
 from shared.logging import configure_logging
 from shared.messaging import AddressError, Envelope, parse_destination, parse_sender
 from shared.messaging.broker import BrokerUnavailable, Publisher, connect
@@ -35,6 +36,9 @@ class ServiceCommand:
     log_name: str
     on_uvloop: bool  # shared.service.run_service says which services run on uvloop, and why
 
+
+#: The edge of a development machine (``warren edge`` with its default port).
+DEFAULT_LISTEN_URL: Final = "ws://127.0.0.1:8000/ws"
 
 SERVICES: Final = {
     "edge": ServiceCommand(
@@ -78,6 +82,26 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("name")
     token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds")
 
+    key = sub.add_parser("key", help="manage service API keys (publishing over HTTP)")
+    key_actions = key.add_subparsers(dest="action", required=True)
+    key_add = key_actions.add_parser("add", help="make a key for a service; prints it once")
+    key_add.add_argument("name", help="the service: its events come from service:<name>")
+    key_add.add_argument("--scope", action="append", choices=sorted(SCOPES),
+                         help="what the key allows (repeatable; default publish)")
+    key_actions.add_parser("list", help="list keys (never their secrets)")
+    key_revoke = key_actions.add_parser("revoke", help="revoke a key by id, or every key of a name")
+    key_revoke.add_argument("name_or_id")
+
+    listen = sub.add_parser(
+        "listen", help="print the events a user's socket receives, as JSON lines, until Ctrl-C"
+    )
+    listen.add_argument("--user", help="development: connect as this user (a token is issued "
+                        "for it); otherwise the token is WARREN_TOKEN")
+    listen.add_argument("--type", action="append", default=[], dest="types", metavar="TYPE",
+                        help="print only events of this type (repeatable)")
+    listen.add_argument("--url", default=DEFAULT_LISTEN_URL,
+                        help=f"the edge's WebSocket address (default {DEFAULT_LISTEN_URL})")
+
     publish = sub.add_parser("publish", help="publish an event to warren.events")
     publish.add_argument("address", help="user:<id>, group:<name> or broadcast")
     publish.add_argument("data", help="the event's data, a JSON object")
@@ -98,8 +122,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             _user_add(env, args)
         elif args.command == "token":
             _token(env, args)
+        elif args.command == "key":
+            _key(env, args)
         elif args.command == "publish":
             _publish(env, args)
+        elif args.command == "listen":
+            _listen(env, args)
     except (ConfigError, BrokerUnavailable, AddressError, UserExists, ValueError) as exc:
         print(f"warren {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -114,13 +142,14 @@ def _serve(service: ServiceCommand, env: Mapping[str, str]) -> None:
 
 def _up(env: Mapping[str, str], args: argparse.Namespace) -> None:
     from services.supervisor.output import Output
-    from services.supervisor.settings import UpSettings
+    from services.supervisor.settings import UpSettings, config_file, declared_services
     from services.supervisor.up import up
 
     replicas = {
         "edge": args.edges, "relay": args.relays, "runner": args.runners, "excel": args.workers
     }
-    settings = UpSettings.from_env(env, replicas)
+    services = declared_services(args.services, config_file(args.config))
+    settings = UpSettings.from_env(env, replicas, services)
     colour = sys.stdout.isatty() and "NO_COLOR" not in env
     raise SystemExit(up(settings, env, Output(sys.stdout, colour), sys.executable))
 
@@ -139,12 +168,43 @@ def _user_add(env: Mapping[str, str], args: argparse.Namespace) -> None:
 
 
 def _token(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    print(_issuer(env, args.name)(args.ttl))
+
+
+def _issuer(env: Mapping[str, str], name: str) -> Callable[[int | None], str]:
+    """Issue tokens for the user ``name``, with the groups and roles it has at the time."""
     common = CommonSettings.from_env(env, "cli")
     tokens = TokenService(AuthSettings.from_env(env, development=common.development))
-    record = _store(common).get(args.name)
-    if record is None:
-        raise ValueError(f"no user {args.name!r}; add one with 'warren user add'")
-    print(tokens.issue(record.id, record.groups, record.roles, ttl_s=args.ttl))
+    store = _store(common)
+
+    def issue(ttl_s: int | None = None) -> str:
+        record = store.get(name)
+        if record is None:
+            raise ValueError(f"no user {name!r}; add one with 'warren user add'")
+        return tokens.issue(record.id, record.groups, record.roles, ttl_s=ttl_s)
+
+    return issue
+
+
+def _key(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    common = CommonSettings.from_env(env, "cli")
+    engine = make_engine(common.database_url)
+    try:
+        create_schema(engine)
+        keys = KeyStore(session_factory(engine))
+        if args.action == "add":
+            record, text = keys.add(args.name, args.scope or [Scope.PUBLISH])
+            print(text)
+            print(f"key {record.id} for service:{record.name} ({', '.join(sorted(record.scopes))}); "
+                  "it is shown only this once", file=sys.stderr)
+        elif args.action == "list":
+            for record in keys.all():
+                print(orjson.dumps(record.to_json()).decode())
+        else:
+            for record in keys.revoke(args.name_or_id):
+                print(orjson.dumps(record.to_json()).decode())
+    finally:
+        engine.dispose()
 
 
 def _publish(env: Mapping[str, str], args: argparse.Namespace) -> None:
@@ -167,6 +227,56 @@ def _publish(env: Mapping[str, str], args: argparse.Namespace) -> None:
 
     asyncio.run(publish())
     print(envelope.id)
+
+
+
+def _listen(env: Mapping[str, str], args: argparse.Namespace) -> None:
+    """Print each event a user's socket receives as a JSON line, and the connection's
+    states on stderr, until Ctrl-C (exit 0) or until the client stops (exit 1)."""
+    from warren.client import Client, StateChange, WarrenError
+
+    get_token: Callable[[], Awaitable[str]] | None = None
+    if args.user is not None:
+        if not CommonSettings.from_env(env, "cli").development:
+            raise ValueError("--user issues a token, which only WARREN_ENV=development does; "
+                             "set WARREN_TOKEN instead")
+        issue = _issuer(env, args.user)
+        token = issue(None)  # an unknown user is refused now rather than at its first refresh
+
+        async def get_token() -> str:
+            return await asyncio.to_thread(issue, None)
+    else:
+        token = env.get("WARREN_TOKEN", "").strip()
+        if not token:
+            raise ValueError("no token: set WARREN_TOKEN, or --user NAME in development")
+
+    def show(change: StateChange) -> None:
+        if change.state == "connected" and client.welcome is not None:
+            detail = f" to {client.welcome.edge} as {client.welcome.user}"
+        elif change.delay is not None:
+            detail = f" in {change.delay:.1f} s after {change.error}"
+        else:
+            detail = f": {change.error}" if change.error is not None else ""
+        print(f"warren listen: {change.state}{detail}", file=sys.stderr, flush=True)
+
+    client = Client(args.url, token=token, get_token=get_token)
+    client.on_state(show)
+
+    async def listen() -> None:
+        events = client.events(*args.types)
+        try:
+            async with client:
+                async for event in events:
+                    sys.stdout.write(orjson.dumps(event.to_dict()).decode() + "\n")
+                    sys.stdout.flush()
+        except WarrenError as exc:
+            print(f"warren listen: stopped: {exc}", file=sys.stderr)
+            raise SystemExit(1) from exc
+
+    try:
+        asyncio.run(listen())
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

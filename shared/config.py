@@ -20,6 +20,8 @@ Env = Mapping[str, str]
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_DATABASE_URL = "sqlite:///var/warren.db"
 DEFAULT_BROKER_OUTAGE_ALERT_S = 60.0
+DEFAULT_CATALOGUE_TTL_S = 30.0
+MIN_CATALOGUE_TTL_S = 0.5
 DEVELOPMENT = "development"
 PRODUCTION = "production"
 
@@ -109,6 +111,9 @@ class CommonSettings:
     # A broker outage lasting longer than this is logged at ERROR, once (it is a WARNING
     # before: restarts are expected).
     broker_outage_alert_s: float
+    # How long an edge keeps offering what this process announced in the catalogue
+    # without hearing from it again (it announces every third of it: shared/catalogue).
+    catalogue_ttl_s: float = DEFAULT_CATALOGUE_TTL_S
 
     @property
     def development(self) -> bool:
@@ -127,5 +132,9 @@ class CommonSettings:
             log_level=env_str(env, "WARREN_LOG_LEVEL", "INFO").upper(),
             broker_outage_alert_s=env_float(
                 env, "WARREN_BROKER_OUTAGE_ALERT_S", DEFAULT_BROKER_OUTAGE_ALERT_S
+            ),
+            catalogue_ttl_s=env_float(
+                env, "WARREN_CATALOGUE_TTL_S", DEFAULT_CATALOGUE_TTL_S,
+                minimum=MIN_CATALOGUE_TTL_S,
             ),
         )

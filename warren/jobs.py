@@ -2,19 +2,26 @@
 
 Arguments are validated twice: by the runner before it starts a child (so bad input
 becomes a clear ``run.error``), and again in the child before the job runs.
+
+A job reaches a runner through the entry-point group ``warren.jobs`` of an installed
+package (docs/extending.md), each entry point naming a :class:`Job` object.
 """
 
 from __future__ import annotations
 
+import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from warren.params import ArgsError, Param, describe, locate, validate
 
 __all__ = ["ArgsError", "Job", "JobContext", "JobFunction", "Param"]
+
+# Job and role names: what a client sends in run.start, and what a users-table role is.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +50,24 @@ class Job:
     params: Mapping[str, Param] = field(default_factory=dict)
     needs_http: bool = False
     check: Callable[[dict[str, Any]], None] | None = None  # cross-argument rules
+    # Who may start it: None lets every signed-in user; otherwise users holding one of
+    # these roles (users with the deployment's admin role always may).
+    roles: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME_PATTERN.fullmatch(self.name):
+            raise ValueError(f"job name {self.name!r} must be 1 to 64 letters, digits, '_' or '-'")
+        roles = self.roles
+        if roles is not None and (
+            not isinstance(roles, tuple)
+            or not all(isinstance(r, str) and NAME_PATTERN.fullmatch(r) for r in roles)
+        ):
+            raise ValueError(f"job {self.name}: roles must be None or a tuple of role names "
+                             f"(letters, digits, '_' or '-'), got {roles!r}")
+
+    def allows(self, roles: Collection[str], admin_role: str) -> bool:
+        """Whether a user holding ``roles`` may start this job."""
+        return self.roles is None or admin_role in roles or not set(self.roles).isdisjoint(roles)
 
     @property
     def needs_files(self) -> bool:
@@ -67,4 +92,6 @@ class Job:
         }
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "args": describe(self.params)}
+        """The job as clients see it; ``roles`` is None when every signed-in user may run it."""
+        return {"name": self.name, "description": self.description, "args": describe(self.params),
+                "roles": None if self.roles is None else list(self.roles)}

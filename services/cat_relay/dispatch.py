@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import asyncio
 
-import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
-from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, PublishError
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from shared.messaging import Envelope
-from shared.messaging.broker import CONTENT_TYPE, BrokerUnavailable
+from shared.messaging.producer import BrokerUnavailable, Unroutable
 from services.cat_relay.metrics import RelayMetrics
 from services.cat_relay.relay import Ask
-from services.cat_relay.sessions import HANDED_BACK_HEADER, SessionTable
+from services.cat_relay.sessions import SessionTable
 
 
 class Dispatcher:
@@ -54,18 +53,8 @@ class Dispatcher:
             await self._sessions.answer_here(session, ask)
             return
         self._metrics.routed.labels("session").inc()
-        forward = aio_pika.Message(
-            message.body,
-            content_type=CONTENT_TYPE,
-            message_id=ask.id,
-            correlation_id=ask.id,
-            type=envelope.type,
-            reply_to=ask.reply_to,
-            headers={HANDED_BACK_HEADER: True} if ask.handed_back else None,
-            delivery_mode=DeliveryMode.PERSISTENT,
-        )
         try:
-            await self._sessions.forward(ask, forward)
-        except (PublishError, asyncio.TimeoutError, AMQPError, ChannelInvalidStateError,
-                ConnectionError) as exc:
+            await self._sessions.forward(ask, message.body)
+        except (BrokerUnavailable, Unroutable, asyncio.TimeoutError, AMQPError,
+                ChannelInvalidStateError, ConnectionError) as exc:
             raise BrokerUnavailable(f"could not forward ask {ask.id}: {exc!r}") from exc

@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 
 from shared.auth import TokenService
+from shared.catalogue import CommandType, Offer, advertise
 from shared.db import ChatHistory, UserStore, create_schema, make_engine, session_factory
+from shared.lifecycle import Lifecycle
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command
 from shared.messaging.work import WorkConsumer
@@ -31,26 +32,22 @@ log = logging.getLogger(__name__)
 
 
 class RelayServer:
-    """Owns the relay's resources. ``start`` builds them in order, ``stop`` undoes it."""
+    """Owns the relay's resources. ``start`` builds them in order and registers each with
+    the lifecycle (shared/lifecycle.py), ``stop`` closes them in reverse."""
 
     def __init__(self, settings: RelaySettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = RelayMetrics(registry or CollectorRegistry())
         self.port = 0
+        self._lifecycle = Lifecycle("cat_relay", deadline_s=settings.http.shutdown_deadline_s)
         self.connection: AbstractRobustConnection | None = None
         self.cat: CatClient | None = None
         self.sessions: SessionTable | None = None
-        self._asker: Asker | None = None
         self._consumer: WorkConsumer | None = None
-        self._http: HTTPServer | None = None
-        self._engine: Engine | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._draining = False
-        self._stopped = False
 
     def is_ready(self) -> bool:
         return (
-            not self._draining
+            not self._lifecycle.closing
             and self._consumer is not None
             and self._consumer.is_ready()
             and self.sessions is not None
@@ -58,22 +55,32 @@ class RelayServer:
         )
 
     async def start(self) -> None:
+        """Threads, database, broker, Cat client, sessions, consumer, then the listener; a
+        failure closes what was started. ``stop`` closes them in the reverse order."""
+        async with self._lifecycle.starting() as life:
+            await self._start(life)
+
+    async def _start(self, life: Lifecycle) -> None:
         settings = self.settings
-        self._executor = ThreadPoolExecutor(4, thread_name_prefix="relay-blocking")
-        self._engine = make_engine(settings.common.database_url)
+        executor = ThreadPoolExecutor(4, thread_name_prefix="relay-blocking")
+        life.callback(executor.shutdown, wait=False, cancel_futures=True)
+        engine = make_engine(settings.common.database_url)
+        life.callback(engine.dispose)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, create_schema, self._engine)
-        sessions_db = session_factory(self._engine)
+        await loop.run_in_executor(executor, create_schema, engine)
+        sessions_db = session_factory(engine)
         history = ChatHistory(sessions_db, settings.history_turns)
 
-        self.cat = cat = make_client(settings.cat, self._executor)
-        self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
         self.connection = connection = await connect(
             settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
+        life.push_async_callback(connection.close)
+        self.cat = cat = make_client(settings.cat, executor)
+        life.push_async_callback(cat.close)
+        self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
         publisher = await Publisher.open(connection)
-        relay = Relay(settings, cat, history, publisher, self.metrics, self._executor)
+        relay = Relay(settings, cat, history, publisher, self.metrics, executor)
         self.sessions = sessions = SessionTable(
             connection,
             relay,
@@ -82,83 +89,75 @@ class RelayServer:
             local_limit=max(1, settings.prefetch // 2),
             on_count=self.metrics.sessions.set,
         )
+        life.push_async_callback(sessions.close)
         await sessions.start()
-        self._asker = asker = Asker(connection, publisher, settings.common.instance_id)
-        await asker.start()
+        asker = Asker(connection, publisher, settings.common.instance_id)
+        await asker.start()  # its channel closes with the connection
         dispatcher = Dispatcher(sessions, self.metrics)
         # No retry policy: an ask that failed may have reached the Cat already (the v2
         # history is written after the answer), so it goes back to the queue and is
         # answered ``interrupted`` rather than asked again (docs/cat_relay.md, Failures).
-        self._consumer = WorkConsumer(
+        self._consumer = consumer = WorkConsumer(
             connection, Command.CHAT_ASK, dispatcher.take, prefetch=settings.prefetch
         )
-        await self._consumer.start()
+        life.push_async_callback(consumer.close)
+        await consumer.start()
         tokens = TokenService(settings.auth)
         app = make_app(
-            settings, asker, cat, tokens, UserStore(sessions_db), self._executor, self.metrics,
+            settings, asker, cat, tokens, UserStore(sessions_db), executor, self.metrics,
             self.is_ready,
         )
-        self._http, self.port = listen(app, settings.http)
+        http, self.port = listen(app, settings.http)
+        life.push_async_callback(http.close_all_connections)
+        life.push_async_callback(self._drain, http, consumer, sessions, asker, bounded=False)
+        # Offered once consumed; withdrawn first at stop, before the drain.
+        advertiser = await advertise(connection, settings.common, "cat_relay", Offer(
+            commands=(CommandType(Command.CHAT_ASK),),
+        ))
+        life.push_async_callback(advertiser.stop)
         log.info(
             "cat_relay ready",
             extra={"port": self.port, "instance": settings.common.instance_id,
                    "cat": settings.cat.url, "protocol": settings.cat.protocol.value},
         )
 
-    async def stop(self) -> None:
-        """Stop taking asks, answer those taken, hand sessions to other replicas, close."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._draining = True
+    async def _drain(
+        self, http: HTTPServer, consumer: WorkConsumer, sessions: SessionTable, asker: Asker
+    ) -> None:
+        """Stop taking asks, answer those taken, hand sessions to other replicas; at the
+        deadline answer what is left ``interrupted``."""
         deadline = self.settings.http.shutdown_deadline_s
         loop = asyncio.get_running_loop()
         until = loop.time() + deadline
-        if self._http is not None:
-            self._http.stop()
+        http.stop()
         try:
             async with asyncio.timeout(deadline):
-                if self._consumer is not None:
-                    await self._consumer.stop_consuming()
-                if self.sessions is not None:
-                    await self.sessions.stop_taking()
+                await consumer.stop_consuming()
+                await sessions.stop_taking()
         except (TimeoutError, AMQPError, ConnectionError):
             log.warning("could not stop consuming cleanly", exc_info=True)
-        drained = True
-        if self._consumer is not None:
-            drained = await self._consumer.drain(max(0.0, until - loop.time())) and drained
-        if self.sessions is not None:
-            drained = await self.sessions.wait_released(max(0.0, until - loop.time())) and drained
-        if self._asker is not None:
-            drained = await self._asker.wait_answered(max(0.0, until - loop.time())) and drained
+        drained = await consumer.drain(max(0.0, until - loop.time()))
+        drained = await sessions.wait_released(max(0.0, until - loop.time())) and drained
+        drained = await asker.wait_answered(max(0.0, until - loop.time())) and drained
         if not drained:
             log.warning("asks still running at the shutdown deadline: answered interrupted")
         try:
             async with asyncio.timeout(deadline):
-                if self.sessions is not None:
-                    await self.sessions.interrupt()
+                await sessions.interrupt()
         except TimeoutError:
             log.warning("could not answer every ask left before the deadline")
-        if self._asker is not None:
-            self._asker.abandon()
-        try:
-            async with asyncio.timeout(deadline):
-                if self._consumer is not None:
-                    await self._consumer.close()
-                if self._http is not None:
-                    await self._http.close_all_connections()
-                if self.sessions is not None:
-                    await self.sessions.close()
-                if self.cat is not None:
-                    await self.cat.close()
-                if self.connection is not None:
-                    await self.connection.close()
-        except TimeoutError:
-            log.warning("broker connection did not close before the deadline")
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._engine is not None:
-            self._engine.dispose()
+        asker.abandon()
+
+    async def stop(self) -> None:
+        """Stop taking asks, answer those taken, hand sessions to other replicas, close.
+
+        The broker may be away: the closing steps together take at most the shutdown
+        deadline, after the drain's own.
+        """
+        if self._lifecycle.closing:
+            await self._lifecycle.aclose()  # stopping already: wait until it has
+            return
+        await self._lifecycle.aclose()
         log.info("cat_relay stopped")
 
 

@@ -37,7 +37,6 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import orjson
 from aio_pika.abc import (
     AbstractChannel,
@@ -45,13 +44,13 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    DeliveryMode,
 )
 
 from shared.logging import correlated
 from shared.messaging import EnvelopeError, decode
-from shared.messaging.broker import CONTENT_TYPE, declare_chat_claims_queue, declare_session_queue
+from shared.messaging.broker import declare_chat_claims_queue, declare_session_queue
 from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
+from shared.messaging.producer import PUBLISH_TIMEOUT_S, MessageKind, Producer
 from shared.messaging.work import settle
 from services.cat_relay.cat import CatClient
 from shared.locks import KeyedLocks
@@ -62,7 +61,6 @@ log = logging.getLogger(__name__)
 HANDED_BACK_HEADER = "x-warren-handed-back"  # set on an ask forwarded after a redelivery
 ANSWERED_MEMORY = 4096  # ask ids remembered, to answer a redelivered copy only once
 FORWARD_MEMORY = 65536  # users whose last forwarded ask is remembered
-PUBLISH_TIMEOUT_S = 5.0
 # A session's claim stays unacknowledged for the session's whole life, and RabbitMQ
 # closes a channel holding a delivery longer than its consumer_timeout (30 min by default).
 MAX_AGE_S = 600.0
@@ -117,6 +115,7 @@ class SessionTable:
         self._local = 0  # asks answered here straight from chat.ask, not finished yet
         self._on_count = on_count
         self._channel: AbstractRobustChannel | None = None
+        self._producer: Producer | None = None
         self._claims_channel: AbstractChannel | None = None
         self._claims_queue: AbstractQueue | None = None
         self._claims_tag: str | None = None
@@ -137,6 +136,7 @@ class SessionTable:
         await channel.set_qos(prefetch_count=1)  # per consumer: one ask at a time per session
         channel.close_callbacks.add(self._on_channel_lost)
         self._channel = channel
+        self._producer = Producer(channel)
         claims = await self._connection.channel()
         await claims.set_qos(prefetch_count=0)  # no limit: each claim held is a session consumed
         claims.close_callbacks.add(self._on_claims_lost)
@@ -195,8 +195,11 @@ class SessionTable:
         finally:
             self._local -= 1
 
-    async def forward(self, ask: Ask, message: aio_pika.Message) -> None:
-        """Put an ask into its user's session queue and see that some replica consumes it."""
+    async def forward(self, ask: Ask, body: bytes) -> None:
+        """Put an ask into its user's session queue and see that some replica consumes it.
+
+        ``body`` is the ask as the dispatcher received it, forwarded unchanged.
+        """
         user = ask.user
         self._synced.discard(user)
         self._last_forward[user] = ask.id
@@ -207,10 +210,10 @@ class SessionTable:
             async with self._subscription.hold(user):
                 if user in self._sessions:
                     # We consume it, and cannot let go while we hold the lock.
-                    await self._publish(chat_session_queue_name(user), message)
+                    await self._forward(ask, body)
                     return
             await self._declare(user)
-            await self._publish(chat_session_queue_name(user), message)
+            await self._forward(ask, body)
             # Counted after the publish: a consumer that leaves before the count is seen
             # here, one that leaves after it sees the ask when it counts (_settle_claims).
             consumers, _waiting = await self._count(user)
@@ -495,19 +498,28 @@ class SessionTable:
         result = (await self._declare(user)).declaration_result
         return int(result.consumer_count or 0), int(result.message_count or 0)
 
-    async def _publish(self, queue: str, message: aio_pika.Message) -> None:
-        assert self._channel is not None
-        await self._channel.default_exchange.publish(
-            message, routing_key=queue, mandatory=True, timeout=PUBLISH_TIMEOUT_S
+    async def _forward(self, ask: Ask, body: bytes) -> None:
+        assert self._producer is not None
+        await self._producer.publish(
+            ask.envelope,
+            self._producer.default_exchange,
+            chat_session_queue_name(ask.user),
+            kind=MessageKind.COMMAND,
+            mandatory=True,
+            reply_to=ask.reply_to,
+            headers={HANDED_BACK_HEADER: True} if ask.handed_back else None,
+            body=body,
         )
 
     async def _claim(self, user: str) -> None:
-        claim = aio_pika.Message(
+        assert self._producer is not None
+        await self._producer.publish_body(
             orjson.dumps({"user": user}),
-            content_type=CONTENT_TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
+            self._producer.default_exchange,
+            CHAT_CLAIMS_QUEUE,
+            kind=MessageKind.COMMAND,
+            mandatory=True,
         )
-        await self._publish(CHAT_CLAIMS_QUEUE, claim)
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)

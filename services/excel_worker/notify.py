@@ -10,40 +10,24 @@ Progress events are ordinary transient events (``shared.messaging.broker.Publish
 
 from __future__ import annotations
 
-import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection, DeliveryMode
-from aio_pika.exceptions import PublishError
-
-from shared.messaging.broker import CONTENT_TYPE, declare_exchanges
-from shared.messaging.envelope import Envelope, encode
+from shared.messaging.broker import Publisher
+from shared.messaging.envelope import Envelope
+from shared.messaging.producer import PUBLISH_TIMEOUT_S, Unroutable
 
 
 class RoutedPublisher:
     """Publishes events with ``mandatory`` and confirms, and says whether they were routed."""
 
-    def __init__(self, events: AbstractExchange) -> None:
-        self._events = events
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
 
-    @classmethod
-    async def open(cls, connection: AbstractRobustConnection) -> RoutedPublisher:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        events, _commands = await declare_exchanges(channel)
-        return cls(events)
-
-    async def publish(self, envelope: Envelope, *, timeout: float = 5.0) -> bool:
+    async def publish(self, envelope: Envelope, *, timeout: float = PUBLISH_TIMEOUT_S) -> bool:
         """True if some queue took the event, False if the broker returned it (nobody bound).
 
         Raises on broker trouble (not confirmed): the caller keeps the notification pending.
         """
-        message = aio_pika.Message(
-            encode(envelope), content_type=CONTENT_TYPE, message_id=envelope.id,
-            correlation_id=envelope.id, type=envelope.type,
-            delivery_mode=DeliveryMode.NOT_PERSISTENT,
-        )
         try:
-            await self._events.publish(
-                message, routing_key=envelope.to.routing_key, mandatory=True, timeout=timeout
-            )
-        except PublishError:
+            await self._publisher.publish_event(envelope, mandatory=True, timeout=timeout)
+        except Unroutable:
             return False
         return True

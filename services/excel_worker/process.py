@@ -24,6 +24,10 @@ class BuildFailed(RuntimeError):
     """The build child reported an error, died, or ran out of time."""
 
 
+class RowsRefused(ValueError):
+    """The report's rows do not match its columns: no other attempt would do better."""
+
+
 @dataclass(frozen=True, slots=True)
 class BuildOutcome:
     rows: int
@@ -53,10 +57,12 @@ async def warm_up(context: ForkServerContext) -> None:
 async def run_build(
     context: ForkServerContext,
     job: BuildJob,
-    on_progress: Callable[[int, int], None],
+    on_progress: Callable[[int, int | None], None],
     timeout: float,
 ) -> BuildOutcome:
-    """Build ``job`` in a child; ``on_progress(rows, total)`` runs on the loop."""
+    """Build ``job`` in a child; ``on_progress(rows, total)`` runs on the loop (``total``
+    None while the report does not know it). :class:`RowsRefused` if the report's rows
+    do not match its columns, :class:`BuildFailed` for any other failure."""
     loop = asyncio.get_running_loop()
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=run_job, args=(job, sender), daemon=True,
@@ -73,6 +79,9 @@ async def run_build(
                     raise BuildFailed(f"build process exited with code {await _exit_code(process)}")
                 if message[0] == "progress":
                     on_progress(message[1], message[2])
+                elif message[0] == "invalid_row":
+                    await _exit_code(process)
+                    raise RowsRefused(str(message[1]))
                 elif message[0] == "done":
                     await _exit_code(process)
                     _, rows, size, peak_rss_kb, cpu_s = message

@@ -11,13 +11,13 @@ from typing import Final
 import tornado.web
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
-from tornado.httpserver import HTTPServer
 
+from shared.catalogue import CommandType, Offer, advertise
 from shared.db import create_schema, make_engine, session_factory
 from shared.db.outage import RetryWhileUnavailable
 from shared.db.exports import ExportStore
 from shared.db.notifications import NotificationStore
+from shared.lifecycle import Lifecycle
 from shared.messaging.broker import Publisher, connect
 from shared.messaging.names import Command
 from shared.messaging.work import WorkConsumer
@@ -26,6 +26,7 @@ from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 from services.excel_worker.metrics import ExcelMetrics
 from services.excel_worker.notify import RoutedPublisher
 from services.excel_worker.process import build_context, warm_up
+from services.excel_worker.registry import ReportRegistry, discover_reports
 from services.excel_worker.retention import sweep
 from services.excel_worker.settings import ExcelSettings
 from services.excel_worker.worker import ExportWorker, WorkerDeps
@@ -51,37 +52,49 @@ class TaskMetricsHandler(MetricsHandler):
 
 
 class ExcelWorkerServer:
-    """Owns the worker's resources. ``start`` builds them in order, ``stop`` undoes it."""
+    """Owns the worker's resources. ``start`` builds them in order and registers each
+    with the lifecycle (shared/lifecycle.py), ``stop`` closes them in reverse."""
 
     def __init__(self, settings: ExcelSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.metrics = ExcelMetrics(registry or CollectorRegistry())
         self.port = 0
+        self._lifecycle = Lifecycle("excel_worker", deadline_s=settings.http.shutdown_deadline_s)
         self.connection: AbstractRobustConnection | None = None
         self.consumer: WorkConsumer | None = None
         self.worker: ExportWorker | None = None
-        self._engine: Engine | None = None
+        self.reports: ReportRegistry | None = None
         self._store: ExportStore | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._http: HTTPServer | None = None
-        self._sweeper: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._stopped = False
 
     def is_ready(self) -> bool:
-        return (not self._stopping.is_set() and self.consumer is not None
+        return (not self._lifecycle.closing and self.consumer is not None
                 and self.consumer.is_ready())
 
     async def start(self) -> None:
+        """Threads, database, broker, consumer, retention sweeps, then the listener; a
+        failure closes what was started. ``stop`` closes them in the reverse order."""
+        async with self._lifecycle.starting() as life:
+            await self._start(life)
+
+    async def _start(self, life: Lifecycle) -> None:
         settings = self.settings
         loop = asyncio.get_running_loop()
-        self._executor = ThreadPoolExecutor(settings.db_threads, thread_name_prefix="excel-db")
-        self._engine = make_engine(settings.common.database_url)
-        await loop.run_in_executor(self._executor, create_schema, self._engine)
-        sessions = session_factory(self._engine)
+        # First: a replica with a broken report package refuses to start (registry.py).
+        self.reports = reports = discover_reports(
+            settings.report_references, settings.reports_enabled, settings.limits.maxima()
+        )
+        self._executor = executor = ThreadPoolExecutor(
+            settings.db_threads, thread_name_prefix="excel-db"
+        )
+        life.callback(executor.shutdown, wait=False, cancel_futures=True)
+        engine = make_engine(settings.common.database_url)
+        life.callback(engine.dispose)
+        await loop.run_in_executor(executor, create_schema, engine)
+        sessions = session_factory(engine)
         self._store = store = ExportStore(sessions)
         await loop.run_in_executor(
-            self._executor, lambda: settings.exports_dir.mkdir(parents=True, exist_ok=True)
+            executor, lambda: settings.exports_dir.mkdir(parents=True, exist_ok=True)
         )
         context = build_context()
         await warm_up(context)
@@ -90,20 +103,27 @@ class ExcelWorkerServer:
             settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
+        life.push_async_callback(connection.close)
         publisher = await Publisher.open(connection)
-        routed = await RoutedPublisher.open(connection)
         self.worker = ExportWorker(WorkerDeps(
-            settings=settings, metrics=self.metrics, exports=store,
-            notifications=NotificationStore(sessions), sessions=sessions, publisher=publisher,
-            routed=routed, context=context, blocking=self._executor,
+            settings=settings, reports=reports, metrics=self.metrics, exports=store,
+            notifications=NotificationStore(sessions), publisher=publisher,
+            routed=RoutedPublisher(publisher), context=context, blocking=executor,
         ))
-        self.consumer = WorkConsumer(
+        self.consumer = consumer = WorkConsumer(
             connection, Command.EXCEL_CREATE, self.worker.handle, prefetch=PREFETCH,
             on_rejected=lambda _reason: self.metrics.dead_lettered.inc(),
             retry=RetryWhileUnavailable(),  # a task that meets the database away waits for it
         )
-        await self.consumer.start()
-        self._sweeper = asyncio.create_task(self._sweep_forever(store))
+        life.push_async_callback(consumer.close)
+        await consumer.start()
+        life.push_async_callback(self._drain, consumer, bounded=False)
+        life.create_task(self._sweep_forever(store), name="retention sweeps")
+        # Offered once consumed; withdrawn first at stop, before the drain.
+        advertiser = await advertise(connection, settings.common, "excel_worker", Offer(
+            commands=(CommandType(Command.EXCEL_CREATE),), reports=tuple(reports.describe()),
+        ))
+        life.push_async_callback(advertiser.stop)
 
         app = tornado.web.Application([
             (r"/healthz", HealthHandler),
@@ -111,14 +131,16 @@ class ExcelWorkerServer:
             (r"/metrics", TaskMetricsHandler,
              {"registry": self.metrics.registry, "refresh": self._refresh_counts}),
         ], log_function=log_request)
-        self._http, self.port = listen(app, settings.http)
+        http, self.port = listen(app, settings.http)
+        life.push_async_callback(http.close_all_connections)
+        life.callback(http.stop)
         log.info("excel_worker ready", extra={"port": self.port,
                                               "instance": settings.common.instance_id,
                                               "exports_dir": str(settings.exports_dir)})
 
     async def _sweep_forever(self, store: ExportStore) -> None:
         settings, loop = self.settings, asyncio.get_running_loop()
-        while not self._stopping.is_set():
+        while True:  # until closing cancels it
             try:
                 expired = await loop.run_in_executor(
                     self._executor, sweep, store, settings.exports_dir, settings.retention_s,
@@ -129,10 +151,7 @@ class ExcelWorkerServer:
                     log.info("expired exports deleted", extra={"count": expired})
             except Exception:
                 log.warning("retention sweep failed; retrying next interval", exc_info=True)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), settings.sweep_interval_s)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(settings.sweep_interval_s)
 
     async def _refresh_counts(self) -> None:
         """The task table's counts by status; if they cannot be read, the last ones stay."""
@@ -149,45 +168,29 @@ class ExcelWorkerServer:
             return
         self.metrics.set_status_counts(counts)
 
-    async def stop(self) -> None:
-        """Stop taking tasks, let the current one finish within the deadline (else leave it
-        unacknowledged for another replica), then close broker, database and threads."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping.set()
+    async def _drain(self, consumer: WorkConsumer) -> None:
+        """Stop taking tasks and let the current one finish within the shutdown deadline;
+        past it, the task is left unacknowledged for another replica."""
         deadline = self.settings.http.shutdown_deadline_s
-        if self._http is not None:
-            self._http.stop()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
         try:
             async with asyncio.timeout(deadline):
-                if self.consumer is not None:
-                    await self.consumer.stop_consuming()
+                await consumer.stop_consuming()
         except (TimeoutError, Exception):
             log.warning("could not cancel the consumer cleanly", exc_info=True)
-        if self.consumer is not None:
-            if not await self.consumer.drain(deadline):
-                log.warning("shutdown deadline passed mid-task; leaving it unacknowledged")
-            try:
-                async with asyncio.timeout(deadline):
-                    await self.consumer.close()
-            except (TimeoutError, Exception):
-                log.warning("consumer channel did not close cleanly", exc_info=True)
-        try:
-            async with asyncio.timeout(deadline):
-                if self.connection is not None:
-                    await self.connection.close()
-        except TimeoutError:
-            log.warning("broker connection did not close before the deadline")
-        if self._http is not None:
-            await self._http.close_all_connections()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._engine is not None:
-            self._engine.dispose()
+        if not await consumer.drain(deadline):
+            log.warning("shutdown deadline passed mid-task; leaving it unacknowledged")
+
+    async def stop(self) -> None:
+        """Stop taking tasks, let the current one finish within the deadline (else leave it
+        unacknowledged for another replica), then close broker, database and threads.
+
+        The broker may be away: the closing steps together take at most the shutdown
+        deadline, after the drain's own.
+        """
+        if self._lifecycle.closing:
+            await self._lifecycle.aclose()  # stopping already: wait until it has
+            return
+        await self._lifecycle.aclose()
         log.info("excel_worker stopped")
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int
 from shared.exports.settings import Limits, exports_dir
 from shared.service import HttpSettings
+from services.excel_worker.registry import REPORTS
 
 PREFIX = "EXCEL"
 DEFAULT_PORT = 8300
@@ -28,6 +29,8 @@ class ExcelSettings:
     sweep_interval_s: float
     db_threads: int
     row_delay_s: float  # test only: slows every row so "mid-task" windows are deterministic
+    report_references: tuple[str, ...] = ()  # module:attribute of reports besides the entry points
+    reports_enabled: frozenset[str] | None = None  # the only reports offered; None: all found
 
     @classmethod
     def from_env(cls, env: Env) -> ExcelSettings:
@@ -53,4 +56,8 @@ class ExcelSettings:
             sweep_interval_s=env_float(env, "WARREN_EXCEL_SWEEP_INTERVAL_S", 300.0, minimum=0.1),
             db_threads=env_int(env, "WARREN_EXCEL_DB_THREADS", 2, minimum=1),
             row_delay_s=row_delay,
+            report_references=REPORTS.references(env),
+            reports_enabled=REPORTS.enabled(env),
         )
+
+

@@ -6,14 +6,18 @@ openpyxl's public write-only API is used: every row is a list of plain values an
 column that takes each row's value in turn: write-only mode serialises a row as soon as
 it is appended, so the object is free again for the next row. Each such cell carries a
 style, so openpyxl never reuses it as its own scratch cell.
+
+Rows come from a report (``warren.reports``), so each is checked against the columns
+as it is written: a row that does not match raises :class:`InvalidRow` naming it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 from openpyxl import Workbook
@@ -22,7 +26,7 @@ from openpyxl.cell.cell import ERROR_CODES
 from openpyxl.styles import Alignment, Font, PatternFill
 from openpyxl.utils import get_column_letter
 
-from shared.exports.requests import ColumnType
+from warren.reports import Column, ColumnType
 
 if TYPE_CHECKING:
     from openpyxl.worksheet._write_only import WriteOnlyWorksheet
@@ -61,14 +65,24 @@ HEADER_FONT: Final = Font(bold=True, color="FFFFFF")
 HEADER_FILL: Final = PatternFill("solid", fgColor="1F4E78")
 HEADER_ALIGNMENT: Final = Alignment(horizontal="center", vertical="center")
 PROGRESS_EVERY: Final = 1024  # rows between two on_row calls
+MAX_ROWS: Final = 1_048_575  # data rows a sheet holds, below its header
+MAX_COLUMNS: Final = 16_384
+MAX_DATE_TEXT: Final = 40
+# The value types each column takes as they are, by exact type (the fast path); any
+# other value goes through _RowConverter._coerce, which accepts subclasses, finite
+# floats and ISO date text, and refuses the rest.
+EXACT_TYPES: Final = {
+    ColumnType.STRING: frozenset({str}),
+    ColumnType.INTEGER: frozenset({int}),
+    ColumnType.NUMBER: frozenset({int}),
+    ColumnType.DATE: frozenset({date, datetime}),
+    ColumnType.DATETIME: frozenset({datetime}),
+    ColumnType.BOOLEAN: frozenset({bool}),
+}
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    type: ColumnType
-    width: float | None = None
-    number_format: str | None = None  # None: the type's default; "": General
+class InvalidRow(ValueError):
+    """A report's row that does not match its columns; the message names the row."""
 
 
 def needs_quoting(text: str) -> bool:
@@ -86,48 +100,99 @@ def column_width(column: Column) -> float:
 
 
 class _RowConverter:
-    """Turns one row of Python values into what ``ws.append`` takes, formatted and safe.
+    """Turns one row of Python values into what ``ws.append`` takes: checked against the
+    columns, formatted and safe.
 
-    Text in any column is checked, so a supplied value never becomes a formula whatever
-    the column's declared type. This is the hot loop of every export: ordinary text costs
-    one regular-expression search (in C), and no value costs a Python call of its own.
+    Every value must fit its column (:class:`InvalidRow` otherwise), so text reaches a
+    sheet only through text columns, where each value is checked for what Excel would
+    read as a formula. This is the hot loop of every export: a value of its column's
+    exact type costs a set lookup, ordinary text one regular-expression search (in C),
+    and no such value costs a Python call of its own.
     """
 
     def __init__(self, ws: WriteOnlyWorksheet, columns: Sequence[Column]) -> None:
+        self._columns = columns
+        self._rows = 0
         self._quoted = [_quoted_cell(ws) for _ in columns]  # a row may hold several
-        self._unformatted: list[int] = []  # values pass as they are, text once checked
-        self._formatted: list[tuple[int, WriteOnlyCell]] = []  # numbers and dates
+        self._text: list[int] = []  # text, checked for formulas
+        self._plain: list[tuple[int, frozenset[type]]] = []  # values pass as they are
+        self._formatted: list[tuple[int, frozenset[type], WriteOnlyCell]] = []  # numbers, dates
         for index, column in enumerate(columns):
+            exact = EXACT_TYPES[column.type]
+            if column.type is ColumnType.STRING:
+                self._text.append(index)
+                continue
             number_format = column.number_format
             if number_format is None:
                 number_format = NUMBER_FORMATS.get(column.type)
-            if number_format and column.type is not ColumnType.STRING:
+            if number_format:
                 cell = WriteOnlyCell(ws)
                 cell.number_format = number_format
-                self._formatted.append((index, cell))
+                self._formatted.append((index, exact, cell))
             else:
-                self._unformatted.append(index)
+                self._plain.append((index, exact))
 
     def __call__(self, row: Sequence[Any]) -> list[Any]:
-        values = list(row)
+        self._rows += 1
+        try:
+            values = list(row)
+        except TypeError:
+            raise InvalidRow(f"row {self._rows}: not a sequence of values, "
+                             f"got {_show(row)}") from None
+        if len(values) != len(self._columns):
+            raise InvalidRow(f"row {self._rows} has {len(values)} values for "
+                             f"{len(self._columns)} columns")
         needs_care = NEEDS_CARE.search
-        for index in self._unformatted:
-            value = values[index]
-            if isinstance(value, str) and needs_care(value):
-                values[index] = self._careful(value, index)
-        for index, cell in self._formatted:
+        for index in self._text:
             value = values[index]
             if value is None:
                 continue
-            if isinstance(value, str):
-                if needs_care(value):
-                    values[index] = self._careful(value, index)
+            if type(value) is not str:
+                value = self._coerce(index, value)
+            if needs_care(value):
+                values[index] = self._careful(value, index)
+        for index, exact in self._plain:
+            value = values[index]
+            if value is not None and type(value) not in exact:
+                values[index] = self._coerce(index, value)
+        for index, exact, cell in self._formatted:
+            value = values[index]
+            if value is None:
                 continue
+            if type(value) not in exact:
+                value = self._coerce(index, value)
             if isinstance(value, datetime) and value.tzinfo is not None:
                 value = value.astimezone(timezone.utc).replace(tzinfo=None)
             cell.value = value
             values[index] = cell
         return values
+
+    def _coerce(self, index: int, value: Any) -> Any:
+        """A value the fast path did not take: kept, parsed (ISO date text), or refused."""
+        kind = self._columns[index].type
+        ok = False
+        if kind is ColumnType.STRING:
+            ok = isinstance(value, str)
+        elif kind is ColumnType.INTEGER:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif kind is ColumnType.NUMBER:
+            ok = (isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        elif kind is ColumnType.BOOLEAN:
+            ok = isinstance(value, bool)
+        elif isinstance(value, str) and len(value) <= MAX_DATE_TEXT:
+            parse = date.fromisoformat if kind is ColumnType.DATE else datetime.fromisoformat
+            try:
+                return parse(value)
+            except ValueError:
+                pass
+        else:
+            ok = isinstance(value, date if kind is ColumnType.DATE else datetime)
+        if not ok:
+            name = self._columns[index].name
+            raise InvalidRow(f"row {self._rows}: column {name!r} ({kind.value}) cannot hold "
+                             f"{_show(value)}")
+        return value
 
     def _careful(self, value: str, index: int) -> Any:
         """Text that may be read as a formula or holds control characters."""
@@ -171,7 +236,12 @@ def write_sheet(
     """Write ``rows`` under a styled header to ``path``; return how many rows were written.
 
     ``on_row(n)`` is called every ``PROGRESS_EVERY`` rows and once at the end.
+    :class:`InvalidRow` if a row does not match the columns, or there are more rows
+    than a sheet holds.
     """
+    if not 0 < len(columns) <= MAX_COLUMNS:
+        raise InvalidRow(f"a sheet has 1 to {MAX_COLUMNS} columns, the report gave "
+                         f"{len(columns)}")
     wb = Workbook(write_only=True)
     if title:
         wb.properties.title = clean_text(title)
@@ -182,11 +252,17 @@ def write_sheet(
     ws.append([header_cell(ws, c.name) for c in columns])
     convert = _RowConverter(ws, columns)
     count = 0
-    for row in rows:
-        ws.append(convert(row))
-        count += 1
-        if on_row is not None and not count % PROGRESS_EVERY:
-            on_row(count)
+    try:
+        for row in rows:
+            if count == MAX_ROWS:
+                raise InvalidRow(f"row {count + 1}: a sheet holds at most {MAX_ROWS} rows")
+            ws.append(convert(row))
+            count += 1
+            if on_row is not None and not count % PROGRESS_EVERY:
+                on_row(count)
+    except BaseException:
+        ws.close()  # ends openpyxl's row writer, so an abandoned sheet leaves it closed
+        raise
     ws.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{count + 1}"
     wb.save(path)
     if on_row is not None:
@@ -194,9 +270,6 @@ def write_sheet(
     return count
 
 
-def parse_date(value: Any) -> Any:
-    return date.fromisoformat(value) if isinstance(value, str) else value
-
-
-def parse_datetime(value: Any) -> Any:
-    return datetime.fromisoformat(value) if isinstance(value, str) else value
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

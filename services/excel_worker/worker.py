@@ -23,29 +23,22 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from aio_pika.abc import AbstractIncomingMessage
-from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db.exports import FINAL_STATUSES, ExportRecord, ExportStore, TaskHold
 from shared.db.notifications import NotificationStore, make_notification
 from shared.exports.events import done_event, failed_event, progress_event
-from shared.exports.requests import (
-    ExportRequest,
-    InvalidRequest,
-    ReportKind,
-    as_refused,
-    parse_request,
-)
+from shared.exports.requests import ExportRequest, InvalidRequest, as_refused, parse_request
 from shared.exports.storage import is_task_id, stored_name
 from shared.messaging.broker import Publisher
 from shared.messaging.envelope import Envelope, encode
 from shared.messaging.work import Reject
-from services.excel_worker.activity import activity_rows
 from services.excel_worker.build import BuildJob
 from services.excel_worker.files import move_into_storage, work_dir_name
 from services.excel_worker.metrics import ExcelMetrics
 from services.excel_worker.notify import RoutedPublisher
-from services.excel_worker.process import BuildFailed, BuildOutcome, run_build
+from services.excel_worker.process import BuildFailed, BuildOutcome, RowsRefused, run_build
 from services.excel_worker.progress import Throttle
+from services.excel_worker.registry import ReportRegistry
 from services.excel_worker.settings import ExcelSettings
 
 log = logging.getLogger(__name__)
@@ -64,10 +57,10 @@ def download_name(report: str, when: datetime) -> str:
 @dataclass(frozen=True, slots=True)
 class WorkerDeps:
     settings: ExcelSettings
+    reports: ReportRegistry
     metrics: ExcelMetrics
     exports: ExportStore
     notifications: NotificationStore
-    sessions: sessionmaker[Session]
     publisher: Publisher
     routed: RoutedPublisher
     context: ForkServerContext
@@ -100,7 +93,7 @@ class ExportWorker:
         if not is_task_id(task_id):
             raise Reject(f"task id {task_id[:40]!r} is not a plain id")
         try:
-            request = parse_request(envelope.data, deps.settings.limits)
+            request = parse_request(deps.reports, envelope.data)
         except InvalidRequest as exc:
             await self._refuse(envelope, exc)
             return
@@ -143,7 +136,7 @@ class ExportWorker:
             if not await self._db(hold.take):
                 await self._wait_for(hold, task_id)
             record = await self._db(
-                deps.exports.claim, task_id, owner, request.report.value, request.params
+                deps.exports.claim, task_id, owner, request.report, request.params
             )
             if record.owner != owner:
                 raise Reject(f"task {task_id} belongs to another user")
@@ -152,11 +145,7 @@ class ExportWorker:
                 log.info("task already final; acked",
                          extra={"task_id": task_id, "status": record.status.value})
                 return
-            deps.metrics.running.inc()
-            try:
-                await self._attempts(record, request)
-            finally:
-                deps.metrics.running.dec()
+            await self._attempts(record, request)
         finally:
             await self._db(hold.release)
 
@@ -178,6 +167,14 @@ class ExportWorker:
             try:
                 await self._build_and_store(record, request)
                 return
+            except RowsRefused as exc:
+                # The report's own fault, the same on every attempt: the task fails at
+                # once. Acked like a bad request: a replay could only find it failed.
+                log.warning("report rows do not match its columns",
+                            extra={"task_id": record.id, "report": request.report,
+                                   "reason": str(exc)})
+                await self._fail(record.id, record.owner, "invalid_row", str(exc))
+                return
             except BuildFailed as exc:
                 log.warning("build failed", extra={"task_id": record.id, "attempt": record.attempts,
                                                    "reason": str(exc)})
@@ -188,7 +185,7 @@ class ExportWorker:
                             settings.retry_backoff_s * 2 ** (record.attempts - 1))
                 await asyncio.sleep(delay)
                 record = await self._db(deps.exports.claim, record.id, record.owner,
-                                        request.report.value, request.params)
+                                        request.report, request.params)
                 if record.status in FINAL_STATUSES:
                     return
 
@@ -218,25 +215,26 @@ class ExportWorker:
 
     async def _build_and_store(self, record: ExportRecord, request: ExportRequest) -> None:
         deps, settings = self._deps, self._deps.settings
-        prepared = None
-        if request.report is ReportKind.ACTIVITY:
-            prepared = await self._db(activity_rows, deps.sessions, deps.exports, record.owner,
-                                      request.params)
         work = settings.exports_dir / work_dir_name(record.id)
         try:
             await self._db(work.mkdir, parents=True)
         except OSError as exc:
             raise BuildFailed(f"storage directory unusable: {exc}") from exc
         job = BuildJob(
-            task_id=record.id, report=request.report, params=request.params,
-            prepared_rows=prepared, work_dir=str(work),
-            progress_interval_s=settings.progress_interval_s, row_delay_s=settings.row_delay_s,
+            task_id=record.id, owner=record.owner, report=request.report,
+            reference=deps.reports.reference(request.report), params=request.params,
+            work_dir=str(work), progress_interval_s=settings.progress_interval_s,
+            row_delay_s=settings.row_delay_s, import_paths=deps.reports.import_paths(),
+            database_url=settings.common.database_url,
         )
         started = time.monotonic()
         reporter = _ProgressReporter(self, record, settings.progress_interval_s)
         try:
             try:
-                outcome = await run_build(deps.context, job, reporter, settings.build_timeout_s)
+                # Builds in progress, as documented: not the backoff between attempts, nor
+                # the announcement after the file is stored.
+                with deps.metrics.running.track_inprogress():
+                    outcome = await run_build(deps.context, job, reporter, settings.build_timeout_s)
             finally:
                 await reporter.flush()  # no progress event may follow excel.done
             elapsed = time.monotonic() - started
@@ -246,7 +244,7 @@ class ExportWorker:
             await self._db(shutil.rmtree, work, ignore_errors=True)
         if done is None:
             return
-        deps.metrics.build_seconds.labels(request.report.value).observe(elapsed)
+        deps.metrics.build_seconds.labels(request.report).observe(elapsed)
         log.info("export built", extra={"task_id": record.id, "rows": outcome.rows,
                                         "size": outcome.size, "seconds": round(elapsed, 3),
                                         "cpu_s": round(outcome.cpu_s, 3),
@@ -260,7 +258,7 @@ class ExportWorker:
         done event to announce, or None if the task was finished elsewhere meanwhile."""
         deps = self._deps
         final = deps.settings.exports_dir / stored_name(record.id)
-        filename = download_name(request.report.value, datetime.now(timezone.utc))
+        filename = download_name(request.report, datetime.now(timezone.utc))
         event = done_event(record.id, record.owner, filename, outcome.size, outcome.rows)
         note = make_notification(event.id, record.owner, event.type, encode(event))
         stored = await self._db(
@@ -319,10 +317,10 @@ class _ProgressReporter:
         self._throttle = Throttle(interval)
         self._task: asyncio.Task[None] | None = None
 
-    def __call__(self, rows: int, total: int) -> None:
+    def __call__(self, rows: int, total: int | None) -> None:
         if self._task is not None and not self._task.done():
             return
-        if not self._throttle.ready(final=rows >= total):
+        if not self._throttle.ready(final=total is not None and rows >= total):
             return
         event = progress_event(self._record.id, self._record.owner, rows, total)
         self._task = asyncio.create_task(self._worker._publish_progress(event))

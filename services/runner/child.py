@@ -1,9 +1,13 @@
 """The child process of one run: ``python -m services.runner.child <job> <args> <context>``.
 
-``args`` and ``context`` are JSON objects. The parent asks for a cooperative stop by
-writing ``stop`` on stdin (``running()`` turns False). If stdin reaches end of file
-the parent is gone: the job is told to stop and, after ``orphan_grace_s``, the whole
-process group is killed, so no run outlives its runner.
+``job`` is the job's reference, ``module:attribute`` (services/runner/registry.py): the
+child imports that one module. ``args`` and ``context`` are JSON objects; ``context``
+may name the job (``job``), which the reference must resolve to.
+
+The parent asks for a cooperative stop by writing ``stop`` on stdin (``running()``
+turns False). If stdin reaches end of file the parent is gone: the job is told to stop
+and, after ``orphan_grace_s``, the whole process group is killed, so no run outlives
+its runner.
 
 The runner starts it with ``PYTHONUNBUFFERED=1``, which makes CPython unbuffer the C
 library's stdio as well as its own streams: what C extensions print with ``printf``
@@ -24,7 +28,8 @@ from typing import Any
 
 import orjson
 
-from services.runner.jobs import JOBS, ArgsError, JobContext
+from services.runner.registry import load_job
+from warren.jobs import ArgsError, JobContext
 
 EXIT_BAD_INPUT = 64
 EXIT_FAILED = 1
@@ -45,14 +50,20 @@ def _watch_stdin(stop: threading.Event, orphan_grace_s: float) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 4:
-        print("usage: python -m services.runner.child JOB ARGS_JSON CONTEXT_JSON", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    job = JOBS.get(argv[1])
-    if job is None:
-        print(f"unknown job {argv[1]!r}", file=sys.stderr)
+        print("usage: python -m services.runner.child MODULE:ATTRIBUTE ARGS_JSON CONTEXT_JSON",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
+        job = load_job(argv[1])
+    except Exception:  # the job's package changed or broke since the runner started
+        print(f"cannot load the job {argv[1]}:", file=sys.stderr)
+        traceback.print_exc()
+        return EXIT_FAILED
+    try:
         context: dict[str, Any] = orjson.loads(argv[3])
+        if context.get("job", job.name) != job.name:
+            print(f"{argv[1]} is the job {job.name!r} now, not {context['job']!r}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         files_dir = Path(context["files_dir"]) if context.get("files_dir") else None
         # Checked again here, as the job's user: the files may have changed since.
         args = job.located(job.validate(orjson.loads(argv[2]), files_dir), files_dir)

@@ -3,12 +3,11 @@
 Each replica declares an exclusive, auto-delete queue bound to the direct exchange
 ``warren.runner.control`` under its instance id. A forward is published mandatory with
 confirms: if the owner's queue is gone (the replica died), the publish is returned and
-:class:`~shared.messaging.broker.Unroutable` is raised.
+:class:`~shared.messaging.producer.Unroutable` is raised.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -20,15 +19,14 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
-from aio_pika.exceptions import PublishError
 
-from shared.messaging import Envelope, EnvelopeError, decode, encode
-from shared.messaging.broker import CONTENT_TYPE, BrokerUnavailable, Unroutable
+from shared.messaging import Envelope, EnvelopeError, decode
 from shared.messaging.names import (
     RUNNER_CONTROL_EXCHANGE,
     runner_control_key,
     runner_control_queue_name,
 )
+from shared.messaging.producer import PUBLISH_TIMEOUT_S, MessageKind, Producer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +41,7 @@ class ControlLink:
         self._instance_id = instance_id
         self._handler = handler
         self._channel: AbstractRobustChannel | None = None
+        self._producer: Producer | None = None
         self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -52,6 +51,7 @@ class ControlLink:
         assert isinstance(channel, AbstractRobustChannel)
         await channel.set_qos(prefetch_count=32)
         self._channel = channel
+        self._producer = Producer(channel)
         self._exchange = await channel.declare_exchange(
             RUNNER_CONTROL_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
         )
@@ -70,21 +70,15 @@ class ControlLink:
             and self._connection.connected.is_set()
         )
 
-    async def forward(self, replica: str, envelope: Envelope, timeout: float = 5.0) -> None:
+    async def forward(
+        self, replica: str, envelope: Envelope, timeout: float = PUBLISH_TIMEOUT_S
+    ) -> None:
         """Deliver ``envelope`` to ``replica``'s control queue; Unroutable if it has none."""
-        assert self._exchange is not None
-        message = aio_pika.Message(
-            encode(envelope), content_type=CONTENT_TYPE, message_id=envelope.id,
-            type=envelope.type,
+        assert self._producer is not None and self._exchange is not None
+        await self._producer.publish(
+            envelope, self._exchange, runner_control_key(replica),
+            kind=MessageKind.COMMAND, mandatory=True, timeout=timeout,
         )
-        try:
-            await self._exchange.publish(
-                message, routing_key=runner_control_key(replica), mandatory=True, timeout=timeout
-            )
-        except PublishError as exc:
-            raise Unroutable(f"runner {replica} has no control queue") from exc
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
-            raise BrokerUnavailable(f"control forward not confirmed: {exc!r}") from exc
 
     async def close(self) -> None:
         queue, tag = self._queue, self._tag

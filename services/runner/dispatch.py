@@ -10,20 +10,12 @@ at once, however busy the replicas are.
 
 from __future__ import annotations
 
-import asyncio
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection, DeliveryMode
-from aio_pika.exceptions import PublishError
-
-from shared.messaging import Envelope, encode
-from shared.messaging.broker import (
-    CONTENT_TYPE,
-    BrokerUnavailable,
-    Unroutable,
-    declare_quorum_queue,
-)
+from shared.messaging import Envelope
+from shared.messaging.broker import declare_quorum_queue
 from shared.messaging.names import RUNNER_RUNS_QUEUE
+from shared.messaging.producer import PUBLISH_TIMEOUT_S, MessageKind, Producer
 
 
 async def declare_runs_queue(channel: AbstractChannel) -> AbstractQueue:
@@ -41,29 +33,23 @@ class RunQueue:
 
     def __init__(self, connection: AbstractRobustConnection) -> None:
         self._connection = connection
-        self._channel: AbstractChannel | None = None
+        self._producer: Producer | None = None
 
     async def start(self) -> None:
-        channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare_runs_queue(channel)
-        self._channel = channel
+        producer = await Producer.open(self._connection)
+        await declare_runs_queue(producer.channel)
+        self._producer = producer
 
-    async def put(self, envelope: Envelope, timeout: float = 5.0) -> None:
-        """Queue the run; raise :class:`BrokerUnavailable` if the broker did not confirm."""
-        assert self._channel is not None
-        message = aio_pika.Message(
-            encode(envelope), content_type=CONTENT_TYPE, message_id=envelope.id,
-            type=envelope.type, delivery_mode=DeliveryMode.PERSISTENT,
+    async def put(self, envelope: Envelope, timeout: float = PUBLISH_TIMEOUT_S) -> None:
+        """Queue the run; raise :class:`~shared.messaging.producer.BrokerUnavailable` if
+        the broker did not confirm it (:class:`~shared.messaging.producer.Unroutable` if
+        the queue is gone)."""
+        assert self._producer is not None
+        await self._producer.publish(
+            envelope, self._producer.default_exchange, RUNNER_RUNS_QUEUE,
+            kind=MessageKind.COMMAND, mandatory=True, timeout=timeout,
         )
-        try:
-            await self._channel.default_exchange.publish(
-                message, routing_key=RUNNER_RUNS_QUEUE, mandatory=True, timeout=timeout
-            )
-        except PublishError as exc:
-            raise Unroutable(f"no queue {RUNNER_RUNS_QUEUE}") from exc
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
-            raise BrokerUnavailable(f"run not queued: {exc!r}") from exc
 
     async def close(self) -> None:
-        if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+        if self._producer is not None and not self._producer.channel.is_closed:
+            await self._producer.channel.close()

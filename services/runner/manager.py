@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -36,12 +37,13 @@ from shared.messaging.broker import Publisher
 from shared.messaging.names import Command
 from services.runner import events
 from services.runner.dispatch import RunQueue
-from services.runner.jobs import Job
 from services.runner.metrics import RunnerMetrics
 from services.runner.output import Batch
 from services.runner.process import ChildRun, Limits, Outcome
-from services.runner.requests import Refused, parse_start
+from services.runner.registry import JobRegistry
+from services.runner.requests import Refused, check_roles, parse_start
 from services.runner.settings import RunnerSettings
+from warren.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class RunManager:
     def __init__(
         self,
         settings: RunnerSettings,
-        jobs: Mapping[str, Job],
+        jobs: JobRegistry,
         store: RunStore,
         users: UserStore,
         publisher: Publisher,
@@ -74,6 +76,7 @@ class RunManager:
         self.settings = settings
         self.replica = settings.common.instance_id
         self._jobs = jobs
+        self._import_paths = jobs.import_paths()
         self._store = store
         self._users = users
         self._publisher = publisher
@@ -126,6 +129,10 @@ class RunManager:
                 http_configured=bool(self.settings.http_job_url),
                 files_dir=self.settings.files_dir,
             )
+            if request.job.roles is not None:
+                user = await self.db(self._users.get, envelope.sender.name)
+                check_roles(request.job, user.roles if user is not None else (),
+                            self.settings.admin_role)
         except Refused as exc:
             await self.refuse(envelope, exc)
             return
@@ -259,19 +266,20 @@ class RunManager:
 
     def _argv(self, job: Job, args: dict[str, Any]) -> list[str]:
         files_dir = self.settings.files_dir
-        context = {"http_base_url": self.settings.http_job_url, "orphan_grace_s": 1.0,
+        context = {"job": job.name, "http_base_url": self.settings.http_job_url,
+                   "orphan_grace_s": 1.0,
                    "files_dir": str(files_dir) if files_dir is not None else None}
         return [
-            sys.executable, "-m", "services.runner.child", job.name,
+            sys.executable, "-m", "services.runner.child", self._jobs.reference(job.name),
             orjson.dumps(args).decode(), orjson.dumps(context).decode(),
         ]
 
     def _child_env(self) -> dict[str, str]:
         # Jobs get no part of the runner's own environment (it holds broker and
-        # database credentials): only what Python needs to find Warren's jobs.
+        # database credentials): only what Python needs to find Warren and the jobs.
         return {
             "PATH": self.settings.child_path,
-            "PYTHONPATH": REPO_ROOT,
+            "PYTHONPATH": os.pathsep.join(dict.fromkeys((REPO_ROOT, *self._import_paths))),
             "PYTHONSAFEPATH": "1",
             "PYTHONUNBUFFERED": "1",  # C stdio too: C extensions' printf arrives live
             "PYTHONIOENCODING": "utf-8",

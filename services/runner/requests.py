@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from shared.messaging.envelope import MAX_ID_LENGTH
-from services.runner.jobs import ArgsError, Job
+from warren.jobs import ArgsError, Job
 
 
 class Refused(ValueError):
@@ -58,6 +58,15 @@ def parse_start(
             "job_unavailable", f"{name} needs an endpoint and none is configured on this runner"
         )
     return StartRequest(job, args)
+
+
+def check_roles(job: Job, roles: Collection[str], admin_role: str) -> None:
+    """:class:`Refused` ``forbidden`` unless a user holding ``roles`` may start ``job``."""
+    if job.allows(roles, admin_role):
+        return
+    assert job.roles is not None
+    allowed = " or ".join(repr(role) for role in (*job.roles, admin_role))
+    raise Refused("forbidden", f"{job.name} may be started only by users with the role {allowed}")
 
 
 def parse_stop(data: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from shared.auth import admin_role
 from shared.config import CommonSettings, ConfigError, Env, env_float, env_int, env_str
 from shared.service import HttpSettings
 from services.runner.process import ChildUser
+from services.runner.registry import JOBS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,8 @@ class RunnerSettings:
     child_path: str  # PATH of job processes; nothing else of the runner's env is passed on
     files_dir: Path | None  # what `path` arguments may name; None: jobs taking one are off
     child_user: ChildUser | None  # who job processes run as; None: the runner's own user
+    job_references: tuple[str, ...]  # module:attribute of jobs besides the entry points
+    jobs_enabled: frozenset[str] | None  # the only jobs offered; None: every job found
 
     @classmethod
     def from_env(cls, env: Env) -> RunnerSettings:
@@ -85,6 +88,8 @@ class RunnerSettings:
             child_path=env_str(env, "PATH", DEFAULT_CHILD_PATH),
             files_dir=_files_dir(env, development=common.development),
             child_user=_child_user(env),
+            job_references=JOBS.references(env),
+            jobs_enabled=JOBS.enabled(env),
         )
 
     def __post_init__(self) -> None:

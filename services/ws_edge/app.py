@@ -11,12 +11,15 @@ from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 from services.ws_edge.client_address import TrustedProxies
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.auth import LoginHandler
+from services.ws_edge.handlers.catalogue import CatalogueHandler
+from services.ws_edge.handlers.client import client_routes
 from services.ws_edge.handlers.console import console_routes
 from services.ws_edge.handlers.exports import (
     ExportFileHandler,
     ExportListHandler,
     ExportStatusHandler,
 )
+from services.ws_edge.handlers.publish import PublishBatchHandler, PublishHandler
 from services.ws_edge.handlers.runs import RunListHandler, RunStatusHandler
 from services.ws_edge.handlers.websocket import EdgeSocket
 from services.ws_edge.shedding import WS_PATH
@@ -48,12 +51,16 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
             (r"/api/exports", ExportListHandler, {"deps": deps}),
             (r"/api/exports/([^/]+)", ExportStatusHandler, {"deps": deps}),
             (r"/api/exports/([^/]+)/file", ExportFileHandler, {"deps": deps}),
+            (r"/api/publish", PublishHandler, {"deps": deps}),
+            (r"/api/publish/batch", PublishBatchHandler, {"deps": deps}),
+            (r"/api/catalogue", CatalogueHandler, {"deps": deps}),
             (r"/api/runs", RunListHandler, {"deps": deps}),
             (r"/api/runs/([^/]+)", RunStatusHandler, {"deps": deps}),
             (r"/healthz", HealthHandler),
             (r"/readyz", ReadyHandler, {"is_ready": deps.is_ready}),
             (r"/metrics", MetricsHandler, {"registry": deps.metrics.registry}),
             *console_routes(deps),
+            *client_routes(),
         ],
         # Keepalive pings come from services/ws_edge/keepalive.py, not from a Tornado
         # task per connection.

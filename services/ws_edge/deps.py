@@ -7,18 +7,24 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from shared.auth import TokenService
 from shared.db import UserStore
 from shared.db.exports import ExportStore
+from shared.db.keys import KeyStore
 from shared.db.notifications import NotificationStore
 from shared.db.runs import RunStore
 from shared.exports.settings import Limits
 from shared.locks import KeyedLocks
 from shared.messaging.broker import Publisher
 from services.ws_edge.bindings import BindingTable
+from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.login_limits import LoginLimiter
 from services.ws_edge.metrics import EdgeMetrics
+from services.ws_edge.publishing import PublishLimiter, PublishSettings
+from services.ws_edge.service_keys import ServiceKeys
 from services.ws_edge.settings import EdgeSettings
 
 
@@ -34,6 +40,23 @@ class ExportsDeps:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishDeps:
+    """What ``POST /api/publish`` needs: the service keys and the per-key rate limit."""
+
+    keys: ServiceKeys
+    limiter: PublishLimiter
+
+    @classmethod
+    def build(
+        cls, settings: PublishSettings, sessions: sessionmaker[Session], blocking: Executor
+    ) -> PublishDeps:
+        return cls(
+            keys=ServiceKeys(KeyStore(sessions), blocking, settings.key_cache_s),
+            limiter=PublishLimiter(settings.rate),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EdgeDeps:
     settings: EdgeSettings
     tokens: TokenService
@@ -46,5 +69,7 @@ class EdgeDeps:
     blocking: Executor
     is_ready: Callable[[], bool]
     login_limiter: LoginLimiter
+    commands: CommandGate  # the catalogue: which command types a user may send
+    publishing: PublishDeps
     exports: ExportsDeps | None = None
     runs: RunStore | None = None  # the runner's runs table, for /api/runs

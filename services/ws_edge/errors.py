@@ -13,6 +13,14 @@ from shared.messaging.broker import BrokerUnavailable, Unroutable
 from services.ws_edge.frame_rate import FramesThrottled
 from services.ws_edge.login_limits import LoginThrottled
 from services.ws_edge.policy import PolicyDenied
+from services.ws_edge.publishing import (
+    BadBody,
+    BatchError,
+    BodyTooLarge,
+    EventError,
+    PublishThrottled,
+)
+from services.ws_edge.service_keys import KeyForbidden, KeyRefused
 
 
 class CloseCode(IntEnum):
@@ -68,6 +76,14 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     TokenError: ErrorSpec(401, "token_invalid"),
     PolicyDenied: ErrorSpec(403, "forbidden"),
     CookieNotAccepted: ErrorSpec(403, "cookie_not_accepted"),
+    # Publishing over HTTP (docs/protocol.md 15); each of these carries its own code.
+    BadBody: ErrorSpec(400, "bad_request"),
+    EventError: ErrorSpec(400, "invalid_event"),
+    BatchError: ErrorSpec(400, "invalid_batch"),
+    KeyRefused: ErrorSpec(401, "key_invalid"),
+    KeyForbidden: ErrorSpec(403, "forbidden"),
+    BodyTooLarge: ErrorSpec(413, "body_too_large"),
+    PublishThrottled: ErrorSpec(429, "rate_limited"),
     LoginThrottled: ErrorSpec(429, "rate_limited"),
     FramesThrottled: ErrorSpec(429, "rate_limited"),
     TooManySockets: ErrorSpec(429, "too_many_sockets"),

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
-from shared.messaging import Command
 from services.ws_edge.errors import FrameError
 
+# The frame types the edge handles itself; every other type a client may send is a
+# command some service declared in the catalogue (services/ws_edge/command_gate.py).
 MESSAGE_SEND: Final = "message.send"
 MESSAGE_EVENT: Final = "message"
-COMMAND_TYPES: Final = frozenset(c.value for c in Command)
-CLIENT_TYPES: Final = frozenset({MESSAGE_SEND, *COMMAND_TYPES})
+AUTH_REFRESH: Final = "auth.refresh"
 MAX_REF_LENGTH: Final = 128
 
 Ref = str | int | None
@@ -27,7 +28,9 @@ class ClientFrame:
     data: dict[str, Any]
 
 
-def parse_client_frame(text: str) -> ClientFrame:
+def parse_client_frame(text: str, known: Container[str]) -> ClientFrame:
+    """The frame in ``text``, whose type must be one of ``known``; :class:`FrameError`
+    saying what is wrong."""
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
@@ -40,12 +43,20 @@ def parse_client_frame(text: str) -> ClientFrame:
     kind = raw.get("type")
     if not isinstance(kind, str):
         raise FrameError("invalid_frame", "type must be a string")
-    if kind not in CLIENT_TYPES:
+    if kind not in known:
         raise FrameError("unknown_type", f"unknown frame type {kind[:64]!r}")
     data = raw.get("data", {})
     if not isinstance(data, dict):
         raise FrameError("invalid_frame", "data must be a JSON object")
     return ClientFrame(type=kind, ref=ref, to=raw.get("to"), data=data)
+
+
+def refresh_token(frame: ClientFrame) -> str:
+    """The token an ``auth.refresh`` frame carries in ``data.token``."""
+    token = frame.data.get("token")
+    if not isinstance(token, str) or not token:
+        raise FrameError("invalid_frame", "auth.refresh needs data.token, a non-empty string")
+    return token
 
 
 def ref_of(text: str) -> Ref:

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
@@ -17,12 +16,14 @@ from shared.db import UserStore, create_schema, make_engine, session_factory
 from shared.db.exports import ExportStore
 from shared.db.runs import RunStore
 from shared.db.notifications import NotificationStore
+from shared.lifecycle import Lifecycle
 from shared.messaging.broker import Publisher, connect
 from shared.service import run_until_signalled
 from services.ws_edge.app import make_app
 from services.ws_edge.bindings import BindingTable
+from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.consumer import EventConsumer
-from services.ws_edge.deps import EdgeDeps, ExportsDeps
+from services.ws_edge.deps import EdgeDeps, ExportsDeps, PublishDeps
 from services.ws_edge.errors import CloseCode
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.keepalive import Keepalive
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 
 class EdgeServer:
-    """Owns the edge's resources. ``start`` builds them in order, ``stop`` undoes it."""
+    """Owns the edge's resources. ``start`` builds them in order and registers each with
+    the lifecycle (shared/lifecycle.py), ``stop`` closes them in reverse."""
 
     def __init__(self, settings: EdgeSettings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
@@ -43,13 +45,9 @@ class EdgeServer:
         self.hub = Hub()
         self.keepalive = Keepalive(self.hub, settings.ping_interval_s, settings.ping_timeout_s)
         self.port = 0
-        self._draining = False
-        self._stopped = False
-        self._engine: Engine | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._lifecycle = Lifecycle("edge", deadline_s=settings.shutdown_deadline_s)
         self.consumer: EventConsumer | None = None
         self.deps: EdgeDeps | None = None
-        self._http: HTTPServer | None = None
         self.connection: AbstractRobustConnection | None = None
         self._rebinding: asyncio.Future[None] | None = None  # after a new broker connection
 
@@ -57,7 +55,7 @@ class EdgeServer:
         """Consuming, and every held key bound (not while they are bound again after a
         new broker connection)."""
         return (
-            not self._draining
+            not self._lifecycle.closing
             and self.consumer is not None
             and self.consumer.is_ready()
             and (self._rebinding is None or self._rebinding.done())
@@ -70,12 +68,20 @@ class EdgeServer:
             await asyncio.shield(self._rebinding)
 
     async def start(self) -> None:
+        """Threads, database, broker, consumer, then the listener; a failure closes what
+        was started. ``stop`` closes them in the reverse order."""
+        async with self._lifecycle.starting() as life:
+            await self._start(life)
+
+    async def _start(self, life: Lifecycle) -> None:
         settings = self.settings
-        self._executor = ThreadPoolExecutor(settings.login_threads, thread_name_prefix="edge-blocking")
-        self._engine = make_engine(settings.common.database_url)
+        executor = ThreadPoolExecutor(settings.login_threads, thread_name_prefix="edge-blocking")
+        life.callback(executor.shutdown, wait=False, cancel_futures=True)
+        engine = make_engine(settings.common.database_url)
+        life.callback(engine.dispose)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, create_schema, self._engine)
-        sessions = session_factory(self._engine)
+        await loop.run_in_executor(executor, create_schema, engine)
+        sessions = session_factory(engine)
         users = UserStore(sessions)
         exports = ExportsDeps(
             store=ExportStore(sessions), notifications=NotificationStore(sessions),
@@ -86,6 +92,7 @@ class EdgeServer:
             settings.common.amqp_url, name=f"warren-{settings.common.instance_id}",
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
+        life.push_async_callback(connection.close)
         connection.reconnect_callbacks.add(self._on_reconnect)
         publisher = await Publisher.open(connection)
         self.consumer = consumer = EventConsumer(
@@ -93,7 +100,10 @@ class EdgeServer:
             settings.bind_channels,
         )
         bindings = BindingTable(consumer, on_change=lambda n: self.metrics.bindings.set(n + 1))
+        life.push_async_callback(consumer.stop)
         await consumer.start()
+        commands = await CommandGate.open(connection, settings, self.metrics.registry)
+        life.push_async_callback(commands.close)
 
         self.deps = EdgeDeps(
             settings=settings,
@@ -104,9 +114,11 @@ class EdgeServer:
             bindings=bindings,
             framer=TextFramer(),
             metrics=self.metrics,
-            blocking=self._executor,
+            blocking=executor,
             is_ready=self.is_ready,
             login_limiter=LoginLimiter(settings.login_limits),
+            commands=commands,
+            publishing=PublishDeps.build(settings.publish, sessions, executor),
             exports=exports,
             runs=RunStore(sessions),
         )
@@ -121,7 +133,7 @@ class EdgeServer:
             overloaded=lambda: self.hub.opening >= settings.max_opening,
             refused=self.metrics.handshakes_refused.labels(OVERLOADED).inc,
         )
-        self._http = HTTPServer(
+        http = HTTPServer(
             app,
             idle_connection_timeout=settings.handshake_timeout_s,
             body_timeout=settings.handshake_timeout_s,
@@ -129,8 +141,14 @@ class EdgeServer:
             # No xheaders: Tornado would believe X-Forwarded-For from any client. The
             # application reads it from trusted proxies only (client_address.py).
         )
-        self._http.add_sockets(sockets)
+        # Closed in reverse: stop accepting, stop pinging, close the WebSockets with
+        # 1001 and wait for them (the drain), then drop the HTTP connections left.
+        life.push_async_callback(http.close_all_connections)
+        life.push_async_callback(self._close_sockets, bounded=False)
         self.keepalive.start()
+        life.callback(self.keepalive.stop)
+        http.add_sockets(sockets)
+        life.callback(http.stop)
         log.info(
             "edge ready",
             extra={"port": self.port, "instance": settings.common.instance_id,
@@ -149,35 +167,23 @@ class EdgeServer:
         failed = sum(1 for outcome in outcomes if outcome is not None)
         log.info("bindings restored", extra={"keys": len(outcomes) - failed, "failed": failed})
 
-    async def stop(self) -> None:
-        """Stop accepting, close sockets with 1001, then close broker, database, threads."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._draining = True
-        if self._http is not None:
-            self._http.stop()
-        self.keepalive.stop()
+    async def _close_sockets(self) -> None:
+        """Close every WebSocket with 1001 and wait for them, up to the shutdown deadline."""
         self.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
         try:
             await asyncio.wait_for(self.hub.wait_empty(), self.settings.shutdown_deadline_s)
         except asyncio.TimeoutError:
             log.warning("shutdown deadline passed with sockets open", extra={"open": len(self.hub)})
-        if self._http is not None:
-            await self._http.close_all_connections()
-        # The broker may be away: neither step may hold the exit beyond the deadline.
-        try:
-            async with asyncio.timeout(self.settings.shutdown_deadline_s):
-                if self.consumer is not None:
-                    await self.consumer.stop()
-                if self.connection is not None:
-                    await self.connection.close()
-        except TimeoutError:
-            log.warning("broker connection did not close before the deadline")
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        if self._engine is not None:
-            self._engine.dispose()
+
+    async def stop(self) -> None:
+        """Stop accepting, close sockets with 1001, then close broker, database, threads.
+
+        The broker may be away: its steps together take at most the shutdown deadline.
+        """
+        if self._lifecycle.closing:
+            await self._lifecycle.aclose()  # stopping already: wait until it has
+            return
+        await self._lifecycle.aclose()
         log.info("edge stopped")
 
 

@@ -18,9 +18,11 @@ from shared.config import (
 )
 from shared.exports.settings import DEFAULT_EXPORTS_DIR, Limits, exports_dir
 from services.ws_edge.client_address import TrustedProxies
+from services.ws_edge.command_gate import CommandRoles
 from services.ws_edge.frame_rate import FrameRate
 from services.ws_edge.login_limits import LoginLimits
 from services.ws_edge.policy import SendPolicy
+from services.ws_edge.publishing import PublishSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,12 @@ class EdgeSettings:
     check_users: bool = True
     # sockets one user may hold open on this edge at once; 0: no limit
     max_sockets_per_user: int = 100
+    # who may send which declared command type, over the declaring service's word
+    command_roles: CommandRoles = CommandRoles()
+    # how long start waits for the running services to answer the catalogue query
+    catalogue_wait_s: float = 2.0
+    # POST /api/publish and /api/publish/batch (docs/protocol.md 15)
+    publish: PublishSettings = PublishSettings()
 
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
@@ -94,6 +102,9 @@ class EdgeSettings:
             frame_rate=FrameRate.from_env(env),
             check_users=env_bool(env, "WARREN_EDGE_CHECK_USERS", not common.development),
             max_sockets_per_user=env_int(env, "WARREN_EDGE_MAX_SOCKETS_PER_USER", 100),
+            command_roles=CommandRoles.from_env(env),
+            catalogue_wait_s=env_float(env, "WARREN_EDGE_CATALOGUE_WAIT_S", 2.0),
+            publish=PublishSettings.from_env(env),
         )
 
     def __post_init__(self) -> None:

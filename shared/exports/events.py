@@ -35,8 +35,9 @@ def failed_event(task_id: str, owner: str, code: str, message: str) -> Envelope:
     )
 
 
-def progress_event(task_id: str, owner: str, rows: int, total: int) -> Envelope:
-    percent = round(100.0 * rows / total, 1) if total else 100.0
+def progress_event(task_id: str, owner: str, rows: int, total: int | None) -> Envelope:
+    """``total`` and ``percent`` are None while the report does not know its row count."""
+    percent = None if total is None else round(100.0 * rows / total, 1) if total else 100.0
     return Envelope(
         type=Event.EXCEL_PROGRESS.value, to=Address.user(owner), sender=SENDER,
         data={"task_id": task_id, "rows": rows, "total": total, "percent": percent},

@@ -1,41 +1,27 @@
 """What an ``excel.create`` request may ask for, checked before anything is built.
 
-Pure functions over JSON, used by the edge (``POST /api/exports`` answers 400 at once)
-and by the worker (commands from WebSocket clients arrive unchecked).
+A request is ``{"report": <name>, "params": {...}}``; the report declares its parameter
+schema (``warren.reports``). Pure functions over JSON, used by the edge (it answers a bad
+request at once: HTTP 400, or an ``error`` frame) and by the worker (which checks again,
+with the report's own cross-parameter rules, since a command may come from anywhere).
+
+The edge does not import report code: :func:`validate_request` takes the reports'
+descriptions, the dicts ``Report.describe()`` returns, as the catalogue carries them.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
-from enum import StrEnum
 from typing import Any, Final
 
 import orjson
 
-from shared.exports.settings import Limits
+from warren.params import ArgsError, schema_from, validate
+from warren.reports import Report
 
-MAX_TITLE_LENGTH: Final = 100
-MAX_COLUMN_NAME_LENGTH: Final = 100
-MAX_CELL_TEXT: Final = 32767  # Excel's limit for one cell
 MAX_RECORDED_PARAMS: Final = 1 << 20
 MAX_KIND_LENGTH: Final = 32  # export_tasks.kind
-
-
-class ReportKind(StrEnum):
-    ACTIVITY = "activity"
-    TABLE = "table"
-    SAMPLE = "sample"
-
-
-class ColumnType(StrEnum):
-    STRING = "string"
-    INTEGER = "integer"
-    NUMBER = "number"
-    DATE = "date"
-    DATETIME = "datetime"
-    BOOLEAN = "boolean"
 
 
 class InvalidRequest(ValueError):
@@ -47,32 +33,73 @@ class InvalidRequest(ValueError):
         self.message = message
 
 
+class RequestForbidden(InvalidRequest):
+    """The report declares roles, and the requester holds none of them."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("forbidden", message)
+
+
 @dataclass(frozen=True, slots=True)
 class ExportRequest:
-    report: ReportKind
-    params: dict[str, Any]  # normalised, JSON-serialisable
+    report: str
+    params: dict[str, Any]  # validated, defaults filled in, JSON-serialisable
 
 
-def parse_request(data: object, limits: Limits) -> ExportRequest:
-    """Check ``{"report": ..., "params": {...}}``; raise :class:`InvalidRequest` saying what
-    is wrong."""
+def _split(data: object, offered: Collection[str]) -> tuple[str, object]:
+    """The report name (one of ``offered``) and the raw params of a request."""
     if not isinstance(data, dict):
         raise InvalidRequest("invalid_params", "data must be an object")
     report = data.get("report")
-    if not isinstance(report, str) or report not in ReportKind.__members__.values():
-        kinds = ", ".join(k.value for k in ReportKind)
+    if not isinstance(report, str) or report not in offered:
+        names = ", ".join(sorted(offered)) or "none"
         raise InvalidRequest(
-            "unknown_report", f"report must be one of {kinds}, got {str(report)[:64]!r}"
+            "unknown_report", f"report must be one of {names}, got {str(report)[:64]!r}"
         )
     params = data.get("params", {})
     if not isinstance(params, dict):
         raise InvalidRequest("invalid_params", "params must be an object")
-    kind = ReportKind(report)
-    if kind is ReportKind.SAMPLE:
-        return ExportRequest(kind, _sample(params, limits))
-    if kind is ReportKind.TABLE:
-        return ExportRequest(kind, _table(params, limits))
-    return ExportRequest(kind, _activity(params, limits))
+    return report, params
+
+
+def validate_request(
+    descriptions: Iterable[Mapping[str, Any]], data: object, *,
+    roles: Collection[str] | None = None, admin_role: str = "",
+) -> ExportRequest:
+    """Check a request against the described reports' schemas (and, given the
+    requester's ``roles``, each report's roles); raise :class:`InvalidRequest` saying what
+    is wrong. A report's cross-parameter rules are the worker's to check.
+
+    A report whose schema cannot be read is ``unknown_report``.
+    """
+    described = {d["name"]: d for d in descriptions}
+    report, raw = _split(data, described)
+    description = described[report]
+    allowed = description.get("roles")
+    if roles is not None and allowed is not None and admin_role not in roles \
+            and set(allowed).isdisjoint(roles):
+        who = " or ".join(repr(role) for role in (*allowed, admin_role) if role)
+        raise RequestForbidden(f"the report {report} is only for users with the role {who}")
+    try:
+        schema = schema_from(description.get("params"))
+    except ValueError as exc:
+        raise InvalidRequest("unknown_report", f"the report {report} is described with a "
+                             f"schema that cannot be read: {exc}") from None
+    try:
+        params = validate(schema, raw, report)
+    except ArgsError as exc:
+        raise InvalidRequest("invalid_params", str(exc)) from None
+    return ExportRequest(report, params)
+
+
+def parse_request(reports: Mapping[str, Report], data: object) -> ExportRequest:
+    """Check a request against the offered reports, their cross-parameter rules included;
+    raise :class:`InvalidRequest` saying what is wrong."""
+    report, raw = _split(data, reports)
+    try:
+        return ExportRequest(report, reports[report].validate(raw))
+    except ArgsError as exc:
+        raise InvalidRequest("invalid_params", str(exc)) from None
 
 
 def as_refused(data: object) -> tuple[str, dict[str, Any]]:
@@ -87,153 +114,3 @@ def as_refused(data: object) -> tuple[str, dict[str, Any]]:
     if not isinstance(params, dict) or len(orjson.dumps(params)) > MAX_RECORDED_PARAMS:
         return kind, {"omitted": True}
     return kind, params
-
-
-def _only(params: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        names = ", ".join(map(str, unknown))[:200]
-        raise InvalidRequest("invalid_params", f"unknown params: {names}")
-
-
-def _int(value: object, name: str, low: int, high: int, code: str = "invalid_params") -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest("invalid_params", f"{name} must be an integer, got {_show(value)}")
-    if value < low:
-        raise InvalidRequest("invalid_params", f"{name} must be at least {low}, got {value}")
-    if value > high:
-        raise InvalidRequest(code, f"{name} must be at most {high}, got {value}")
-    return value
-
-
-def _title(params: dict[str, Any]) -> str | None:
-    title = params.get("title")
-    if title is None:
-        return None
-    if not isinstance(title, str) or not 0 < len(title) <= MAX_TITLE_LENGTH:
-        raise InvalidRequest(
-            "invalid_params", f"title must be a string of 1-{MAX_TITLE_LENGTH} characters"
-        )
-    return title
-
-
-def _sample(params: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    _only(params, {"rows", "title"})
-    rows = _int(params.get("rows", 1000), "rows", 1, limits.max_sample_rows, "too_many_rows")
-    return {"rows": rows, "title": _title(params)}
-
-
-def _table(params: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    _only(params, {"columns", "rows", "title"})
-    columns = params.get("columns")
-    if not isinstance(columns, list) or not columns:
-        raise InvalidRequest("invalid_params", "columns must be a non-empty list")
-    if len(columns) > limits.max_table_columns:
-        raise InvalidRequest(
-            "too_many_columns", f"at most {limits.max_table_columns} columns, got {len(columns)}"
-        )
-    parsed = [_column(i, c) for i, c in enumerate(columns)]
-    rows = params.get("rows")
-    if not isinstance(rows, list):
-        raise InvalidRequest("invalid_params", "rows must be a list of lists")
-    if len(rows) > limits.max_table_rows:
-        raise InvalidRequest(
-            "too_many_rows", f"at most {limits.max_table_rows} rows, got {len(rows)}"
-        )
-    types = [ColumnType(c["type"]) for c in parsed]
-    checked = [_row(r, row, types) for r, row in enumerate(rows)]
-    return {"columns": parsed, "rows": checked, "title": _title(params)}
-
-
-def _column(index: int, column: object) -> dict[str, str]:
-    if not isinstance(column, dict):
-        raise InvalidRequest("invalid_params", f"columns[{index}] must be {{name, type}}")
-    name, kind = column.get("name"), column.get("type", ColumnType.STRING.value)
-    if not isinstance(name, str) or not 0 < len(name) <= MAX_COLUMN_NAME_LENGTH:
-        raise InvalidRequest(
-            "invalid_params",
-            f"columns[{index}].name must be a string of 1-{MAX_COLUMN_NAME_LENGTH} characters",
-        )
-    if kind not in ColumnType.__members__.values():
-        types = ", ".join(t.value for t in ColumnType)
-        raise InvalidRequest("invalid_params", f"columns[{index}].type must be one of {types}")
-    return {"name": name, "type": str(kind)}
-
-
-def _row(index: int, row: object, types: list[ColumnType]) -> list[Any]:
-    if not isinstance(row, list):
-        raise InvalidRequest("invalid_params", f"rows[{index}] must be a list")
-    if len(row) != len(types):
-        raise InvalidRequest(
-            "invalid_params", f"rows[{index}] has {len(row)} values for {len(types)} columns"
-        )
-    return [
-        _cell(f"rows[{index}][{c}]", value, kind)
-        for c, (value, kind) in enumerate(zip(row, types))
-    ]
-
-
-def _cell(where: str, value: object, kind: ColumnType) -> Any:
-    """Check one value against its column type; dates stay ISO strings (JSON-safe)."""
-    if value is None:
-        return None
-    ok = False
-    if kind is ColumnType.STRING:
-        ok = isinstance(value, str) and len(value) <= MAX_CELL_TEXT
-    elif kind is ColumnType.INTEGER:
-        ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**53
-    elif kind is ColumnType.NUMBER:
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-              and math.isfinite(value) and abs(value) < 1e300)
-    elif kind is ColumnType.BOOLEAN:
-        ok = isinstance(value, bool)
-    elif kind is ColumnType.DATE:
-        ok = isinstance(value, str) and _parses(date.fromisoformat, value)
-    elif kind is ColumnType.DATETIME:
-        ok = isinstance(value, str) and _parses(datetime.fromisoformat, value)
-    if not ok:
-        raise InvalidRequest(
-            "invalid_params", f"{where}: expected {kind.value}, got {_show(value)}"
-        )
-    return value
-
-
-def _parses(parse: Any, text: str) -> bool:
-    try:
-        parse(text)
-    except ValueError:
-        return False
-    return len(text) <= 40
-
-
-ACTIVITY_STATUSES: Final = ("queued", "running", "done", "failed", "expired",
-                            "completed", "stopped", "timeout")
-ACTIVITY_SOURCES: Final = ("exports", "runs")
-
-
-def _activity(params: dict[str, Any], limits: Limits) -> dict[str, Any]:
-    _only(params, {"status", "sources", "since", "until", "limit", "title"})
-    statuses = _choices(params.get("status", []), "status", ACTIVITY_STATUSES)
-    sources = _choices(params.get("sources", list(ACTIVITY_SOURCES)), "sources", ACTIVITY_SOURCES)
-    since, until = params.get("since"), params.get("until")
-    for name, value in (("since", since), ("until", until)):
-        if value is None or (isinstance(value, str) and _parses(datetime.fromisoformat, value)):
-            continue
-        raise InvalidRequest(
-            "invalid_params", f"{name} must be an ISO date or date-time, got {_show(value)}"
-        )
-    most = limits.max_activity_rows
-    limit = _int(params.get("limit", most), "limit", 1, most, "too_many_rows")
-    return {"status": statuses, "sources": sources, "since": since, "until": until,
-            "limit": limit, "title": _title(params)}
-
-
-def _choices(value: object, name: str, allowed: tuple[str, ...]) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v in allowed for v in value):
-        raise InvalidRequest("invalid_params", f"{name} must be a list of {', '.join(allowed)}")
-    return list(dict.fromkeys(value))
-
-
-def _show(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -19,7 +19,7 @@ def exports_dir(env: Env) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """What a request may ask for; checked before anything is built."""
+    """What a request for a built-in report may ask for; checked before anything is built."""
 
     max_sample_rows: int
     max_table_rows: int
@@ -35,3 +35,12 @@ class Limits:
             max_table_columns=env_int(env, "WARREN_EXCEL_MAX_TABLE_COLUMNS", 50, minimum=1),
             max_activity_rows=env_int(env, "WARREN_EXCEL_MAX_ACTIVITY_ROWS", 100_000, minimum=1),
         )
+
+    def maxima(self) -> dict[str, dict[str, int]]:
+        """The limits as bounds on the built-in reports' parameters (``Report.with_limits``),
+        by report name."""
+        return {
+            "sample": {"rows": self.max_sample_rows},
+            "table": {"rows": self.max_table_rows, "columns": self.max_table_columns},
+            "activity": {"limit": self.max_activity_rows},
+        }

@@ -1,4 +1,5 @@
-"""Connecting to RabbitMQ, declaring Warren's topology, and publishing envelopes.
+"""Connecting to RabbitMQ, declaring Warren's topology, and publishing envelopes to it
+(through the one producer, ``shared/messaging/producer.py``).
 
 The connection is aio-pika's robust connection: it reconnects by itself and its
 robust channels re-declare exchanges, queues, bindings and consumers. Its state changes
@@ -18,13 +19,10 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    DeliveryMode,
 )
-from aio_pika.exceptions import PublishError
 
 from shared.config import DEFAULT_BROKER_OUTAGE_ALERT_S
-from shared.logging import correlation_id as current_correlation_id
-from shared.messaging.envelope import Envelope, encode
+from shared.messaging.envelope import Envelope
 from shared.messaging.names import (
     CHAT_CLAIMS_QUEUE,
     COMMANDS_EXCHANGE,
@@ -37,20 +35,15 @@ from shared.messaging.names import (
     dead_letter_queue_name,
     work_queue_name,
 )
+from shared.messaging.producer import PUBLISH_TIMEOUT_S
+from shared.messaging.producer import BrokerUnavailable as BrokerUnavailable
+from shared.messaging.producer import MessageKind, Producer
+from shared.messaging.producer import Unroutable as Unroutable
 
 log = logging.getLogger(__name__)
 
-CONTENT_TYPE: Final = "application/json"
 WORK_QUEUE_DELIVERY_LIMIT: Final = 5
 CHAT_SESSION_EXPIRES_MS: Final = 3_600_000
-
-
-class BrokerUnavailable(ConnectionError):
-    """The broker did not answer at start-up, or a publish could not be confirmed."""
-
-
-class Unroutable(LookupError):
-    """A command was published but no work queue is bound for its type."""
 
 
 async def connect(
@@ -256,99 +249,72 @@ async def declare_chat_claims_queue(channel: AbstractChannel) -> AbstractQueue:
 
 
 class Publisher:
-    """Publishes envelopes with publisher confirms on one long-lived channel."""
+    """Publishes envelopes to Warren's exchanges through one :class:`Producer` on one
+    long-lived channel (properties, confirms, errors and the correlation id rule are
+    the producer's)."""
 
     def __init__(
-        self, events: AbstractExchange, commands: AbstractExchange, default: AbstractExchange
+        self, producer: Producer, events: AbstractExchange, commands: AbstractExchange
     ) -> None:
+        self._producer = producer
         self._events = events
         self._commands = commands
-        self._default = default
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection) -> Publisher:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        events, commands = await declare_exchanges(channel)
-        return cls(events, commands, channel.default_exchange)
+        producer = await Producer.open(connection)
+        events, commands = await declare_exchanges(producer.channel)
+        return cls(producer, events, commands)
 
-    async def publish_event(self, envelope: Envelope, *, timeout: float = 5.0) -> None:
-        """Publish to ``warren.events`` under the envelope's destination key."""
-        await self._publish(
-            self._events,
+    async def publish_event(
+        self, envelope: Envelope, *, timeout: float = PUBLISH_TIMEOUT_S, mandatory: bool = False
+    ) -> None:
+        """Publish to ``warren.events`` under the envelope's destination key.
+
+        ``mandatory``: raise :class:`Unroutable` if no queue holds that key, that is no
+        edge has a socket for the address (the Excel worker's done/failed notifications).
+        """
+        await self._producer.publish(
             envelope,
+            self._events,
             envelope.to.routing_key,
-            persistent=False,
-            mandatory=False,
+            kind=MessageKind.EVENT,
+            mandatory=mandatory,
             timeout=timeout,
         )
 
     async def publish_command(
-        self, envelope: Envelope, *, timeout: float = 5.0, reply_to: str | None = None
+        self, envelope: Envelope, *, timeout: float = PUBLISH_TIMEOUT_S, reply_to: str | None = None
     ) -> None:
         """Publish to ``warren.commands``; raise :class:`Unroutable` if no service listens.
 
         ``reply_to`` names the caller's queue for a service that answers the caller
         directly (cat_relay's ``POST /send``) instead of with events.
         """
-        await self._publish(
-            self._commands,
+        await self._producer.publish(
             envelope,
+            self._commands,
             command_key(envelope.type),
-            persistent=True,
+            kind=MessageKind.COMMAND,
             mandatory=True,
             timeout=timeout,
             reply_to=reply_to,
         )
 
     async def publish_reply(
-        self, envelope: Envelope, reply_to: str, request_id: str, *, timeout: float = 5.0
+        self, envelope: Envelope, reply_to: str, request_id: str, *,
+        timeout: float = PUBLISH_TIMEOUT_S,
     ) -> None:
         """Answer a command that named ``reply_to``: to that queue, correlated by the command's id.
 
         Not mandatory: when the asker is gone, nobody waits for the answer.
         """
-        await self._publish(
-            self._default,
+        await self._producer.publish(
             envelope,
+            self._producer.default_exchange,
             reply_to,
-            persistent=False,
+            kind=MessageKind.REPLY,
             mandatory=False,
             timeout=timeout,
-            correlation_id=request_id,
+            answers=request_id,
         )
-
-    async def _publish(
-        self,
-        exchange: AbstractExchange,
-        envelope: Envelope,
-        routing_key: str,
-        *,
-        persistent: bool,
-        mandatory: bool,
-        timeout: float,
-        reply_to: str | None = None,
-        correlation_id: str | None = None,
-    ) -> None:
-        message = aio_pika.Message(
-            encode(envelope),
-            content_type=CONTENT_TYPE,
-            message_id=envelope.id,
-            # The work this publish belongs to (shared/logging.py), else the message itself.
-            correlation_id=correlation_id or current_correlation_id() or envelope.id,
-            reply_to=reply_to,
-            type=envelope.type,
-            delivery_mode=DeliveryMode.PERSISTENT if persistent else DeliveryMode.NOT_PERSISTENT,
-        )
-        try:
-            await exchange.publish(
-                message, routing_key=routing_key, mandatory=mandatory, timeout=timeout
-            )
-        except PublishError as exc:
-            raise Unroutable(f"no queue is bound for {routing_key!r}") from exc
-        except (
-            asyncio.TimeoutError,
-            aio_pika.exceptions.AMQPError,
-            aio_pika.exceptions.ChannelInvalidStateError,
-            ConnectionError,
-        ) as exc:
-            raise BrokerUnavailable(f"publish to {exchange.name} not confirmed: {exc!r}") from exc

@@ -85,12 +85,14 @@ def group_key(group: str) -> str:
 
 
 def command_key(command: Command | str) -> str:
-    return Command(command).value
+    """The routing key of a command type: Warren's own or one a service declared
+    (the edge accepts only declared types: docs/protocol.md, the catalogue)."""
+    return check_type(str(command))
 
 
 def work_queue_name(command: Command | str) -> str:
     """The durable work queue that consumes one command type."""
-    return f"warren.cmd.{Command(command).value}"
+    return f"warren.cmd.{command_key(command)}"
 
 
 def dead_letter_queue_name(queue: str) -> str:
@@ -135,6 +137,37 @@ def runner_control_queue_name(instance_id: str) -> str:
 # Runner: accepted ``run.start`` commands wait in this durable queue, published to the
 # default exchange under its name, until a replica has a free slot.
 RUNNER_RUNS_QUEUE: Final = "warren.runner.runs"
+
+
+# The catalogue (shared/catalogue): services announce what they offer under ANNOUNCE
+# (and WITHDRAW on stop); an edge asks every service to announce at once with QUERY.
+CATALOGUE_EXCHANGE: Final = "warren.catalogue"
+
+
+class CatalogueKey(StrEnum):
+    """Routing keys on ``warren.catalogue``; each is also its message's envelope type."""
+
+    ANNOUNCE = "catalogue.announce"
+    WITHDRAW = "catalogue.withdraw"
+    QUERY = "catalogue.query"
+
+
+def catalogue_queries_queue_name(instance_id: str) -> str:
+    """The exclusive, auto-delete queue through which one service instance hears queries."""
+    return f"warren.catalogue.query.{instance_id}"
+
+
+_CATALOGUE_VIEW_PREFIX: Final = "warren.catalogue.view."
+
+
+def catalogue_view_queue_name(instance_id: str) -> str:
+    """The exclusive, auto-delete queue of announcements one edge keeps its view from."""
+    return _CATALOGUE_VIEW_PREFIX + instance_id
+
+
+def is_catalogue_view_queue(name: str) -> bool:
+    """Whether ``name`` is an edge's view queue: the only queue a query's answer may go to."""
+    return name.startswith(_CATALOGUE_VIEW_PREFIX) and len(name) > len(_CATALOGUE_VIEW_PREFIX)
 
 
 class Kind(StrEnum):

@@ -19,7 +19,10 @@ what happens to the message:
   delivery limit (``x-delivery-limit``) dead-letters it after a few returns, so a
   poison message never loops forever. A failure because the broker is away (its
   delivery lost with the connection, or a publish on a channel not yet restored) is
-  expected during a broker restart: a warning, not an error.
+  expected during a broker restart: a warning, not an error. A consumer given
+  ``on_given_up`` dead-letters the last delivery the limit allows itself, after telling
+  that callback (a user service tells the sender that its command failed): the broker
+  would drop it into the dead letters without saying so to anyone.
 
 A body that is not a valid envelope, or a command whose ``from`` is not a user, is
 dead-lettered without reaching the handler.
@@ -42,7 +45,11 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPConnectionError, ChannelInvalidStateError
 
 from shared.logging import correlated
-from shared.messaging.broker import BrokerUnavailable, declare_work_queue
+from shared.messaging.broker import (
+    WORK_QUEUE_DELIVERY_LIMIT,
+    BrokerUnavailable,
+    declare_work_queue,
+)
 from shared.messaging.envelope import Envelope, EnvelopeError, decode
 from shared.messaging.names import Command, Kind
 
@@ -56,6 +63,7 @@ class Reject(Exception):
 
 
 Handler = Callable[[Envelope, AbstractIncomingMessage], Awaitable[None]]
+GivenUp = Callable[[Envelope, Exception], Awaitable[None]]
 QueueDeclarer = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
 
 
@@ -90,6 +98,12 @@ def _broker_away(exc: BaseException) -> bool:
     return isinstance(exc, (BrokerUnavailable, ChannelInvalidStateError, AMQPConnectionError))
 
 
+def last_delivery(message: AbstractIncomingMessage) -> bool:
+    """Whether returning this delivery to its queue would dead-letter it: the quorum queue
+    dead-letters a message returned more than ``x-delivery-limit`` times."""
+    return delivery_count(message) >= WORK_QUEUE_DELIVERY_LIMIT
+
+
 def still_held(message: AbstractIncomingMessage) -> bool:
     """Whether the delivery is still this consumer's: its channel is open. After a broker
     connection loss the broker has taken it back and redelivers it, perhaps elsewhere."""
@@ -105,25 +119,29 @@ class WorkConsumer:
     def __init__(
         self,
         connection: AbstractRobustConnection,
-        command: Command,
+        command: Command | str,
         handler: Handler,
         *,
         prefetch: int,
         on_rejected: Callable[[str], None] | None = None,
         declare: QueueDeclarer | None = None,
         retry: RetryPolicy | None = None,
+        on_given_up: GivenUp | None = None,
     ) -> None:
         """``declare`` consumes another queue of this command's envelopes instead of its
         work queue: the runner moves accepted starts into a queue of its own.
         ``retry`` runs a failed handler again in place (see the module's docstring);
-        without it, every failure returns the command to the queue at once."""
+        without it, every failure returns the command to the queue at once.
+        ``on_given_up`` is awaited when the handler failed on the last delivery the queue
+        allows, before this consumer dead-letters it (see the module's docstring)."""
         self._connection = connection
         self._declare = declare
-        self._command = command
+        self._command = str(command)
         self._handler = handler
         self._prefetch = prefetch
         self._on_rejected = on_rejected or (lambda _reason: None)
         self._retry = retry
+        self._on_given_up = on_given_up
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -201,9 +219,9 @@ class WorkConsumer:
             envelope = decode(message.body)
             if envelope.sender.kind is not Kind.USER:
                 raise EnvelopeError(f"a command must come from a user, not {envelope.sender}")
-            if envelope.type != self._command.value:
+            if envelope.type != self._command:
                 raise EnvelopeError(
-                    f"envelope of type {envelope.type!r} on the {self._command.value} queue"
+                    f"envelope of type {envelope.type!r} on the {self._command} queue"
                 )
         except EnvelopeError as exc:
             await self._dead_letter(message, str(exc))
@@ -220,6 +238,12 @@ class WorkConsumer:
             details = {"command": envelope.type, "id": envelope.id,
                        "deliveries": delivery_count(message) + 1}
             if still_held(message) and not _broker_away(exc):
+                if self._on_given_up is not None and last_delivery(message):
+                    log.error("command failed on its last delivery", extra=details,
+                              exc_info=True)
+                    await self._give_up(envelope, exc)
+                    await self._dead_letter(message, f"failed {details['deliveries']} times")
+                    return
                 log.exception("command failed; returned to the queue", extra=details)
             else:
                 # Expected while the broker restarts (its channels are restored one by
@@ -240,10 +264,17 @@ class WorkConsumer:
             lambda: self._handler(envelope, message), worth_it=lambda: still_held(message)
         )
 
+    async def _give_up(self, envelope: Envelope, exc: Exception) -> None:
+        assert self._on_given_up is not None
+        try:
+            await self._on_given_up(envelope, exc)
+        except Exception:
+            log.warning("could not report a command given up", exc_info=True)
+
     async def _dead_letter(self, message: AbstractIncomingMessage, reason: str) -> None:
         log.warning(
             "command dead-lettered",
-            extra={"queue": self._command.value, "reason": reason, "message_id": message.message_id},
+            extra={"queue": self._command, "reason": reason, "message_id": message.message_id},
         )
         self._on_rejected(reason)
         await settle(message.reject(requeue=False))

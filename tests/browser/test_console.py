@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -322,6 +323,21 @@ def test_an_export_shows_progress_and_downloads_a_real_xlsx(
     assert rows[0] == ("id", "name", "amount", "created", "active")
     assert len(rows) == 2501
     alice.shot(artifacts, "exports")
+
+
+def test_a_filter_left_unselected_is_not_sent(up: WarrenUp, open_console: OpenConsole) -> None:
+    # activity's status filter is a list with choices: selecting none must leave it out
+    # (every status), not send the first choice.
+    alice = open_console(up, "alice")
+    page = alice.page
+    page.select_option("#export-report", "activity")
+    with page.expect_request(lambda r: r.url.endswith("/api/exports") and r.method == "POST") as sent:
+        page.click("#export-form button[type=submit]")
+    params = json.loads(sent.value.post_data or "{}")["params"]
+    assert "status" not in params, params
+    assert params["sources"] == ["exports", "runs"]
+    item = page.locator("#export-list .export").first
+    expect(item).to_have_class(re.compile(r"\bstatus-done\b"), timeout=60_000)
 
 
 def test_an_export_finished_while_the_tab_was_closed_appears_after_reconnect(

@@ -242,6 +242,28 @@ async def test_attack_is_refused_with_401_json(
     assert edge.metrics.connections._value.get() == 0
 
 
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+async def test_attack_by_refresh_is_refused_and_changes_nothing(
+    guarded: tuple[EdgeServer, Signer], attack: str
+) -> None:
+    # The same tokens in band (auth.refresh, docs/protocol.md 6.7), on a socket opened
+    # with a genuine one.
+    edge, signer = guarded
+    make, code = ATTACKS[attack]
+    client = await Client.connect(edge.port, signer.sign(claims()))
+    reply = await client.request(
+        {"type": "auth.refresh", "ref": 1, "data": {"token": make(signer)}}
+    )
+    assert (reply["type"], reply["data"]["code"]) == ("error", code), reply
+    assert reply["data"]["message"]
+    # Still alice with her own roles: a forged admin role did not stick.
+    broadcast = await client.request(
+        {"type": "message.send", "ref": 2, "to": "broadcast", "data": {}}
+    )
+    assert broadcast["data"]["code"] == "forbidden"
+    client.close()
+
+
 async def test_a_user_deleted_while_holding_a_token_is_refused_from_then_on(
     make_edge: Callable[..., EdgeServer], users: UserStore, database_url: str,
 ) -> None:
@@ -268,6 +290,9 @@ async def test_a_user_deleted_while_holding_a_token_is_refused_from_then_on(
         {"type": "message.send", "ref": 1, "to": "user:dave", "data": {}}
     )
     assert reply["type"] == "ack"
+    # ...and cannot outlive it by refreshing: a refresh is checked as a new connection.
+    reply = await open_socket.request({"type": "auth.refresh", "ref": 2, "data": {"token": token}})
+    assert (reply["type"], reply["data"]["code"]) == ("error", "unknown_user")
 
 
 async def test_without_the_user_check_tokens_of_unknown_users_are_accepted(

@@ -12,6 +12,7 @@ from tornado.httpclient import AsyncHTTPClient
 from shared.messaging import Command, decode
 from shared.messaging.broker import connect, declare_work_queue
 from services.ws_edge.server import EdgeServer
+from tests.support.catalogue import declared, known
 from tests.support.client import Client
 
 
@@ -138,9 +139,12 @@ async def test_command_is_published_with_from_set_by_the_edge(
         channel = await connection.channel()
         queue = await declare_work_queue(channel, Command.RUN_START)
         client = await Client.connect(edge.port, token_for("alice"))
-        ack = await client.request(
-            {"type": "run.start", "ref": "c1", "from": "user:admin", "data": {"job": "countdown"}}
-        )
+        async with declared(amqp_url, Command.RUN_START):
+            await known(edge, Command.RUN_START)
+            ack = await client.request(
+                {"type": "run.start", "ref": "c1", "from": "user:admin",
+                 "data": {"job": "countdown"}}
+            )
         assert ack["type"] == "ack"
 
         received: asyncio.Future[aio_pika.abc.AbstractIncomingMessage] = (
@@ -164,10 +168,12 @@ async def test_command_is_published_with_from_set_by_the_edge(
 
 
 async def test_command_without_a_service_gets_no_service(
-    edge: EdgeServer, token_for: Callable[..., str]
+    edge: EdgeServer, amqp_url: str, token_for: Callable[..., str]
 ) -> None:
     client = await Client.connect(edge.port, token_for("alice"))
-    error = await client.request({"type": "excel.create", "ref": 1, "data": {}})
+    async with declared(amqp_url, "orders.create"):  # declared, but nothing consumes it
+        await known(edge, "orders.create")
+        error = await client.request({"type": "orders.create", "ref": 1, "data": {}})
     assert error["data"]["code"] == "no_service"
 
 

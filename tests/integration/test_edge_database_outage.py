@@ -11,7 +11,9 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from shared.messaging import Command
 from services.ws_edge.server import EdgeServer
+from tests.support.catalogue import declared, known
 from tests.support.client import Client
 from tests.support.tcp_proxy import TcpProxy
 
@@ -63,19 +65,23 @@ async def test_the_http_api_answers_503_while_the_database_is_away_then_recovers
 
 
 async def test_a_frame_that_needs_the_database_gets_a_clear_error_and_the_socket_stays(
-    edge: EdgeServer, postgres_proxy: TcpProxy, token_for: Callable[..., str]
+    edge: EdgeServer, postgres_proxy: TcpProxy, token_for: Callable[..., str], amqp_url: str,
 ) -> None:
     alice = await Client.connect(edge.port, token_for("alice"))
     export = {"type": "excel.create", "ref": 1, "data": {"report": "sample", "params": {}}}
-    postgres_proxy.cut()
-    refused = await alice.request(export)
-    assert refused == {"type": "error", "ref": 1, "data": {
-        "code": "database_unavailable", "message": UNAVAILABLE["message"]}}
-    # Not a strike, and frames that need only the broker go on.
-    sent = await alice.request({"type": "message.send", "ref": 2, "to": "user:alice", "data": {}})
-    assert sent["type"] == "ack"
+    async with declared(amqp_url, Command.EXCEL_CREATE):
+        await known(edge, Command.EXCEL_CREATE)
+        postgres_proxy.cut()
+        refused = await alice.request(export)
+        assert refused == {"type": "error", "ref": 1, "data": {
+            "code": "database_unavailable", "message": UNAVAILABLE["message"]}}
+        # Not a strike, and frames that need only the broker go on.
+        sent = await alice.request(
+            {"type": "message.send", "ref": 2, "to": "user:alice", "data": {}}
+        )
+        assert sent["type"] == "ack"
 
-    postgres_proxy.restore()
-    # Recorded again; no excel worker runs in this test, so the command finds no queue.
-    again = await alice.request({**export, "ref": 3})
+        postgres_proxy.restore()
+        # Recorded again; no excel worker runs in this test, so the command finds no queue.
+        again = await alice.request({**export, "ref": 3})
     assert again["type"] == "error" and again["data"]["code"] == "no_service", again

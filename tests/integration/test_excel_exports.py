@@ -26,6 +26,7 @@ from services.excel_worker.retention import sweep
 from services.excel_worker.server import ExcelWorkerServer
 from services.excel_worker.settings import ExcelSettings
 from services.ws_edge.server import EdgeServer
+from tests.support.catalogue import declared, known
 from tests.support.client import Client
 from tests.support.excel import http, worker_env
 
@@ -224,52 +225,75 @@ async def test_download_is_for_the_owner_or_an_admin_and_ids_are_plain(
 
 
 @pytest.mark.parametrize(
-    ("body", "code"),
+    ("body", "code", "fragment"),
     [
-        ({"report": "nope"}, "unknown_report"),
-        ({"params": {}}, "unknown_report"),
-        ({"report": "sample", "params": {"rows": 10_000_000}}, "too_many_rows"),
-        ({"report": "sample", "params": {"rows": "ten"}}, "invalid_params"),
-        ({"report": "sample", "params": {"rows": 5, "evil": 1}}, "invalid_params"),
+        ({"report": "nope"}, "unknown_report", "report must be one of activity, sample, table"),
+        ({"params": {}}, "unknown_report", "report must be one of"),
+        ({"report": "sample", "params": {"rows": 10_000_000}}, "invalid_params",
+         "rows must be at most 1000000"),
+        ({"report": "sample", "params": {"rows": "ten"}}, "invalid_params", "rows must be an integer"),
+        ({"report": "sample", "params": {"rows": 5, "evil": 1}}, "invalid_params", "'evil'"),
         ({"report": "table", "params": {"columns": [{"name": "n", "type": "integer"}],
-                                        "rows": [["x"]]}}, "invalid_params"),
-        ({"report": "table", "params": {"columns": [{"name": "d", "type": "date"}],
-                                        "rows": [["yesterday"]]}}, "invalid_params"),
-        ({"report": "table", "params": {"columns": [{"name": "n", "type": "vector"}],
-                                        "rows": []}}, "invalid_params"),
-        ({"report": "table", "params": {"columns": [{"name": "n", "type": "integer"}],
-                                        "rows": [[1]] * 20_001}}, "too_many_rows"),
-        ({"report": "activity", "params": {"status": ["bogus"]}}, "invalid_params"),
-        ([], "invalid_params"),
+                                        "rows": [[1]] * 20_001}}, "invalid_params",
+         "rows must have at most 10000 items"),
+        ({"report": "table", "params": {"rows": []}}, "invalid_params", "'columns'"),
+        ({"report": "activity", "params": {"status": ["bogus"]}}, "invalid_params", "status"),
+        ({"report": "activity", "params": {"since": "monday"}}, "invalid_params", "since"),
+        ([], "invalid_params", "data must be an object"),
     ],
 )
-async def test_bad_requests_are_refused_over_http(
-    exports_edge: EdgeServer, token_for: Callable[..., str], body: Any, code: str,
+async def test_bad_requests_are_refused_over_http_naming_the_field(
+    exports_edge: EdgeServer, token_for: Callable[..., str], body: Any, code: str, fragment: str,
 ) -> None:
     status, _, error = await http(exports_edge.port, "/api/exports", token=token_for("alice"),
                                   method="POST", body=body)
     assert (status, error["error"]) == (400, code), error
-    assert error["message"]
+    assert fragment in error["message"]
 
 
-async def test_bad_requests_over_the_socket_fail_with_a_reason(
+async def test_bad_requests_over_the_socket_get_an_error_frame_at_once(
+    worker: ExcelWorkerServer, exports_edge: EdgeServer, token_for: Callable[..., str],
+) -> None:
+    await known(exports_edge, Command.EXCEL_CREATE)
+    token = token_for("alice")
+    client = await Client.connect(exports_edge.port, token)
+    cases = [
+        ({"report": "pivot"}, "unknown_report", "report must be one of"),
+        ({"report": "sample", "params": {"rows": 2_000_000}}, "invalid_params",
+         "rows must be at most 1000000"),
+        ({"report": "activity", "params": {"user": "bob"}}, "invalid_params", "'user'"),
+    ]
+    for ref, (data, code, fragment) in enumerate(cases):
+        reply = await client.request({"type": "excel.create", "ref": ref, "data": data})
+        assert (reply["type"], reply["ref"], reply["data"]["code"]) == ("error", ref, code)
+        assert fragment in reply["data"]["message"]
+    # Nothing was recorded for them.
+    _, _, listed = await http(exports_edge.port, "/api/exports", token=token)
+    assert listed == {"exports": []}
+
+
+async def test_rules_across_params_are_the_workers_and_end_in_excel_failed(
     worker: ExcelWorkerServer, exports_edge: EdgeServer, token_for: Callable[..., str],
     store: ExportStore,
 ) -> None:
+    await known(exports_edge, Command.EXCEL_CREATE)
     client = await Client.connect(exports_edge.port, token_for("alice"))
     cases = [
-        ({"report": "pivot"}, "unknown_report"),
-        ({"report": "sample", "params": {"rows": 2_000_000}}, "too_many_rows"),
-        ({"report": "table", "params": {"columns": [{"name": "n", "type": "number"}],
-                                        "rows": [[True]]}}, "invalid_params"),
+        ({"columns": [{"name": "n", "type": "number"}], "rows": [[True]]},
+         "rows[0][0]: expected number"),
+        ({"columns": [{"name": "n", "type": "vector"}], "rows": []}, "columns[0].type"),
+        ({"columns": [{"name": "d", "type": "date"}], "rows": [["yesterday"]]},
+         "rows[0][0]: expected date"),
     ]
-    for ref, (data, code) in enumerate(cases):
-        ack = await client.request({"type": "excel.create", "ref": ref, "data": data})
+    for ref, (params, fragment) in enumerate(cases):
+        ack = await client.request({"type": "excel.create", "ref": ref,
+                                    "data": {"report": "table", "params": params}})
         failed = await until_event(client, "excel.failed", ack["data"]["id"])
-        assert failed["data"]["code"] == code and failed["data"]["message"]
+        assert failed["data"]["code"] == "invalid_params"
+        assert fragment in failed["data"]["message"]
         record = store.get(ack["data"]["id"])
         assert record is not None and record.status is ExportStatus.FAILED
-        assert record.error_code == code
+        assert record.error_code == "invalid_params"
     # The worker is still there for good requests.
     ack = await client.request({"type": "excel.create", "ref": 9,
                                 "data": {"report": "sample", "params": {"rows": 5}}})
@@ -399,8 +423,10 @@ async def test_a_socket_task_is_queued_at_once_then_built(
         await declare_work_queue(await connection.channel(), Command.EXCEL_CREATE)
     token = token_for("hana")
     client = await Client.connect(exports_edge.port, token)
-    ack = await client.request({"type": "excel.create", "ref": 1,
-                                "data": {"report": "sample", "params": {"rows": 4}}})
+    async with declared(amqp_url, Command.EXCEL_CREATE):  # as a worker that stopped would
+        await known(exports_edge, Command.EXCEL_CREATE)
+        ack = await client.request({"type": "excel.create", "ref": 1,
+                                    "data": {"report": "sample", "params": {"rows": 4}}})
     task_id = ack["data"]["id"]
     status, _, view = await http(exports_edge.port, f"/api/exports/{task_id}", token=token)
     assert status == 200
@@ -414,12 +440,15 @@ async def test_a_socket_task_is_queued_at_once_then_built(
 
 
 async def test_without_a_worker_the_request_fails_at_once_and_the_task_says_why(
-    exports_edge: EdgeServer, token_for: Callable[..., str],
+    exports_edge: EdgeServer, token_for: Callable[..., str], amqp_url: str,
 ) -> None:
     token = token_for("ivan")
     client = await Client.connect(exports_edge.port, token)
-    reply = await client.request({"type": "excel.create", "ref": 1,
-                                  "data": {"report": "sample", "params": {"rows": 4}}})
+    # Declared (a worker's announcement has not expired yet), but no queue was ever made.
+    async with declared(amqp_url, Command.EXCEL_CREATE):
+        await known(exports_edge, Command.EXCEL_CREATE)
+        reply = await client.request({"type": "excel.create", "ref": 1,
+                                      "data": {"report": "sample", "params": {"rows": 4}}})
     assert (reply["type"], reply["data"]["code"]) == ("error", "no_service")
     status, _, error = await http(exports_edge.port, "/api/exports", token=token, method="POST",
                                   body={"report": "sample"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import time
 from collections.abc import Callable
 
@@ -95,14 +96,63 @@ async def test_plain_get_without_upgrade_gets_426_json(edge: EdgeServer) -> None
     assert orjson.loads(refused.value.response.body)["error"] == "upgrade_required"
 
 
-@pytest.mark.parametrize("via", ["query", "header", "cookie"])
-async def test_token_accepted_from_query_header_and_cookie(
+@pytest.mark.parametrize("via", ["query", "header", "cookie", "subprotocol"])
+async def test_token_accepted_from_query_header_cookie_and_subprotocol(
     edge: EdgeServer, token_for: Callable[..., str], via: str
 ) -> None:
     client = await Client.connect(edge.port, token_for("alice", ("team",), ("admin",)), via=via)
     assert client.welcome["data"]["user"] == "alice"
     assert client.welcome["data"]["groups"] == ["team"]
     assert client.welcome["data"]["roles"] == ["admin"]
+
+
+async def test_subprotocol_auth_selects_warren_v1_and_never_echoes_the_token(
+    edge: EdgeServer, token_for: Callable[..., str], caplog: pytest.LogCaptureFixture
+) -> None:
+    token = token_for("alice")
+    caplog.set_level(logging.DEBUG)
+    client = await Client.connect(edge.port, token, via="subprotocol")
+    assert client.welcome["data"]["user"] == "alice"
+    assert client.connection.selected_subprotocol == "warren.v1"
+    response = client.connection.headers
+    assert response is not None
+    assert response["Sec-WebSocket-Protocol"] == "warren.v1"
+    assert not any(token in value for _name, value in response.get_all())
+    # Nor in any log line of the handshake (the access log drops the query, and
+    # logs no headers).
+    signature = token.rsplit(".", 1)[1]
+    assert not any(signature in record.getMessage() or signature in str(record.__dict__)
+                   for record in caplog.records)
+
+
+async def test_subprotocol_without_a_token_entry_is_refused_401(edge: EdgeServer) -> None:
+    for offered in ("warren.v1", "warren.v1, warren.auth."):
+        error = await _handshake(edge.port, headers={"Sec-WebSocket-Protocol": offered})
+        assert error.code == 401
+        assert error.response is not None
+        assert orjson.loads(error.response.body)["error"] == "token_missing"
+
+
+async def test_subprotocol_with_a_bad_token_is_refused_401(edge: EdgeServer) -> None:
+    error = await _handshake(
+        edge.port, headers={"Sec-WebSocket-Protocol": f"warren.v1, warren.auth.{BAD_TOKENS['expired']()}"}
+    )
+    assert error.code == 401
+    assert error.response is not None
+    assert orjson.loads(error.response.body)["error"] == "token_expired"
+
+
+async def test_subprotocol_token_comes_before_the_cookie(
+    edge: EdgeServer, token_for: Callable[..., str]
+) -> None:
+    # A page's own token wins over an older one its browser keeps in the cookie.
+    request = HTTPRequest(
+        f"ws://127.0.0.1:{edge.port}/ws", headers={"Cookie": f"warren_token={token_for('bob')}"}
+    )
+    connection = await websocket_connect(
+        request, subprotocols=["warren.v1", f"warren.auth.{token_for('alice')}"]
+    )
+    assert (await Client(connection).recv())["data"]["user"] == "alice"
 
 
 async def test_origin_allow_list(make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]) -> None:

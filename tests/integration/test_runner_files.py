@@ -146,7 +146,7 @@ async def test_a_job_of_a_root_runner_cannot_read_what_only_root_can(
 
     def show(name: str) -> list[str]:
         context = {"files_dir": str(files), "orphan_grace_s": 1.0}
-        return [child_python, "-m", "services.runner.child", "show_file",
+        return [child_python, "-m", "services.runner.child", "services.runner.jobs.show_file:JOB",
                 orjson.dumps({"file": name}).decode(), orjson.dumps(context).decode()]
 
     status, lines = await _run(show("notes/today.txt"), user)

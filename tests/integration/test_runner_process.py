@@ -40,7 +40,7 @@ def _child(job: str, args: dict[str, object], limits: Limits,
         if first is not None:
             first.set()
 
-    argv = [sys.executable, "-m", "services.runner.child", job,
+    argv = [sys.executable, "-m", "services.runner.child", f"services.runner.jobs.{job}:JOB",
             orjson.dumps(args).decode(), "{}"]
     return ChildRun("run-1", argv, ENV, REPO_ROOT, limits, publish, on_dropped=on_dropped)
 

@@ -33,14 +33,19 @@ class Client:
     ) -> Client:
         url = f"ws://127.0.0.1:{port}/ws"
         headers: dict[str, str] = {}
+        subprotocols: list[str] | None = None
         if via == "query":
             url += f"?token={token}"
         elif via == "header":
             headers["Authorization"] = f"Bearer {token}"
         elif via == "cookie":
             headers["Cookie"] = f"warren_token={token}"
+        elif via == "subprotocol":
+            subprotocols = ["warren.v1", f"warren.auth.{token}"]
         connection = await asyncio.wait_for(
-            websocket_connect(HTTPRequest(url, headers=headers), max_message_size=8 << 20), TIMEOUT
+            websocket_connect(HTTPRequest(url, headers=headers), max_message_size=8 << 20,
+                              subprotocols=subprotocols),
+            TIMEOUT,
         )
         client = cls(connection)
         if expect_welcome:

@@ -10,7 +10,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 import orjson
@@ -24,8 +24,9 @@ class ServiceProcess:
     #: In a session of its own, so that ``kill`` takes whatever the service started too.
     own_session: ClassVar[bool] = False
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], args: Sequence[str] = ()) -> None:
         self._env = {**os.environ, **env}
+        self._args = tuple(args)  # after ``python -m <module>``
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
         self.logs: list[dict[str, Any]] = []
@@ -42,7 +43,7 @@ class ServiceProcess:
     async def start(self) -> Self:
         self._ready = asyncio.get_running_loop().create_future()
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.module,
+            sys.executable, "-m", self.module, *self._args,
             env=self._env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -45,11 +45,17 @@ def up_env(amqp_url: str, workdir: Path, **overrides: str) -> dict[str, str]:
 
 
 class WarrenUp:
-    def __init__(self, env: Mapping[str, str], args: Sequence[str], cwd: Path) -> None:
+    def __init__(
+        self, env: Mapping[str, str], args: Sequence[str], cwd: Path,
+        python: str = sys.executable,
+    ) -> None:
+        """``python``: the interpreter of the environment Warren runs in (another
+        virtualenv's, for an application installed there)."""
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("WARREN_")}
         self._env = {**inherited, **env}
         self._args = list(args)
         self._cwd = cwd
+        self._python = python
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self._process: subprocess.Popen[bytes] | None = None
@@ -71,7 +77,7 @@ class WarrenUp:
     def launch(self) -> None:
         self._cwd.mkdir(parents=True, exist_ok=True)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", *self._args],
+            [self._python, "-m", "services.cli", "up", *self._args],
             cwd=self._cwd,
             env=self._env,
             stdin=subprocess.DEVNULL,

@@ -15,6 +15,14 @@ from services.ws_edge.errors import (
     describe,
 )
 from services.ws_edge.policy import PolicyDenied
+from services.ws_edge.publishing import (
+    BadBody,
+    BatchError,
+    BodyTooLarge,
+    EventError,
+    PublishThrottled,
+)
+from services.ws_edge.service_keys import KeyForbidden, KeyRefused
 from shared.auth import TokenError
 from shared.messaging import AddressError
 from shared.messaging.broker import BrokerUnavailable, Unroutable
@@ -35,16 +43,30 @@ def test_table_entries(exc: Exception, status: int, code: str) -> None:
     assert describe(exc) == ErrorSpec(status, code)
 
 
+# The arguments of the entries that take more than a message.
+ARGUMENTS: dict[type[Exception], tuple[object, ...]] = {
+    TokenError: ("code", "message"),
+    FrameError: ("code", "message"),
+    KeyRefused: ("code", "message"),
+    KeyForbidden: ("code", "message"),
+    EventError: ("code", "field", "message"),
+    BadBody: ("code", "field", "message"),
+    BatchError: ([], 0),
+    BodyTooLarge: (1024,),
+    PublishThrottled: (1,),
+}
+
+
 @pytest.mark.parametrize("kind", list(ERROR_TABLE))
 def test_every_table_entry_is_described_with_its_status(kind: type[Exception]) -> None:
-    exc = kind("code", "message") if kind in (TokenError, FrameError) else kind("message")
+    exc = kind(*ARGUMENTS.get(kind, ("message",)))
     assert describe(exc).status == ERROR_TABLE[kind].status
 
 
 @pytest.mark.parametrize("kind", list(ERROR_TABLE))
 def test_subclasses_map_like_their_base(kind: type[Exception]) -> None:
     sub = type("Sub", (kind,), {})
-    exc = sub("code", "message") if kind in (TokenError, FrameError) else sub("message")
+    exc = sub(*ARGUMENTS.get(kind, ("message",)))
     assert describe(exc).status == ERROR_TABLE[kind].status
 
 

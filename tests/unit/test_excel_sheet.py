@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import openpyxl
@@ -11,9 +13,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.exports.requests import ColumnType
-from services.excel_worker.reports import ACTIVITY_COLUMNS, SAMPLE_COLUMNS, sample_rows
-from services.excel_worker.sheet import NEEDS_CARE, Column, clean_text, needs_quoting, write_sheet
+from warren import Column, ColumnType
+from services.excel_worker.reports.activity import COLUMNS as ACTIVITY_COLUMNS
+from services.excel_worker.reports.sample import COLUMNS as SAMPLE_COLUMNS
+from services.excel_worker.reports.sample import sample_rows
+from services.excel_worker.sheet import (
+    NEEDS_CARE,
+    PROGRESS_EVERY,
+    InvalidRow,
+    clean_text,
+    needs_quoting,
+    write_sheet,
+)
 
 
 @pytest.mark.parametrize("text", ["=1+1", "+1", "-1", "@x", "\tx", "\rx", "#N/A", "#REF!"])
@@ -84,26 +95,82 @@ def test_sample_report_every_row_and_every_style(tmp_path: Path) -> None:
                        ("D", "yyyy-mm-dd hh:mm:ss"), ("E", "General")}
 
 
-def test_text_is_neutralised_whatever_the_column_type(tmp_path: Path) -> None:
+def test_values_of_their_columns_types_are_written_and_text_is_neutralised(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "typed.xlsx"
-    columns = [Column("n", ColumnType.INTEGER), Column("b", ColumnType.BOOLEAN),
-               Column("d", ColumnType.DATE)]
+    columns = [Column("s", ColumnType.STRING), Column("n", ColumnType.INTEGER),
+               Column("b", ColumnType.BOOLEAN), Column("d", ColumnType.DATE),
+               Column("t", ColumnType.DATETIME), Column("x", ColumnType.NUMBER)]
 
     class Label(str):  # a str subclass (an enum member, say) is text too
         pass
 
     rows: list[list[object]] = [
-        ["=1+1", "@x", "-2"], [3, True, date(2024, 1, 2)], [Label("+9"), None, None]
+        ["=1+1", 3, True, date(2024, 1, 2), datetime(2024, 1, 2, 3, 4), Decimal("2.5")],
+        [Label("+9"), None, None, "2024-03-04", "2024-03-04T05:06:07", 1],
     ]
     write_sheet(str(path), "t", columns, rows)
     sheet = openpyxl.load_workbook(path)["t"]
-    assert [c.value for c in sheet[2]] == ["=1+1", "@x", "-2"]
-    assert all(c.data_type == "s" and c.quotePrefix for c in sheet[2])
-    assert sheet["A4"].value == "+9" and sheet["A4"].quotePrefix
-    assert sheet["A3"].value == 3 and sheet["A3"].number_format == "#,##0"
-    assert sheet["B3"].value is True and sheet["C3"].number_format == "yyyy-mm-dd"
+    assert sheet["A2"].value == "=1+1" and sheet["A2"].data_type == "s" and sheet["A2"].quotePrefix
+    assert sheet["A3"].value == "+9" and sheet["A3"].quotePrefix
+    assert sheet["B2"].value == 3 and sheet["B2"].number_format == "#,##0"
+    assert sheet["C2"].value is True and sheet["D2"].number_format == "yyyy-mm-dd"
+    # ISO text in date columns (as SQLite holds dates) is written as a date.
+    assert sheet["D3"].value == datetime(2024, 3, 4) and sheet["D3"].number_format == "yyyy-mm-dd"
+    assert sheet["E3"].value == datetime(2024, 3, 4, 5, 6, 7)
+    assert sheet["F2"].value == 2.5 and sheet["F3"].value == 1
     with zipfile.ZipFile(path) as archive:
         assert b"<f>" not in archive.read("xl/worksheets/sheet1.xml")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        (["a", 1], "row 2 has 2 values for 3 columns"),
+        (["a", 1, True, "extra"], "row 2 has 4 values for 3 columns"),
+        ([1, 1, True], "row 2: column 's' (string) cannot hold 1"),
+        (["=1+1", "2", True], "row 2: column 'n' (integer) cannot hold '2'"),
+        (["a", True, True], "row 2: column 'n' (integer) cannot hold True"),
+        (["a", 1, 1], "row 2: column 'b' (boolean) cannot hold 1"),
+        (["a", float("nan"), True], "row 2: column 'n' (integer) cannot hold nan"),
+        (7, "row 2: not a sequence of values"),
+    ],
+)
+def test_a_row_that_does_not_fit_its_columns_is_refused_by_number(
+    tmp_path: Path, row: object, message: str,
+) -> None:
+    columns = [Column("s"), Column("n", ColumnType.INTEGER), Column("b", ColumnType.BOOLEAN)]
+    with pytest.raises(InvalidRow) as caught:
+        write_sheet(str(tmp_path / "bad.xlsx"), "t", columns, [["ok", 1, False], row])  # type: ignore[list-item]
+    assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [(ColumnType.NUMBER, float("inf")), (ColumnType.NUMBER, True), (ColumnType.DATE, "monday"),
+     (ColumnType.DATETIME, date(2024, 1, 1)), (ColumnType.DATETIME, "2024-13-01T00:00")],
+)
+def test_dates_and_numbers_must_be_real(tmp_path: Path, kind: ColumnType, value: object) -> None:
+    with pytest.raises(InvalidRow, match="row 1: column 'c'"):
+        write_sheet(str(tmp_path / "bad.xlsx"), "t", [Column("c", kind)], [[value]])
+
+
+def test_rows_are_read_one_at_a_time_while_the_sheet_is_written(tmp_path: Path) -> None:
+    """A report's rows stream: each is taken from its iterator only once the rows before
+    it are written (progress has reached them), never gathered first."""
+    written = [0]
+    lag = []
+
+    def rows() -> Iterator[list[object]]:
+        for i in range(1, 5001):
+            lag.append(i - 1 - written[0])  # rows taken but not yet reported written
+            yield [i]
+
+    write_sheet(str(tmp_path / "s.xlsx"), "s", [Column("n", ColumnType.INTEGER)], rows(),
+                on_row=lambda count: written.__setitem__(0, count))
+    assert written[0] == 5000
+    assert max(lag) < PROGRESS_EVERY  # materialised rows would lag by up to 4999
 
 
 def test_activity_columns_are_styled(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from services.ws_edge.errors import FrameError
 from services.ws_edge.frames import (
-    CLIENT_TYPES,
     MAX_REF_LENGTH,
     MESSAGE_SEND,
     ClientFrame,
@@ -19,10 +18,14 @@ from services.ws_edge.frames import (
     error,
     parse_client_frame,
     ref_of,
+    refresh_token,
     welcome,
 )
 
 PROPERTY = settings(database=None, max_examples=300, deadline=None)
+# The types an edge knows at some moment: its own and those the catalogue holds.
+KNOWN = frozenset({"message.send", "auth.refresh", "chat.ask", "run.start", "run.stop",
+                   "excel.create"})
 
 
 def text(raw: object) -> str:
@@ -31,46 +34,50 @@ def text(raw: object) -> str:
 
 def code_of(frame: str) -> str:
     with pytest.raises(FrameError) as info:
-        parse_client_frame(frame)
+        parse_client_frame(frame, KNOWN)
     return info.value.code
 
 
 # --- accepted -------------------------------------------------------------------------
 
 
-def test_client_types() -> None:
-    assert CLIENT_TYPES == {"message.send", "chat.ask", "run.start", "run.stop", "excel.create"}
+def test_a_type_is_known_only_when_given() -> None:
+    assert parse_client_frame(text({"type": "orders.create"}), {"orders.create"}).type == (
+        "orders.create"
+    )
+    assert code_of(text({"type": "orders.create"})) == "unknown_type"
 
 
 def test_parse_message_send() -> None:
     frame = parse_client_frame(
-        text({"type": "message.send", "ref": "r1", "to": "user:bob", "data": {"text": "hi"}})
+        text({"type": "message.send", "ref": "r1", "to": "user:bob", "data": {"text": "hi"}}),
+        KNOWN,
     )
     assert frame == ClientFrame(type=MESSAGE_SEND, ref="r1", to="user:bob", data={"text": "hi"})
 
 
-@pytest.mark.parametrize("kind", sorted(CLIENT_TYPES))
+@pytest.mark.parametrize("kind", sorted(KNOWN))
 def test_every_client_type_is_accepted(kind: str) -> None:
-    assert parse_client_frame(text({"type": kind})).type == kind
+    assert parse_client_frame(text({"type": kind}), KNOWN).type == kind
 
 
 def test_optional_fields_default() -> None:
-    frame = parse_client_frame('{"type": "chat.ask"}')
+    frame = parse_client_frame('{"type": "chat.ask"}', KNOWN)
     assert frame == ClientFrame(type="chat.ask", ref=None, to=None, data={})
 
 
 @pytest.mark.parametrize("ref", [None, 0, -1, 7, 2**63 - 1, "", "abc", "x" * MAX_REF_LENGTH])
 def test_valid_refs_are_kept(ref: object) -> None:
-    assert parse_client_frame(text({"type": "chat.ask", "ref": ref})).ref == ref
+    assert parse_client_frame(text({"type": "chat.ask", "ref": ref}), KNOWN).ref == ref
 
 
 def test_to_is_passed_through_unparsed() -> None:
     # Address validation happens later (AddressError -> invalid_address).
-    assert parse_client_frame(text({"type": "message.send", "to": 5})).to == 5
+    assert parse_client_frame(text({"type": "message.send", "to": 5}), KNOWN).to == 5
 
 
 def test_extra_fields_are_ignored() -> None:
-    assert parse_client_frame(text({"type": "chat.ask", "x": 1})).type == "chat.ask"
+    assert parse_client_frame(text({"type": "chat.ask", "x": 1}), KNOWN).type == "chat.ask"
 
 
 # --- refused --------------------------------------------------------------------------
@@ -113,7 +120,7 @@ def test_unknown_type(kind: str) -> None:
 
 def test_unknown_type_message_is_truncated() -> None:
     with pytest.raises(FrameError) as info:
-        parse_client_frame(text({"type": "y" * 1000}))
+        parse_client_frame(text({"type": "y" * 1000}), KNOWN)
     assert len(str(info.value)) < 200
 
 
@@ -137,7 +144,7 @@ def test_frame_error_is_a_value_error_with_code() -> None:
 @given(st.text(max_size=200))
 def test_parse_of_arbitrary_text_raises_only_frame_error(frame: str) -> None:
     try:
-        result = parse_client_frame(frame)
+        result = parse_client_frame(frame, KNOWN)
     except FrameError as exc:
         assert exc.code in {"invalid_json", "invalid_frame", "unknown_type"}
     else:
@@ -160,7 +167,7 @@ json_values = st.recursive(
     st.fixed_dictionaries(
         {},
         optional={
-            "type": st.one_of(st.sampled_from(sorted(CLIENT_TYPES)), json_values),
+            "type": st.one_of(st.sampled_from(sorted(KNOWN)), json_values),
             "ref": json_values,
             "to": json_values,
             "data": json_values,
@@ -169,9 +176,26 @@ json_values = st.recursive(
 )
 def test_parse_of_frame_shaped_json_raises_only_frame_error(raw: dict[str, Any]) -> None:
     try:
-        parse_client_frame(text(raw))
+        parse_client_frame(text(raw), KNOWN)
     except FrameError:
         pass
+
+
+# --- auth.refresh ---------------------------------------------------------------------
+
+
+def test_refresh_token_is_read_from_data() -> None:
+    frame = parse_client_frame(text({"type": "auth.refresh", "data": {"token": "a.b.c"}}), KNOWN)
+    assert refresh_token(frame) == "a.b.c"
+
+
+@pytest.mark.parametrize("data", [{}, {"token": ""}, {"token": 5}, {"token": None},
+                                  {"token": ["a.b.c"]}])
+def test_refresh_without_a_token_string_is_an_invalid_frame(data: dict[str, Any]) -> None:
+    frame = parse_client_frame(text({"type": "auth.refresh", "data": data}), KNOWN)
+    with pytest.raises(FrameError) as info:
+        refresh_token(frame)
+    assert info.value.code == "invalid_frame"
 
 
 # --- ref_of ---------------------------------------------------------------------------

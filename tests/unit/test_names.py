@@ -355,8 +355,13 @@ def test_work_queue_name(command: Command | str, queue: str) -> None:
     assert work_queue_name(command) == queue
 
 
-@pytest.mark.parametrize("bad", ["chat.nope", "", "CHAT.ASK", "#"])
-def test_work_queue_name_rejects_unknown_commands(bad: str) -> None:
+def test_a_declared_type_has_its_own_key_and_queue() -> None:
+    assert command_key("orders.create") == "orders.create"
+    assert work_queue_name("orders.create") == "warren.cmd.orders.create"
+
+
+@pytest.mark.parametrize("bad", ["", "CHAT.ASK", "#", "chat.*", "a..b", "x" * 65])
+def test_work_queue_name_rejects_invalid_types(bad: str) -> None:
     with pytest.raises(ValueError):
         work_queue_name(bad)
     with pytest.raises(ValueError):

@@ -6,9 +6,11 @@ import threading
 
 import pytest
 
-from services.runner.jobs import JOBS, ArgsError
-from warren.jobs import JobContext
+from services.runner.registry import discover_jobs
 from services.runner.requests import Refused, parse_start, parse_stop
+from warren.jobs import ArgsError, JobContext
+
+JOBS = discover_jobs()  # the built-in jobs, through the entry points of the installed package
 
 
 def test_every_job_has_a_description_and_valid_defaults() -> None:

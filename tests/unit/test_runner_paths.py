@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from services.runner.jobs import JOBS, ArgsError, Job, JobContext, Param
-from warren.params import MAX_NAME_BYTES, MAX_PATH_CHARS
+from services.runner.jobs import countdown, show_file
 from services.runner.requests import Refused, parse_start
+from warren.jobs import ArgsError, Job, JobContext, Param
+from warren.params import MAX_NAME_BYTES, MAX_PATH_CHARS
+
+JOBS = {job.name: job for job in (countdown.JOB, show_file.JOB)}
 
 
 def _noop(_args: dict[str, object], _ctx: JobContext) -> None:

@@ -18,6 +18,10 @@ from services.ws_edge.errors import INTERNAL, CookieNotAccepted, describe
 log = logging.getLogger(__name__)
 
 TOKEN_COOKIE = "warren_token"
+# The browser WebSocket API sets no headers but the offered subprotocols: a client puts
+# its token in one, ``warren.auth.<jwt>`` (a JWT's characters are all valid there), so
+# it stays out of the URL and of the access logs that record URLs.
+AUTH_SUBPROTOCOL_PREFIX: Final = "warren.auth."
 # Methods that change nothing. A browser attaches cookies to any site's cross-site forms
 # and fetches, so the cookie authenticates only these (and the WebSocket, which checks
 # the Origin); a POST needs the token in a header or the query, which a foreign page
@@ -25,15 +29,26 @@ TOKEN_COOKIE = "warren_token"
 COOKIE_METHODS: Final = frozenset({"GET", "HEAD"})
 
 
-def request_token(handler: tornado.web.RequestHandler, *, cookie: bool = True) -> str | None:
+def request_token(
+    handler: tornado.web.RequestHandler, *, cookie: bool = True, subprotocol: bool = False
+) -> str | None:
     """The JWT of a request: ``?token=``, then ``Authorization: Bearer``, then (with
-    ``cookie``) the cookie."""
+    ``subprotocol``, for ``GET /ws``) a ``warren.auth.<jwt>`` WebSocket subprotocol, then
+    (with ``cookie``) the cookie. The credentials a client sends on purpose come before
+    the cookie, which a browser attaches by itself and may hold an older token."""
     token = handler.get_query_argument("token", None)
     if token:
         return token
-    scheme, _, value = handler.request.headers.get("Authorization", "").partition(" ")
+    headers = handler.request.headers
+    scheme, _, value = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
+    if subprotocol:
+        # Parsed as Tornado parses the header to choose the subprotocol it answers.
+        for offered in headers.get("Sec-WebSocket-Protocol", "").split(","):
+            name = offered.strip()
+            if name.startswith(AUTH_SUBPROTOCOL_PREFIX) and name != AUTH_SUBPROTOCOL_PREFIX:
+                return name.removeprefix(AUTH_SUBPROTOCOL_PREFIX)
     return (handler.get_cookie(TOKEN_COOKIE) or None) if cookie else None
 
 

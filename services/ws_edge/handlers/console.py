@@ -2,8 +2,9 @@
 
 - ``/`` and ``/static/…``: the page, its scripts and styles, served with a strict
   Content-Security-Policy (scripts and styles from this origin only, no inline code).
-- ``GET /api/console/catalog``: the runner's jobs with their argument schemas, and the
-  export reports with this deployment's limits, to build the forms from.
+- ``GET /api/console/catalog``: the jobs and reports the catalogue offers the caller,
+  with their parameter schemas, to build the forms from (``GET /api/catalogue`` has them
+  with the command types).
 - ``GET /api/console/metrics``: this edge's key counters as JSON; the console derives
   rates from two readings. Prometheus (``/metrics``) stays the monitoring path.
 - ``GET /api/console/cat``: whether the relays reach the Cat (their ``/readyz/cat``).
@@ -20,7 +21,6 @@ import tornado.web
 from prometheus_client import CollectorRegistry
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
-from services.runner.jobs import JOBS, Job
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.handlers.api import ApiHandler
 
@@ -59,35 +59,12 @@ class ConsoleFileHandler(tornado.web.StaticFileHandler):
 
 
 class CatalogHandler(ApiHandler):
+    """The jobs and reports of the catalogue that the caller may use (services publish
+    them: docs/protocol.md, the catalogue), in the shape the console's forms read."""
+
     def get(self) -> None:
-        limits = self.deps.settings.export_limits
-        self.write_json({
-            "jobs": [_job(job) for job in JOBS.values()],
-            "reports": [
-                {"name": "sample",
-                 "description": "Generated rows: id, name, amount, created, active.",
-                 "params": {"rows": {"kind": "int", "help": "rows to generate", "default": 1000,
-                                     "minimum": 1, "maximum": limits.max_sample_rows}}},
-                {"name": "activity", "description": "Your own exports and runs, oldest first.",
-                 "params": {"limit": {"kind": "int", "help": "most rows", "default": 1000,
-                                      "minimum": 1, "maximum": limits.max_activity_rows}}},
-                {"name": "table", "description": "The columns and rows you give, as JSON.",
-                 "params": {"columns": {"kind": "json", "help": '[{"name", "type"}, ...]',
-                                        "default": [{"name": "city", "type": "string"},
-                                                    {"name": "people", "type": "integer"}]},
-                            "rows": {"kind": "json", "help": "lists of values, one per column",
-                                     "default": [["Oslo", 709000], ["Lyon", 522000]]}}},
-            ],
-        })
-
-
-def _job(job: Job) -> dict[str, Any]:
-    described = job.describe()
-    for name, param in job.params.items():
-        limits = {"minimum": param.minimum, "maximum": param.maximum,
-                  "choices": list(param.choices) or None}
-        described["args"][name].update({k: v for k, v in limits.items() if v is not None})
-    return described
+        catalogue = self.deps.commands.catalogue_for(self.identity)
+        self.write_json({"jobs": catalogue["jobs"], "reports": catalogue["reports"]})
 
 
 class MetricsJsonHandler(ApiHandler):

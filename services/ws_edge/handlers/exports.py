@@ -2,7 +2,8 @@
 
 The edge owns this HTTP API; the excel_worker owns the build. Both share the
 ``export_tasks`` table, the storage directory (``WARREN_EXPORTS_DIR``) and the rules in
-``shared.exports``; neither imports the other.
+``shared.exports``. The edge checks a request against the reports' descriptions
+(:func:`report_descriptions`), never against report code.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
@@ -21,14 +22,22 @@ from tornado.iostream import StreamClosedError
 from shared.db.exports import ExportRecord, ExportStatus
 from shared.db.notifications import make_notification
 from shared.exports.events import download_url, failed_event
-from shared.exports.requests import InvalidRequest, as_refused, parse_request
+from shared.auth import Identity
+from shared.exports.requests import (
+    ExportRequest,
+    InvalidRequest,
+    RequestForbidden,
+    validate_request,
+)
 from shared.exports.storage import is_task_id, stored_path
 from shared.messaging import Address, Command, Envelope
 from shared.messaging.broker import Unroutable
 from shared.messaging.envelope import encode
 from services.ws_edge.deps import EdgeDeps, ExportsDeps
-from services.ws_edge.errors import describe
+from services.ws_edge.errors import FrameError, describe
 from services.ws_edge.handlers.api import ApiHandler
+from services.ws_edge.policy import PolicyDenied
+from services.excel_worker.reports import BUILT_IN_REPORTS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,30 @@ def _exports(deps: EdgeDeps) -> ExportsDeps:
     exports = deps.exports
     assert exports is not None
     return exports
+
+
+def report_descriptions(deps: EdgeDeps) -> Sequence[Mapping[str, Any]]:
+    """The reports requests are checked against, as ``Report.describe()`` gives them:
+    those the running workers announce in the catalogue (an installed package's too, with
+    the workers' limits), and Warren's built-in ones that no worker announces now,
+    described from their declarations with this deployment's limits (the edge reads the
+    same ``WARREN_EXCEL_MAX_*`` as the worker). So a request for a built-in report with no
+    worker running is still checked, then refused with ``no_service``.
+    """
+    maxima = _exports(deps).limits.maxima()
+    described: dict[str, Mapping[str, Any]] = {
+        report.name: report.with_limits(maxima.get(report.name, {})).describe()
+        for report in BUILT_IN_REPORTS
+    }
+    described.update((r["name"], r) for r in deps.commands.view.listing().reports)
+    return list(described.values())
+
+
+def check_request(deps: EdgeDeps, identity: Identity, data: object) -> ExportRequest:
+    """The request checked against its report's schema and roles; :class:`InvalidRequest`
+    (:class:`RequestForbidden` for the roles) saying what is wrong."""
+    return validate_request(report_descriptions(deps), data, roles=identity.roles,
+                            admin_role=deps.settings.auth.admin_role)
 
 
 def _not_queued(exc: Exception) -> tuple[int, str, str]:
@@ -82,19 +115,22 @@ async def submit_export(
         raise
 
 
-async def submit_from_socket(deps: EdgeDeps, envelope: Envelope) -> None:
-    """``excel.create`` from a WebSocket client: recorded as queued at once, so that
-    ``GET /api/exports/<id>`` knows the task before a worker takes it.
+async def submit_from_socket(deps: EdgeDeps, envelope: Envelope, identity: Identity) -> None:
+    """``excel.create`` from a WebSocket client: checked, then recorded as queued at once,
+    so that ``GET /api/exports/<id>`` knows the task before a worker takes it.
 
-    The request is not refused here: the worker refuses a bad one with ``excel.failed``
-    (docs/exports.md), so the client gets its ``ack`` either way.
+    A request that does not fit its report's schema is refused here, before anything is
+    recorded: the socket's error table turns :class:`FrameError` into an ``error`` frame
+    with the request's code (``unknown_report``, ``invalid_params``) and
+    :class:`PolicyDenied` into ``forbidden``.
     """
     try:
-        request = parse_request(envelope.data, _exports(deps).limits)
-        kind, params = request.report.value, request.params
-    except InvalidRequest:
-        kind, params = as_refused(envelope.data)
-    await submit_export(deps, envelope, kind, params)
+        request = check_request(deps, identity, envelope.data)
+    except RequestForbidden as exc:
+        raise PolicyDenied(exc.message) from None
+    except InvalidRequest as exc:
+        raise FrameError(exc.code, exc.message) from None
+    await submit_export(deps, envelope, request.report, request.params)
 
 
 class ExportsHandler(ApiHandler):
@@ -137,14 +173,14 @@ class ExportListHandler(ExportsHandler):
             self.fail(400, "bad_request", f"body is not JSON: {exc}")
             return
         try:
-            request = parse_request(body, self.exports.limits)
+            request = check_request(self.deps, self.identity, body)
         except InvalidRequest as exc:
-            self.fail(400, exc.code, exc.message)
+            self.fail(403 if isinstance(exc, RequestForbidden) else 400, exc.code, exc.message)
             return
-        data = {"report": request.report.value, "params": body.get("params", {})}
+        data = {"report": request.report, "params": body.get("params", {})}
         envelope = Envelope(type=Command.EXCEL_CREATE.value, to=me, sender=me, data=data)
         try:
-            await submit_export(self.deps, envelope, request.report.value, request.params)
+            await submit_export(self.deps, envelope, request.report, request.params)
         except Exception as exc:
             status, code, message = _not_queued(exc)
             if code == "internal":

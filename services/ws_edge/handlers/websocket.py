@@ -27,16 +27,23 @@ from shared.messaging import (
     parse_destination,
     user_key,
 )
+from shared.messaging.broker import BrokerUnavailable
+from shared.web import log_uncaught
 from services.ws_edge import frames, tornado_fast
 from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, TooManySockets, describe
 from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
+from services.ws_edge.policy import PolicyDenied
 
 log = logging.getLogger(__name__)
 
 #: An unmasked ping frame with no payload (RFC 6455 5.5.2).
 PING_FRAME: Final = b"\x89\x00"
+#: The WebSocket subprotocol of this document's frames: the edge selects it when offered.
+#: A browser fails a handshake that offered subprotocols and got none back, so a client
+#: authenticating with ``warren.auth.<jwt>`` offers this one too (the token is never echoed).
+SUBPROTOCOL: Final = "warren.v1"
 
 
 class EdgeSocket(tornado.websocket.WebSocketHandler):
@@ -80,9 +87,12 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if origin is not None and not self._origin_allowed(origin):
             self._refuse(403, "origin_forbidden", f"origin {origin!r} is not allowed")
             return
-        token = request_token(self)
+        token = request_token(self, subprotocol=True)
         if token is None:
-            self._refuse(401, "token_missing", "a token is required (?token=, Bearer or cookie)")
+            self._refuse(
+                401, "token_missing",
+                "a token is required (?token=, Bearer, subprotocol warren.auth.<jwt> or cookie)",
+            )
             return
         try:
             identity = await authenticate(self._deps, token)
@@ -110,6 +120,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked in prepare(), where the refusal can carry a JSON body
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None
 
     def _origin_allowed(self, origin: str) -> bool:
         """Same-origin pages always; other origins only when in the allow-list (or ``*``)."""
@@ -184,8 +197,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 identity.user_id, identity.groups, identity.roles, deps.settings.common.instance_id
             )
         )
-        delay = identity.expires_at - time.time()
-        self._expiry = asyncio.get_running_loop().call_later(max(0.0, delay), self._expire)
+        self._expire_at(identity.expires_at)
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
 
@@ -196,7 +208,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # Tornado's version describes the request, which is gone once the socket is open
         # (tornado_fast.release_handshake).
         if self.request is not None:
-            super().log_exception(typ, value, tb)
+            log_uncaught(self, typ, value, tb)
             return
         user = self._identity.user_id if self._identity else None
         log.error("connection failed", extra={"user": user}, exc_info=(typ, value, tb))
@@ -214,6 +226,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         deps.hub.forget(self)
         deps.bindings.release(self._retained)
         deps.metrics.connections.dec()
+
+    def _expire_at(self, expires_at: float) -> None:
+        """Close with 4001 at ``expires_at`` (Unix time), instead of any time set before."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry = asyncio.get_running_loop().call_later(delay, self._expire)
 
     def _expire(self) -> None:
         self.close_with(CloseCode.TOKEN_EXPIRED, "token expired")
@@ -291,16 +310,19 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             if isinstance(message, bytes):
                 raise FrameError("binary_frame", "binary frames are not accepted; send JSON text")
             ref = frames.ref_of(message)
-            frame = frames.parse_client_frame(message)
+            frame = frames.parse_client_frame(message, self._deps.commands.known())
+            reply: dict[str, Any]
             if frame.type == frames.MESSAGE_SEND:
-                envelope_id = await self._send_message(frame)
+                reply = {"id": await self._send_message(frame)}
+            elif frame.type == frames.AUTH_REFRESH:
+                reply = await self._refresh(frame)
             else:
-                envelope_id = await self._send_command(frame)
+                reply = {"id": await self._send_command(frame)}
         except Exception as exc:
             self._refused(ref, exc)
             return
         self._deps.metrics.frames_accepted.labels(frame.type).inc()
-        self._write(frames.ack(ref, {"id": envelope_id}))
+        self._write(frames.ack(ref, reply))
 
     async def _send_message(self, frame: frames.ClientFrame) -> str:
         identity = self._identity
@@ -316,16 +338,61 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     async def _send_command(self, frame: frames.ClientFrame) -> str:
         identity = self._identity
         assert identity is not None
+        self._deps.commands.check(identity, frame.type)  # declared, but maybe not for this user
         me = Address.user(identity.user_id)
         envelope = Envelope(type=frame.type, to=me, sender=me, data=frame.data)
         # The command's id follows it through the broker and back (shared/logging.py).
         with correlated(envelope.id):
             if frame.type == Command.EXCEL_CREATE and self._deps.exports is not None:
-                await submit_from_socket(self._deps, envelope)  # recorded as queued, then published
+                # Checked, recorded as queued, then published.
+                await submit_from_socket(self._deps, envelope, identity)
             else:
                 await self._deps.publisher.publish_command(envelope)
             log.info("command accepted", extra={"command": frame.type, "user": identity.user_id})
         return envelope.id
+
+    async def _refresh(self, frame: frames.ClientFrame) -> dict[str, Any]:
+        """``auth.refresh``: the connection takes the identity of a new token of the same
+        user, without a reconnect. The new groups' keys are bound and the dropped groups'
+        no longer delivered before the ack, so from the ack on the socket receives what
+        the new token allows, and closes with 4001 at its ``exp``. A refused refresh
+        changes nothing: the connection keeps its token, and its ``exp``."""
+        deps, current = self._deps, self._identity
+        assert current is not None
+        identity = await authenticate(deps, frames.refresh_token(frame))
+        if identity.user_id != current.user_id:
+            raise PolicyDenied("a refresh must be for the same user; open a new socket for another")
+        if self._closed:
+            return {}  # gone while the token was checked: on_close() released its keys
+        keys = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
+        held = self._retained
+        added = tuple(key for key in keys if key not in held)
+        if added:
+            # Held at once, so that on_close() releases them too if the socket goes
+            # while they are being bound.
+            self._retained = (*held, *added)
+            bound = deps.bindings.retain(added)
+            try:
+                await asyncio.wait_for(asyncio.shield(bound), deps.settings.bind_timeout_s)
+            except Exception as exc:
+                if self._closed:
+                    return {}  # on_close() released what is held; nothing reads a reply
+                self._retained = held
+                deps.bindings.release(added)
+                log.warning("binding failed", extra={"user": identity.user_id}, exc_info=True)
+                raise BrokerUnavailable("the token's new groups could not be bound") from exc
+        connection = self.ws_connection
+        if self._closed or connection is None or connection.is_closing():
+            return {}  # on_close() releases what is held; nothing reads a reply
+        deps.hub.subscribe(self, (*keys, BROADCAST))
+        deps.bindings.release(key for key in held if key not in keys)
+        self._retained = keys
+        self._identity = identity
+        self._expire_at(identity.expires_at)
+        log.debug("token refreshed", extra={"user": identity.user_id})
+        exp = identity.expires_at
+        return {"exp": int(exp) if exp.is_integer() else exp,
+                "groups": identity.groups, "roles": identity.roles}
 
     def _refused(self, ref: frames.Ref, exc: Exception) -> None:
         spec = describe(exc)

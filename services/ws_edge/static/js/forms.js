@@ -1,6 +1,6 @@
 // Inputs built from an argument schema (a job's args, a report's params) and read back
 // into typed JSON values. Kinds: int, float, str (with choices: a select), bool,
-// str_list (comma separated) and json.
+// str_list (comma separated; with choices: a multiple select), json, and the rest as text.
 
 import { el } from "./dom.js";
 
@@ -24,6 +24,12 @@ function fieldFor(spec, id) {
   if (spec.kind === "bool") {
     return el("input", { id, type: "checkbox", checked: value === true });
   }
+  if (spec.choices && spec.kind === "str_list") {
+    // Nothing selected leaves the argument out: the service's default applies.
+    const chosen = new Set(Array.isArray(value) ? value : []);
+    return el("select", { id, multiple: true, size: Math.min(spec.choices.length, 4) },
+      ...spec.choices.map((choice) => el("option", { value: choice, selected: chosen.has(choice), text: choice })));
+  }
   if (spec.choices) {
     return el("select", { id }, ...spec.choices.map(
       (choice) => el("option", { value: choice, selected: choice === value, text: choice })));
@@ -35,7 +41,9 @@ function fieldFor(spec, id) {
     });
   }
   if (spec.kind === "json") {
-    return el("textarea", { id, rows: 2, spellcheck: "false", text: JSON.stringify(value ?? null) });
+    // A required value starts empty: "null" would be sent as the value.
+    const text = value === undefined ? "" : JSON.stringify(value);
+    return el("textarea", { id, rows: 2, spellcheck: "false", text, required: value === undefined });
   }
   const text = Array.isArray(value) ? value.join(", ") : value ?? "";
   return el("input", { id, type: "text", value: text, required: value === undefined });
@@ -50,6 +58,11 @@ export function readFields(container) {
     const kind = input.dataset.kind;
     if (kind === "bool") {
       values[input.name] = input.checked;
+      continue;
+    }
+    if (input.multiple) {
+      const chosen = [...input.selectedOptions].map((option) => option.value);
+      if (chosen.length > 0) values[input.name] = chosen;
       continue;
     }
     const raw = input.value.trim();

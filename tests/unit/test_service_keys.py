@@ -78,7 +78,11 @@ def test_make_event_names_the_field(event: dict[str, Any], field: str) -> None:
     assert refused.value.field == field
 
 
-def test_make_event_sets_from_to_the_service_whatever_the_body_says() -> None:
-    envelope = make_event({"to": "user:a", "type": "x", "from": "user:b"},
-                          Address.service("billing"), max_data_bytes=64)
+def test_make_event_sets_from_to_the_service_and_refuses_another_sender() -> None:
+    billing = Address.service("billing")
+    envelope = make_event({"to": "user:a", "type": "x", "from": "service:billing"}, billing,
+                          max_data_bytes=64)
     assert str(envelope.sender) == "service:billing" and envelope.data == {}
+    with pytest.raises(EventError) as forged:
+        make_event({"to": "user:a", "type": "x", "from": "user:b"}, billing, max_data_bytes=64)
+    assert (forged.value.code, forged.value.field) == ("forged_sender", "from")

@@ -102,6 +102,12 @@ class RelayServer:
         )
         life.push_async_callback(consumer.close)
         await consumer.start()
+        # Offered once consumed. Withdrawn after the drain: stopping takes no new asks at
+        # once, and the queue keeps what arrives meanwhile for the other replicas.
+        advertiser = await advertise(connection, settings.common, "cat_relay", Offer(
+            commands=(CommandType(Command.CHAT_ASK),),
+        ))
+        life.push_async_callback(advertiser.stop)
         tokens = TokenService(settings.auth)
         app = make_app(
             settings, asker, cat, tokens, UserStore(sessions_db), executor, self.metrics,
@@ -110,11 +116,6 @@ class RelayServer:
         http, self.port = listen(app, settings.http)
         life.push_async_callback(http.close_all_connections)
         life.push_async_callback(self._drain, http, consumer, sessions, asker, bounded=False)
-        # Offered once consumed; withdrawn first at stop, before the drain.
-        advertiser = await advertise(connection, settings.common, "cat_relay", Offer(
-            commands=(CommandType(Command.CHAT_ASK),),
-        ))
-        life.push_async_callback(advertiser.stop)
         log.info(
             "cat_relay ready",
             extra={"port": self.port, "instance": settings.common.instance_id,

@@ -117,13 +117,14 @@ class ExcelWorkerServer:
         )
         life.push_async_callback(consumer.close)
         await consumer.start()
-        life.push_async_callback(self._drain, consumer, bounded=False)
-        life.create_task(self._sweep_forever(store), name="retention sweeps")
-        # Offered once consumed; withdrawn first at stop, before the drain.
+        # Offered once consumed. Withdrawn after the drain: stopping takes no new work at
+        # once, and the work queue keeps what arrives meanwhile for the other replicas.
         advertiser = await advertise(connection, settings.common, "excel_worker", Offer(
             commands=(CommandType(Command.EXCEL_CREATE),), reports=tuple(reports.describe()),
         ))
         life.push_async_callback(advertiser.stop)
+        life.push_async_callback(self._drain, consumer, bounded=False)
+        life.create_task(self._sweep_forever(store), name="retention sweeps")
 
         app = tornado.web.Application([
             (r"/healthz", HealthHandler),

@@ -119,13 +119,14 @@ class RunnerServer:
         )
         life.push_async_callback(_close_consumer, self._starts, name="run.start consumer")
         await self._starts.start()
-        life.push_async_callback(self._drain, manager, bounded=False)
-        # Offered once consumed; withdrawn first at stop, before the drain.
+        # Offered once consumed. Withdrawn after the drain: stopping takes no new work at
+        # once, and the work queue keeps what arrives meanwhile for the other replicas.
         advertiser = await advertise(connection, settings.common, "runner", Offer(
             commands=(CommandType(Command.RUN_START), CommandType(Command.RUN_STOP)),
             jobs=tuple(job.describe() for job in jobs.values()),
         ))
         life.push_async_callback(advertiser.stop)
+        life.push_async_callback(self._drain, manager, bounded=False)
         log.info("runner ready", extra={"port": self.port, "instance": self.replica,
                                         "max_concurrent": settings.max_concurrent})
 

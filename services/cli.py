@@ -64,12 +64,24 @@ def _parser() -> argparse.ArgumentParser:
 
     for command, service in SERVICES.items():
         sub.add_parser(command, help=service.help)
+    serve = sub.add_parser(
+        "serve", help="run your own service (warren.service.Service; docs/extending.md)"
+    )
+    serve.add_argument("service", metavar="MODULE:ATTRIBUTE",
+                       help="where the Service is, e.g. orders.service:service")
     up = sub.add_parser(
         "up", help="development: run every service under one supervisor, with the web console"
     )
     for kind, default in (("edges", 1), ("relays", 1), ("runners", 1), ("workers", 1)):
         up.add_argument(f"--{kind}", type=int, default=default, metavar="N",
                         help=f"replicas of the {kind[:-1]} service (default {default})")
+    up.add_argument("--service", action="append", default=[], dest="services",
+                    metavar="NAME=MODULE:ATTRIBUTE",
+                    help="also run your own service, as 'warren serve MODULE:ATTRIBUTE' "
+                    "(repeatable; added to the [services] of warren.toml)")
+    up.add_argument("--config", metavar="PATH",
+                    help="the file whose [services] table lists your services "
+                    "(default: warren.toml in the current directory, if there is one)")
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
     add = user.add_parser("add", help="add a user")
@@ -116,6 +128,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         if args.command in SERVICES:
             _serve(SERVICES[args.command], env)
+        elif args.command == "serve":
+            from warren.service import run
+
+            run(args.service, env)
         elif args.command == "up":
             _up(env, args)
         elif args.command == "user":

@@ -17,7 +17,7 @@ from services.supervisor.settings import EDGE, RELAY, RUNNER, Placement, UpSetti
 @dataclass(frozen=True, slots=True)
 class ChildSpec:
     name: str  # "edge-1": log prefix, and the base of its instance id
-    kind: str  # "edge", "relay", "runner", "excel" or "cat"
+    kind: str  # "edge", "relay", "runner", "excel", "cat", or "service" (the user's own)
     tier: int  # started in ascending tiers, stopped in descending ones
     argv: tuple[str, ...]
     env: Mapping[str, str]  # set on top of the supervisor's own environment
@@ -99,4 +99,31 @@ def service_specs(
                     ready_url=f"{base_url(placement, port)}/readyz",
                 )
             )
+    return specs
+
+
+def user_service_specs(
+    settings: UpSettings, ports: Mapping[str, list[int]], python: str, host: str
+) -> list[ChildSpec]:
+    """The user's own services, each ``warren serve <reference>``, probed on its
+    ``/readyz`` like Warren's services and stopped after the edges."""
+    specs = []
+    for service in settings.services:
+        placement = service.placement
+        port = ports[placement.kind.name][0]
+        prefix = placement.kind.prefix
+        specs.append(ChildSpec(
+            name=service.name,
+            kind="service",
+            tier=placement.kind.tier,
+            argv=(python, "-m", "services.cli", "serve", service.reference),
+            env={
+                "PYTHONUNBUFFERED": "1",
+                "WARREN_INSTANCE_ID": f"{service.name}-{host}",
+                f"WARREN_{prefix}_HOST": placement.host,
+                f"WARREN_{prefix}_PORT": str(port),
+            },
+            port=port,
+            ready_url=f"{base_url(placement, port)}/readyz",
+        ))
     return specs

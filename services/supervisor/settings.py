@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -16,6 +18,7 @@ from shared.config import (
     env_int,
     env_str,
 )
+from shared.messaging.names import valid_name
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DEFAULT_CAT_URL: Final = "http://127.0.0.1:1865"
@@ -40,6 +43,15 @@ RELAY: Final = ServiceKind("relay", "services.cat_relay", "RELAY", 8100, tier=1)
 EDGE: Final = ServiceKind("edge", "services.ws_edge", "EDGE", 8000, tier=2)
 KINDS: Final = (EXCEL, RUNNER, RELAY, EDGE)
 CAT_TIER: Final = 0  # the local Cat, if any: first up, last down
+# The user's own services (``--service``, ``warren.toml``): up with Warren's services and
+# before the edges, so that an edge accepts their command types from its first client.
+USER_SERVICE_TIER: Final = 1
+USER_SERVICE_PREFIX: Final = "SERVICE"
+DEFAULT_USER_SERVICE_PORT: Final = 8400
+CONFIG_FILE: Final = "warren.toml"
+_REFERENCE: Final = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+# Names the supervisor's own children have; a user's service takes none of them.
+_RESERVED: Final = re.compile(r"(cat|up|(edge|relay|runner|excel)(-[0-9]+)?)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,64 @@ class Placement:
     def probe_host(self) -> str:
         """Where the supervisor reaches a replica listening on ``host``."""
         return "127.0.0.1" if self.host in {"0.0.0.0", "", "::"} else self.host
+
+
+@dataclass(frozen=True, slots=True)
+class UserService:
+    """One of the user's own services: ``warren serve <reference>`` under ``name``."""
+
+    name: str
+    reference: str  # ``pkg.module:attribute`` of a ``warren.service.Service``
+    placement: Placement
+
+
+def declared_services(flags: Sequence[str], config: Path | None) -> dict[str, str]:
+    """The user's services, name -> reference: the ``[services]`` table of ``config``
+    (``warren.toml``), then each ``--service NAME=pkg.module:attribute``, which replaces
+    an entry of the file with its name. ``config`` None: none from a file."""
+    declared: dict[str, str] = {}
+    if config is not None:
+        try:
+            parsed = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{config} cannot be read: {exc}") from exc
+        unknown = set(parsed) - {"services"}
+        if unknown:
+            raise ConfigError(f"{config}: unknown table {sorted(unknown)[0]!r}; "
+                              f"only [services] is read")
+        table = parsed.get("services", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{config}: services must be a table of NAME = \"pkg.module:service\"")
+        for name, reference in table.items():
+            if not isinstance(reference, str):
+                raise ConfigError(f"{config}: services.{name} must be a string "
+                                  f"\"pkg.module:service\", got {reference!r}")
+            declared[name] = reference
+    for flag in flags:
+        name, sep, reference = flag.partition("=")
+        if not sep:
+            raise ConfigError(f"--service {flag!r} is not of the form NAME=pkg.module:service")
+        declared[name.strip()] = reference.strip()
+    for name, reference in declared.items():
+        if not valid_name(name) or _RESERVED.fullmatch(name):
+            raise ConfigError(f"service name {name!r} must match [A-Za-z0-9_-]{{1,64}} and "
+                              f"not be one of warren up's own (edge, relay, runner, excel, cat)")
+        if not _REFERENCE.fullmatch(reference):
+            raise ConfigError(f"service {name}: {reference!r} is not of the form "
+                              f"pkg.module:service")
+    return declared
+
+
+def config_file(given: str | None) -> Path | None:
+    """The config file ``warren up`` reads: ``--config`` (which must exist), else
+    ``warren.toml`` in the current directory if there is one."""
+    if given is not None:
+        path = Path(given)
+        if not path.is_file():
+            raise ConfigError(f"--config {given}: no such file")
+        return path
+    default = Path(CONFIG_FILE)
+    return default if default.is_file() else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +148,19 @@ class UpSettings:
     ready_timeout_s: float
     cat_ready_timeout_s: float
     stop_timeout_s: float
+    services: tuple[UserService, ...] = ()  # the user's own, in the order declared
 
     def placement(self, kind: ServiceKind) -> Placement:
         return next(p for p in self.placements if p.kind is kind)
 
     @classmethod
-    def from_env(cls, env: Env, replicas: Mapping[str, int]) -> UpSettings:
-        """``replicas`` maps a kind's name to its count (the ``--edges`` … options)."""
+    def from_env(
+        cls, env: Env, replicas: Mapping[str, int], services: Mapping[str, str] | None = None
+    ) -> UpSettings:
+        """``replicas`` maps a kind's name to its count (the ``--edges`` … options);
+        ``services`` the user's own services' names to their references
+        (:func:`declared_services`). Each listens on ``WARREN_SERVICE_HOST``, on
+        consecutive ports from ``WARREN_SERVICE_PORT`` (0: free ones)."""
         common = CommonSettings.from_env(env, "up")
         if not common.development:
             raise ConfigError("warren up is for development: set WARREN_ENV=development")
@@ -100,6 +176,18 @@ class UpSettings:
             host = env_str(env, f"WARREN_{kind.prefix}_HOST", DEFAULT_HOST)
             placements.append(Placement(kind, count, host, base))
         raw_cat_url = env.get("WARREN_CAT_URL", "").strip()
+        user_services = []
+        if services:
+            port_var = f"WARREN_{USER_SERVICE_PREFIX}_PORT"
+            base = env_int(env, port_var, DEFAULT_USER_SERVICE_PORT)
+            if base and base + len(services) - 1 > 65535:
+                raise ConfigError(f"{port_var}={base} leaves no room for {len(services)} services")
+            host = env_str(env, f"WARREN_{USER_SERVICE_PREFIX}_HOST", DEFAULT_HOST)
+            for index, (name, reference) in enumerate(services.items()):
+                kind = ServiceKind(name, "warren.service", USER_SERVICE_PREFIX,
+                                   DEFAULT_USER_SERVICE_PORT, tier=USER_SERVICE_TIER)
+                placement = Placement(kind, 1, host, base + index if base else 0)
+                user_services.append(UserService(name, reference, placement))
         return cls(
             common=common,
             placements=tuple(placements),
@@ -115,4 +203,5 @@ class UpSettings:
             ready_timeout_s=env_float(env, "WARREN_UP_READY_TIMEOUT_S", 60.0, minimum=1.0),
             cat_ready_timeout_s=env_float(env, "WARREN_UP_CAT_READY_TIMEOUT_S", 90.0, minimum=1.0),
             stop_timeout_s=env_float(env, "WARREN_UP_STOP_TIMEOUT_S", 20.0, minimum=0.1),
+            services=tuple(user_services),
         )

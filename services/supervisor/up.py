@@ -12,7 +12,7 @@ import httpx
 from services.supervisor.cat import choose_cat, describe
 from services.supervisor.demo import DemoUser, prepare_database, service_key
 from services.supervisor.output import Output
-from services.supervisor.plan import ChildSpec, host_id, service_specs
+from services.supervisor.plan import ChildSpec, host_id, service_specs, user_service_specs
 from services.supervisor.ports import assign_ports
 from services.supervisor.settings import EDGE, KINDS, RELAY, UpSettings
 from services.supervisor.supervisor import StartFailed, Supervisor
@@ -20,7 +20,8 @@ from services.supervisor.supervisor import StartFailed, Supervisor
 
 def up(settings: UpSettings, env: Mapping[str, str], output: Output, python: str) -> int:
     """Run until a signal; the exit status is 0 when everything started and stopped cleanly."""
-    ports = assign_ports(settings.placements)  # a taken port stops us before anything starts
+    # A taken port stops us before anything starts.
+    ports = assign_ports(settings.placements + tuple(s.placement for s in settings.services))
     created = prepare_database(settings.common.database_url)
     key = None if settings.relay_api_key_configured else service_key()
     return asyncio.run(_supervise(settings, env, output, python, ports, created, key))
@@ -41,9 +42,9 @@ async def _supervise(
     async with httpx.AsyncClient() as http:
         cat, local_cat = await choose_cat(settings.cat, http)
         specs: list[ChildSpec] = [local_cat] if local_cat is not None else []
-        specs += service_specs(
-            settings, ports, cat, python, host_id(socket.gethostname()), relay_api_key=key
-        )
+        host = host_id(socket.gethostname())
+        specs += service_specs(settings, ports, cat, python, host, relay_api_key=key)
+        specs += user_service_specs(settings, ports, python, host)
         supervisor = Supervisor(
             specs, env, output, http,
             ready_timeout_s=settings.ready_timeout_s,
@@ -108,6 +109,9 @@ def _summary(
     for kind in KINDS:
         listed = ", ".join(f"{kind.name}-{i + 1} :{p}" for i, p in enumerate(ports[kind.name]))
         lines.append(f"  {kind.name:<9} {listed}")
+    for service in settings.services:
+        port = ports[service.name][0]
+        lines.append(f"  {service.name:<9} :{port} ({service.reference})")
     lines.append(f"  cat       {cat}")
     lines.append(f"  database  {settings.common.database_url}")
     if created:

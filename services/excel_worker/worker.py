@@ -245,12 +245,11 @@ class ExportWorker:
         if done is None:
             return
         deps.metrics.build_seconds.labels(request.report).observe(elapsed)
-        live = await self._announce(done)
-        # Logged once the owner's notification is settled: delivered live, or pending.
         log.info("export built", extra={"task_id": record.id, "rows": outcome.rows,
                                         "size": outcome.size, "seconds": round(elapsed, 3),
                                         "cpu_s": round(outcome.cpu_s, 3),
-                                        "peak_rss_kb": outcome.peak_rss_kb, "live": live})
+                                        "peak_rss_kb": outcome.peak_rss_kb})
+        await self._announce(done)
 
     async def _store(
         self, record: ExportRecord, request: ExportRequest, built: Path, outcome: BuildOutcome
@@ -276,9 +275,8 @@ class ExportWorker:
         deps.metrics.rows.inc(outcome.rows)
         return event
 
-    async def _announce(self, event: Envelope) -> bool:
-        """Publish a stored notification live; mark it delivered if the user was online.
-        True if it was (the row is marked), False if it stays pending."""
+    async def _announce(self, event: Envelope) -> None:
+        """Publish a stored notification live; mark it delivered if the user was online."""
         deps = self._deps
         try:
             routed = await deps.routed.publish(event)
@@ -286,11 +284,11 @@ class ExportWorker:
             log.warning("live notification not published; it stays pending",
                         extra={"id": event.id}, exc_info=True)
             deps.metrics.notifications.labels("pending").inc()
-            return False
+            return
         deps.metrics.notifications.labels("routed" if routed else "pending").inc()
         if routed:
             await self._db(deps.notifications.mark_delivered, [event.id])
-        return routed
+        log.info("notification settled", extra={"id": event.id, "live": routed})
 
     async def _publish_progress(self, event: Envelope) -> None:
         try:

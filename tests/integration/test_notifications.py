@@ -86,8 +86,8 @@ async def test_online_user_gets_it_live_and_not_again_on_reconnect(
     # The socket may get the event a moment before the worker marks the row delivered; a
     # socket opened in that moment gets it again, with the same id (docs/exports.md,
     # "Notifications"). Past that moment, never.
-    await until_logged([worker], "export built", 1)
-    assert worker.messages("export built")[0]["live"] is True
+    await until_logged([worker], "notification settled", 1)
+    assert worker.messages("notification settled")[0]["live"] is True
     again = await Client.connect(exports_edge.port, token)
     assert await probe(again, "bob") == "probe"
 

@@ -59,7 +59,7 @@ NO_PLAYWRIGHT = (
 VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 
 
-def _missing() -> str | None:
+def browser_missing() -> str | None:
     if not HAVE_PLAYWRIGHT:
         return NO_PLAYWRIGHT
     if not Path(CHROMIUM).exists():
@@ -75,7 +75,7 @@ def _missing() -> str | None:
 # start their own.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    reason = _missing()
+    reason = browser_missing()
     if reason:
         pytest.skip(f"browser tests skipped: {reason}")
     with sync_playwright() as playwright:
@@ -137,8 +137,8 @@ def start_up(
     started: list[tuple[WarrenUp, str]] = []
 
     def start(**overrides: str) -> WarrenUp:
-        if _missing():
-            pytest.skip(f"browser tests skipped: {_missing()}")
+        if browser_missing():
+            pytest.skip(f"browser tests skipped: {browser_missing()}")
         vhost = broker_admin.create_vhost("warren-browser")
         workdir = tmp_path_factory.mktemp("up")
         env = up_env(broker_admin.vhost_url(vhost), workdir, **overrides)

@@ -3,7 +3,7 @@
 // state comes from the relays (GET /api/console/cat) and from the answers themselves.
 
 import { $, el, showError } from "./dom.js";
-import { keepEarly } from "./socket.js";
+import { keepEarly } from "./early.js";
 
 const STATUS_EVERY_MS = 15_000;
 const CAT_DOWN = new Set(["cat_unavailable", "cat_timeout"]);
@@ -73,7 +73,7 @@ export class ChatPanel {
     answer.dataset.tokens = "0";
     this.input.value = "";
     try {
-      const ack = await this.app.connection.request({ type: "chat.ask", data: { text } });
+      const ack = await this.app.warren.command("chat.ask", { text });
       this.answers.set(ack.id, { node: answer, text: "", tokens: 0 });
       answer.dataset.ask = ack.id;
       for (const envelope of this.early.get(ack.id) || []) this.handle(envelope);

@@ -1,6 +1,8 @@
-// The Warren console: signs in, keeps one WebSocket to the edge, and hands each event to
+// The Warren console: signs in, keeps one connection to the edge through Warren's
+// JavaScript client (served by the edge at /client/warren.js), and hands each event to
 // the panel it belongs to. docs/console.md describes it.
 
+import { Warren } from "/client/warren.js";
 import { $, el, showError } from "./dom.js";
 import { ChatPanel } from "./chat.js";
 import { ExportsPanel } from "./exports.js";
@@ -8,15 +10,17 @@ import { MessagesPanel } from "./messages.js";
 import { MetricsPanel } from "./metrics.js";
 import { RunnerPanel } from "./runner.js";
 import * as sessions from "./session.js";
-import { Connection } from "./socket.js";
 
-const SEEN_IDS = 2000;  // notifications may arrive twice (protocol.md 13): de-duplicated by id
+const SESSION_EXPIRED = "Your session expired: sign in again.";
+
+function socketUrl() {
+  return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+}
 
 class Console {
   constructor() {
     this.session = null;
-    this.connection = null;
-    this.seen = new Set();
+    this.warren = null;
     this.messages = new MessagesPanel(this);
     this.chat = new ChatPanel(this);
     this.runner = new RunnerPanel(this);
@@ -66,22 +70,23 @@ class Console {
 
   enter(session) {
     this.session = session;
-    this.seen.clear();
     for (const panel of this.panels) panel.reset();
     this.showUser(session.user, session.groups, session.roles);
     $("login-panel").hidden = true;
     $("workspace").hidden = false;
     this.messages.signedIn(session);
-    const connection = new Connection(session.token, () => this.tokenAccepted());
-    connection.addEventListener("state", (event) => {
-      this.setStatus(event.detail.state, event.detail.text);
-      if (event.detail.state === "waiting") this.chat.connectionLost();
-    });
-    connection.addEventListener("welcome", (event) => this.welcome(event.detail));
-    connection.addEventListener("event", (event) => this.route(event.detail));
-    connection.addEventListener("expired", () => this.logout("Your session expired: sign in again."));
-    this.connection = connection;
-    connection.open();
+    // The console holds no credential to get a new token with (it signs in with a
+    // password and keeps only the token): no in-band refresh, and the token is refused
+    // by getToken once the edge or its exp says it is over.
+    const warren = new Warren(socketUrl(), { getToken: ({ reason }) => this.token(reason), refresh: false });
+    const current = (listener) => (value) => {
+      if (this.warren === warren) listener(value);
+    };
+    warren.onState(current((change) => this.stateChanged(change)));
+    warren.onWelcome(current((identity) => this.welcome(identity)));
+    warren.on("*", current((envelope) => this.route(envelope)));
+    this.warren = warren;
+    this.setStatus("connecting", "connecting");
     this.loadCatalog();
   }
 
@@ -95,13 +100,44 @@ class Console {
     }
   }
 
-  // Whether the edge still takes the token; asked when a socket could not even open.
-  async tokenAccepted() {
+  token(reason) {
+    const session = this.session;
+    if (session === null || reason === "expired" || reason === "rejected" || sessions.expired(session)) {
+      throw new Error("the session expired");
+    }
+    return session.token;
+  }
+
+  // The client's state, as it is: the top bar's dot (data-state) and its words.
+  // The reason (a close code, a refusal) is the status's tooltip.
+  stateChanged({ state, reason, attempt, delayMs, edge, code }) {
+    $("status").title = reason || "";
+    if (state === "connecting") {
+      this.setStatus("connecting", "connecting");
+    } else if (state === "open") {
+      this.setStatus("connected", `connected to ${edge}`);
+    } else if (state === "reconnecting") {
+      $("status").title = `${reason}; next try after ${(delayMs / 1000).toFixed(1)} s`;
+      this.setStatus("waiting", `reconnecting (attempt ${attempt})`);
+      this.chat.connectionLost();
+      // A browser does not say why an upgrade failed: the edge may be down, or may refuse
+      // the token (revoked user, another key). The HTTP API tells which.
+      if (code === undefined) this.checkToken(this.warren);
+    } else if (state === "unauthorized") {
+      this.logout(SESSION_EXPIRED);
+    } else if (state === "failed") {
+      this.setStatus("failed", "disconnected: reload to try again");
+      this.chat.connectionLost();
+    } else if (state === "closed") {
+      this.setStatus("offline", "signed out");
+    }
+  }
+
+  async checkToken(warren) {
     try {
       await this.api("/api/console/metrics");
-      return true;
     } catch (error) {
-      return !(error.code && error.code.startsWith("token_"));
+      if (this.warren === warren && error.code && error.code.startsWith("token_")) this.logout(SESSION_EXPIRED);
     }
   }
 
@@ -129,10 +165,9 @@ class Console {
     $("status-text").textContent = text;
   }
 
+  // The client has de-duplicated events by id already (durable notifications may arrive
+  // twice: protocol.md 13).
   route(envelope) {
-    if (this.seen.has(envelope.id)) return;
-    this.seen.add(envelope.id);
-    if (this.seen.size > SEEN_IDS) this.seen.delete(this.seen.values().next().value);
     const type = String(envelope.type);
     if (type.startsWith("chat.")) this.chat.handle(envelope);
     else if (type.startsWith("run.")) this.runner.handle(envelope);
@@ -141,8 +176,9 @@ class Console {
   }
 
   logout(message) {
-    if (this.connection) this.connection.close();
-    this.connection = null;
+    const warren = this.warren;
+    this.warren = null;
+    if (warren) warren.close("signed out");
     sessions.clear();
     this.session = null;
     for (const panel of this.panels) panel.reset();

@@ -65,7 +65,7 @@ export class MessagesPanel {
     const text = this.text.value;
     if (!text.trim()) return;
     try {
-      const ack = await this.app.connection.request({ type: "message.send", to, data: { text } });
+      const ack = await this.app.warren.send("message.send", { to, data: { text } });
       this.text.value = "";
       // A direct message is not echoed back unless sent to oneself (protocol.md 6.1).
       if (to.startsWith("user:") && to !== `user:${this.app.session.user}`) {

@@ -3,7 +3,7 @@
 
 import { $, duration, el, number, showError } from "./dom.js";
 import { buildFields, FieldError, readFields } from "./forms.js";
-import { keepEarly } from "./socket.js";
+import { keepEarly } from "./early.js";
 import { Terminal } from "./terminal.js";
 
 const FINAL = new Set(["completed", "stopped", "failed", "timeout"]);
@@ -91,7 +91,7 @@ export class RunnerPanel {
     this.setBusy(true);
     this.tick();
     try {
-      const ack = await this.app.connection.request({ type: "run.start", data: { job, args } });
+      const ack = await this.app.warren.command("run.start", { job, args });
       this.run.id = ack.id;
       for (const envelope of this.early.get(ack.id) || []) this.handle(envelope);
       this.early.delete(ack.id);
@@ -106,7 +106,7 @@ export class RunnerPanel {
     run.status = "stopping";
     this.render();
     try {
-      await this.app.connection.request({ type: "run.stop", data: { run_id: run.id } });
+      await this.app.warren.command("run.stop", { run_id: run.id });
     } catch (error) {
       showError(this.error, error);
     }

@@ -2,10 +2,10 @@
 //
 // The token lives in sessionStorage: it survives a reload of the tab, is not shared with
 // other tabs, and is gone when the tab closes. It goes to the edge as
-// "Authorization: Bearer" on HTTP requests and as ?token= on the WebSocket (a browser
-// cannot set headers on a WebSocket; the edge keeps query strings out of its access
-// log). It is never put in a cookie, so no other site can make the browser use it.
-// Logging out removes it.
+// "Authorization: Bearer" on HTTP requests and, through the client, as the
+// warren.auth.<jwt> subprotocol on the WebSocket (a browser cannot set other headers on a
+// WebSocket, and a URL would carry it into access logs). It is never put in a cookie, so
+// no other site can make the browser use it. Logging out removes it.
 
 const KEY = "warren.session";
 

@@ -22,6 +22,7 @@ from services.cat_relay.settings import RelaySettings
 from services.ws_edge.server import EdgeServer
 from tests.support.cat_v1 import CatV1Double, reply_for
 from tests.support.client import Client
+from tests.support.logs import LogSeen
 from tests.support.rabbit import BrokerAdmin, reconnected
 from tests.support.relay import SERVICE_KEY, Chat, RelayProcess, relay_env
 
@@ -239,19 +240,6 @@ async def test_cat_down_mid_ask_gives_chat_error_and_the_relay_recovers(
     assert metric(relay, "warren_relay_replies_total") == 1
 
 
-class _Seen(logging.Handler):
-    """Sets an event when a log record with the given message is emitted."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
-        self.seen = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == self.message:
-            self.seen.set()
-
-
 async def test_the_relay_reconnects_with_backoff_while_the_cat_comes_up(
     edge: EdgeServer, make_relay: Callable[..., RelayServer], cat: CatV1Double,
     token_for: Callable[..., str],
@@ -259,7 +247,7 @@ async def test_the_relay_reconnects_with_backoff_while_the_cat_comes_up(
     await make_relay(WARREN_CAT_CONNECT_TIMEOUT_S="20").start()
     port = cat.port
     await cat.stop()
-    refused = _Seen("cat socket connect failed")
+    refused = LogSeen("cat socket connect failed")
     logger = logging.getLogger("services.cat_relay.cat.v1")
     level = logger.level
     logger.setLevel(logging.INFO)

@@ -29,6 +29,8 @@ from tests.support.catalogue import forgotten, known
 from tests.integration.test_up import PASSWORD, login, no_cat
 from tests.support.client import Client
 from tests.support.excel import http
+from tests.support.logs import LogSeen
+from tests.support.rabbit import depth
 from tests.support.service_process import ServiceProcess
 from tests.support.up import WarrenUp, up_env
 from warren.service import (
@@ -92,13 +94,6 @@ async def broker(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
         yield connection
 
 
-async def depth(connection: AbstractRobustConnection, queue: str) -> int:
-    channel = await connection.channel()
-    async with channel:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-
-
 async def command(client: Client, type: str, data: dict[str, Any], ref: int = 1) -> str:
     """Send a command; its id, from the edge's ack."""
     ack = await client.request({"type": type, "ref": ref, "data": data})
@@ -121,19 +116,6 @@ def counted(outcomes: list[Exception | dict[str, Any] | None]) -> tuple[Service,
         return outcome
 
     return service, calls
-
-
-class LogWait(logging.Handler):
-    """Sets ``seen`` when a record with ``message`` is logged."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
-        self.seen = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage() == self.message:
-            self.seen.set()
 
 
 async def test_a_command_through_the_edge_gets_its_result(
@@ -204,7 +186,7 @@ async def test_a_redelivered_completed_command_runs_once(
     service, calls = counted([{"order_id": 1}])
     runtime = await run_service(service)
     client = await Client.connect(edge.port, token_for("alice"))
-    skipped = LogWait("command handled before; not run again")
+    skipped = LogSeen("command handled before; not run again")
     logging.getLogger("warren.service").addHandler(skipped)
     caplog.set_level(logging.INFO, "warren.service")
     try:

@@ -17,6 +17,7 @@ from shared.messaging.broker import BrokerUnavailable, Publisher, connect
 from shared.messaging.names import dead_letter_queue_name, work_queue_name
 from shared.db.outage import RETRY_FOR_S, RetryWhileUnavailable
 from shared.messaging.work import WorkConsumer
+from tests.support.rabbit import depth
 
 WAIT_S = 10.0
 
@@ -32,11 +33,7 @@ async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
         yield connection
 
 
-async def depth(connection: AbstractRobustConnection, queue: str) -> int:
-    channel = await connection.channel()
-    async with channel:
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
+
 
 
 class Calls:

@@ -127,3 +127,11 @@ def reconnected(connection: AbstractRobustConnection | None) -> asyncio.Future[N
 
     connection.reconnect_callbacks.add(done)
     return future
+
+
+async def depth(connection: AbstractRobustConnection, queue: str) -> int:
+    """How many messages ``queue`` holds ready now."""
+    channel = await connection.channel()
+    async with channel:
+        declared = await channel.declare_queue(queue, passive=True)
+        return declared.declaration_result.message_count or 0

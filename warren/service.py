@@ -272,14 +272,16 @@ class ServiceRuntime:
         self._publisher = await Publisher.open(connection)
         for declared in self.service.commands:
             await self._consume(life, connection, declared)
-        life.push_async_callback(self._drain, bounded=False)
-        life.create_task(self._sweep_forever(), name="handled commands sweep")
-        # Offered once consumed; withdrawn first at stop, before the drain.
+        # Offered once consumed. Withdrawn after the drain, as Warren's own services do:
+        # stopping takes no new commands at once, and the work queues keep what arrives
+        # meanwhile for the other replicas.
         advertiser = await advertise(
             connection, settings.common, self.service.name, self.service.offer()
         )
         life.push_async_callback(advertiser.stop)
         self._advertised = True
+        life.push_async_callback(self._drain, bounded=False)
+        life.create_task(self._sweep_forever(), name="handled commands sweep")
 
         app = tornado.web.Application([
             (r"/healthz", HealthHandler),
@@ -424,13 +426,10 @@ class ServiceRuntime:
         return self._publisher
 
     async def stop(self) -> None:
-        """Withdraw from the catalogue, stop consuming, drain the handlers in hand within
-        the shutdown deadline, then close broker, database and threads."""
-        if self._lifecycle.closing:
-            await self._lifecycle.aclose()  # stopping already: wait until it has
-            return
-        await self._lifecycle.aclose()
-        log.info("service stopped", extra={"service": self.service.name})
+        """Stop consuming, drain the handlers in hand within the shutdown deadline,
+        withdraw from the catalogue, then close broker, database and threads."""
+        if await self._lifecycle.aclose():  # else stopping already, and now stopped
+            log.info("service stopped", extra={"service": self.service.name})
 
 
 class LoadError(ValueError):

@@ -119,20 +119,21 @@ class Lifecycle:
         self.callback(resource.__exit__, None, None, None)
         return value
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> bool:
         """Run every registered step, last registered first; return once all have run.
 
         Safe to call more than once, and from several tasks: later calls wait for the
-        first to finish.
+        first to finish. True for the call that ran the steps, False for the others.
         """
         if self._closing is not None:
             await asyncio.shield(self._closing)
-            return
+            return False
         self._closing = asyncio.get_running_loop().create_future()
         try:
             await self._stack.aclose()
         finally:
             self._closing.set_result(None)
+        return True
 
     def _push(self, step: Callable[[], Awaitable[None]], name: str, *, bounded: bool) -> None:
         if self._closing is not None:

@@ -188,11 +188,8 @@ class ExcelWorkerServer:
         The broker may be away: the closing steps together take at most the shutdown
         deadline, after the drain's own.
         """
-        if self._lifecycle.closing:
-            await self._lifecycle.aclose()  # stopping already: wait until it has
-            return
-        await self._lifecycle.aclose()
-        log.info("excel_worker stopped")
+        if await self._lifecycle.aclose():  # else stopping already, and now stopped
+            log.info("excel_worker stopped")
 
 
 async def serve(settings: ExcelSettings) -> None:

@@ -161,11 +161,8 @@ class RunnerServer:
         The broker may be away: the closing steps together take at most the shutdown
         deadline, after the drain's own.
         """
-        if self._lifecycle.closing:
-            await self._lifecycle.aclose()  # stopping already: wait until it has
-            return
-        await self._lifecycle.aclose()
-        log.info("runner stopped")
+        if await self._lifecycle.aclose():  # else stopping already, and now stopped
+            log.info("runner stopped")
 
 
 async def _close_consumer(consumer: WorkConsumer) -> None:

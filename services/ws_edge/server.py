@@ -180,11 +180,8 @@ class EdgeServer:
 
         The broker may be away: its steps together take at most the shutdown deadline.
         """
-        if self._lifecycle.closing:
-            await self._lifecycle.aclose()  # stopping already: wait until it has
-            return
-        await self._lifecycle.aclose()
-        log.info("edge stopped")
+        if await self._lifecycle.aclose():  # else stopping already, and now stopped
+            log.info("edge stopped")
 
 
 async def serve(settings: EdgeSettings) -> None:

@@ -159,7 +159,7 @@ async def test_closing_twice_closes_once_and_a_second_caller_waits_for_the_first
     await asyncio.sleep(0)
     assert not second.done()
     release.set()
-    assert await asyncio.gather(first, second) == [True, False]  # only the first ran them
+    assert list(await asyncio.gather(first, second)) == [True, False]  # only the first ran them
     assert closed == ["slow"]
 
 

@@ -238,7 +238,7 @@ def _publish(env: Mapping[str, str], args: argparse.Namespace) -> None:
     async def publish() -> None:
         connection = await connect(common.amqp_url, name="warren-cli")
         async with connection:
-            publisher = await Publisher.open(connection)
+            publisher = await Publisher.open(connection, common.history)
             await publisher.publish_event(envelope)
 
     asyncio.run(publish())

@@ -100,6 +100,43 @@ def default_instance_id(service: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """The event stream every edge reads to recover clients and answer history requests
+    (docs/protocol.md 17). Every process that publishes events reads the same values:
+    which types are kept is decided where an event is published."""
+
+    enabled: bool = True
+    max_age_s: int = 600
+    max_bytes: int = 256 * 1024 * 1024
+    segment_bytes: int = 8 * 1024 * 1024
+    not_kept: frozenset[str] = frozenset({"excel.progress"})
+    # how far before a client's position a recovery reads: the clocks of publishers,
+    # broker and edges must agree within it (docs/protocol.md 17.2)
+    window_s: float = 2.0
+    read_timeout_s: float = 30.0
+
+    def keeps(self, event_type: str) -> bool:
+        return self.enabled and event_type not in self.not_kept
+
+    @classmethod
+    def from_env(cls, env: Env) -> HistorySettings:
+        default = cls()
+        return cls(
+            enabled=env_bool(env, "WARREN_HISTORY", default.enabled),
+            max_age_s=env_int(env, "WARREN_HISTORY_MAX_AGE_S", default.max_age_s, minimum=1),
+            max_bytes=env_int(env, "WARREN_HISTORY_MAX_BYTES", default.max_bytes, minimum=1),
+            segment_bytes=env_int(
+                env, "WARREN_HISTORY_SEGMENT_BYTES", default.segment_bytes, minimum=1
+            ),
+            not_kept=frozenset(env_list(env, "WARREN_HISTORY_NOT_KEPT", tuple(default.not_kept))),
+            window_s=env_float(env, "WARREN_HISTORY_WINDOW_S", default.window_s),
+            read_timeout_s=env_float(
+                env, "WARREN_HISTORY_READ_TIMEOUT_S", default.read_timeout_s, minimum=0.1
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class CommonSettings:
     """What every Warren process needs: where the broker and database are, and the mode."""
 
@@ -114,6 +151,7 @@ class CommonSettings:
     # How long an edge keeps offering what this process announced in the catalogue
     # without hearing from it again (it announces every third of it: shared/catalogue).
     catalogue_ttl_s: float = DEFAULT_CATALOGUE_TTL_S
+    history: HistorySettings = HistorySettings()
 
     @property
     def development(self) -> bool:
@@ -137,4 +175,5 @@ class CommonSettings:
                 env, "WARREN_CATALOGUE_TTL_S", DEFAULT_CATALOGUE_TTL_S,
                 minimum=MIN_CATALOGUE_TTL_S,
             ),
+            history=HistorySettings.from_env(env),
         )

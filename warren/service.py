@@ -269,7 +269,7 @@ class ServiceRuntime:
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
         life.push_async_callback(connection.close)
-        self._publisher = await Publisher.open(connection)
+        self._publisher = await Publisher.open(connection, settings.common.history)
         for declared in self.service.commands:
             await self._consume(life, connection, declared)
         # Offered once consumed. Withdrawn after the drain, as Warren's own services do:

@@ -79,7 +79,7 @@ class RelayServer:
         self.cat = cat = make_client(settings.cat, executor)
         life.push_async_callback(cat.close)
         self.metrics.watch_cat_sockets(lambda: cat.open_sockets)
-        publisher = await Publisher.open(connection)
+        publisher = await Publisher.open(connection, settings.common.history)
         relay = Relay(settings, cat, history, publisher, self.metrics, executor)
         self.sessions = sessions = SessionTable(
             connection,

@@ -104,7 +104,7 @@ class ExcelWorkerServer:
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
         life.push_async_callback(connection.close)
-        publisher = await Publisher.open(connection)
+        publisher = await Publisher.open(connection, settings.common.history)
         self.worker = ExportWorker(WorkerDeps(
             settings=settings, reports=reports, metrics=self.metrics, exports=store,
             notifications=NotificationStore(sessions), publisher=publisher,

@@ -80,7 +80,7 @@ class RunnerServer:
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
         life.push_async_callback(connection.close)
-        publisher = await Publisher.open(connection)
+        publisher = await Publisher.open(connection, settings.common.history)
         queue = RunQueue(connection)
         life.push_async_callback(queue.close)
         await queue.start()

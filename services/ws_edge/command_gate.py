@@ -21,7 +21,7 @@ from shared.auth import Identity
 from shared.catalogue import CatalogueView, CommandType, Offer, Roles
 from shared.config import ConfigError, Env
 from shared.messaging.names import AddressError, Command, check_type, valid_name
-from services.ws_edge.frames import AUTH_REFRESH, MESSAGE_SEND
+from services.ws_edge.frames import AUTH_REFRESH, HISTORY, MESSAGE_SEND
 from services.ws_edge.policy import PolicyDenied
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ EDGE_SERVICE: Final = "edge"
 EDGE_OFFER: Final = Offer(commands=(
     CommandType(MESSAGE_SEND, description="a message to a user, a group or everyone"),
     CommandType(AUTH_REFRESH, description="go on with a new token of the same user"),
+    CommandType(HISTORY, description="the recent events of one of the token's keys"),
 ))
 # The command a client sends to use a job or a report the catalogue lists.
 JOBS_COMMAND: Final = Command.RUN_START.value

@@ -49,6 +49,7 @@ class Pending(NamedTuple):
 
     key: str
     frame: bytes
+    event_id: str
     kind: Kind
     ts: float
     message: AbstractIncomingMessage
@@ -177,14 +178,15 @@ class EventConsumer:
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
         self._batch.append(
-            Pending(key, self._framer.text(message.body), envelope.to.kind, envelope.ts, message)
+            Pending(key, self._framer.text(message.body), envelope.id, envelope.to.kind,
+                    envelope.ts, message)
         )
 
     def _flush(self) -> None:
         """Write the batch to the sockets, count it, and have it acknowledged."""
         batch, self._batch = self._batch, []
         try:
-            delivered = self._hub.dispatch_batch([(p.key, p.frame) for p in batch])
+            delivered = self._hub.dispatch_batch([(p.key, p.frame, p.event_id) for p in batch])
             now = time.time()
             traced = log.isEnabledFor(logging.DEBUG)
             for pending, count in zip(batch, delivered):

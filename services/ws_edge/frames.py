@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
+from shared.messaging.names import Address, AddressError, parse_destination
 from services.ws_edge.errors import FrameError
 
 # The frame types the edge handles itself; every other type a client may send is a
@@ -15,7 +18,14 @@ from services.ws_edge.errors import FrameError
 MESSAGE_SEND: Final = "message.send"
 MESSAGE_EVENT: Final = "message"
 AUTH_REFRESH: Final = "auth.refresh"
+HISTORY: Final = "history"
 MAX_REF_LENGTH: Final = 128
+DEFAULT_HISTORY_LIMIT: Final = 100
+MAX_HISTORY_LIMIT: Final = 1000
+# A position is Unix seconds: digits, and a fraction of up to nanoseconds. Stricter
+# than float(), which also takes "nan", "inf", "1e400", "1_0" and spaces.
+_POSITION: Final = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+INVALID_POSITION: Final = "invalid_position"
 
 Ref = str | int | None
 
@@ -59,6 +69,44 @@ def refresh_token(frame: ClientFrame) -> str:
     return token
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryAsk:
+    """A ``history`` frame's question (docs/protocol.md 17.4)."""
+
+    key: Address
+    limit: int
+    since: float | None
+
+
+def history_ask(frame: ClientFrame) -> HistoryAsk:
+    data = frame.data
+    try:
+        key = parse_destination(data.get("key"))
+    except AddressError as exc:
+        raise FrameError("invalid_frame", f"history needs data.key, an address: {exc}") from exc
+    limit = data.get("limit", DEFAULT_HISTORY_LIMIT)
+    if type(limit) is not int or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise FrameError("invalid_frame", f"data.limit must be an integer from 1 to {MAX_HISTORY_LIMIT}")
+    since = data.get("since")
+    if since is not None and (
+        isinstance(since, bool) or not isinstance(since, (int, float))
+        or not math.isfinite(since) or since < 0
+    ):
+        raise FrameError("invalid_frame", "data.since must be a position: Unix seconds, at least 0")
+    return HistoryAsk(key, limit, None if since is None else float(since))
+
+
+def position_of(values: list[str], now: float, window_s: float) -> float | str | None:
+    """The ``since`` of an upgrade (its query values): None without one, the position,
+    or :data:`INVALID_POSITION` for anything else (docs/protocol.md 17.3)."""
+    if not values:
+        return None
+    if len(values) > 1 or _POSITION.fullmatch(values[0]) is None:
+        return INVALID_POSITION
+    position = float(values[0])
+    return INVALID_POSITION if position > now + window_s else position
+
+
 def ref_of(text: str) -> Ref:
     """Best-effort ref of a frame that failed to parse, so its error can still be matched."""
     try:
@@ -75,10 +123,33 @@ def _valid_ref(ref: object) -> bool:
     return isinstance(ref, str) and len(ref) <= MAX_REF_LENGTH
 
 
-def welcome(user: str, groups: tuple[str, ...], roles: tuple[str, ...], edge: str) -> bytes:
-    return orjson.dumps(
-        {"type": "welcome", "data": {"user": user, "groups": groups, "roles": roles, "edge": edge}}
-    )
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What ``welcome`` says of a recovery: recovered, or why not (docs/protocol.md 17.3)."""
+
+    recovered: bool
+    reason: str | None = None
+    oldest: float | None = None
+
+
+def welcome(
+    user: str, groups: tuple[str, ...], roles: tuple[str, ...], edge: str, *,
+    position: float, window_s: float, recovery: Recovered | None = None,
+) -> bytes:
+    data: dict[str, Any] = {
+        "user": user, "groups": groups, "roles": roles, "edge": edge,
+        "position": position, "window": window_s,
+    }
+    if recovery is not None:
+        data["recovered"] = recovery.recovered
+        if not recovery.recovered:
+            data["reason"] = recovery.reason
+            data["oldest"] = recovery.oldest
+    return orjson.dumps({"type": "welcome", "data": data})
+
+
+def replay_done(events: int, position: float) -> bytes:
+    return orjson.dumps({"type": "replay.done", "data": {"events": events, "position": position}})
 
 
 def ack(ref: Ref, data: dict[str, Any] | None = None) -> bytes:

@@ -22,6 +22,12 @@ class Subscriber(Protocol):
     def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None: ...
 
 
+class Holder(Subscriber, Protocol):
+    """A subscriber whose events are held back while it recovers (docs/protocol.md 17.3)."""
+
+    def hold_frame(self, event_id: str, frame: bytes) -> None: ...
+
+
 class TextFramer:
     """Builds complete, unmasked, uncompressed server text frames (RFC 6455)."""
 
@@ -42,6 +48,9 @@ class Hub:
         self._by_key: dict[str, set[Subscriber]] = {}
         self._keys: dict[Subscriber, tuple[str, ...]] = {}
         self._slots: dict[str, int] = {}
+        # Sockets that recover: their events are handed to them to hold, not written.
+        self._held_by_key: dict[str, set[Holder]] = {}
+        self._held_keys: dict[Subscriber, tuple[str, ...]] = {}
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -53,11 +62,11 @@ class Hub:
         """Connections opened but not subscribed yet: waiting for their keys to be bound.
 
         (Every subscribed connection was tracked first, so the difference counts them.)"""
-        return max(0, len(self._open) - len(self._keys))
+        return max(0, len(self._open) - len(self._keys) - len(self._held_keys))
 
     def subscribers(self) -> tuple[Subscriber, ...]:
-        """The connections that receive events (they have had their ``welcome``)."""
-        return tuple(self._keys)
+        """The connections that receive events, or hold them back while they recover."""
+        return (*self._keys, *self._held_keys)
 
     def take_slot(self, user_id: str, limit: int) -> bool:
         """Count one more socket of ``user_id`` unless it holds ``limit`` already (0: no
@@ -94,6 +103,16 @@ class Hub:
         for key in held:
             self._by_key.setdefault(key, set()).add(subscriber)
 
+    def hold(self, holder: Holder, keys: Iterable[str]) -> None:
+        """Hand events for ``keys`` to ``holder.hold_frame`` instead of writing them,
+        until :meth:`subscribe` (which a recovering socket calls once it has written
+        what it held: the two happen in one step of the loop, so nothing falls between)."""
+        self._unsubscribe(holder)
+        held = tuple(dict.fromkeys(keys))
+        self._held_keys[holder] = held
+        for key in held:
+            self._held_by_key.setdefault(key, set()).add(holder)
+
     def forget(self, subscriber: Subscriber) -> None:
         """A connection closed: stop delivering to it and stop tracking it."""
         self._unsubscribe(subscriber)
@@ -108,9 +127,22 @@ class Hub:
                 holders.discard(subscriber)
                 if not holders:
                     del self._by_key[key]
+        if self._held_keys:
+            for key in self._held_keys.pop(subscriber, ()):
+                held = self._held_by_key.get(key)
+                if held is not None:
+                    held.discard(subscriber)
+                    if not held:
+                        del self._held_by_key[key]
 
-    def dispatch(self, key: str, frame: bytes) -> int:
+    def _hand_held(self, key: str, frame: bytes, event_id: str) -> None:
+        for holder in tuple(self._held_by_key.get(key, ())):
+            holder.hold_frame(event_id, frame)
+
+    def dispatch(self, key: str, frame: bytes, event_id: str = "") -> int:
         """Write ``frame`` to every subscriber of ``key``; return how many took it."""
+        if self._held_by_key:
+            self._hand_held(key, frame, event_id)
         holders = self._by_key.get(key)
         if not holders:
             return 0
@@ -121,13 +153,16 @@ class Hub:
                 delivered += 1
         return delivered
 
-    def dispatch_batch(self, messages: Sequence[tuple[str, bytes]]) -> list[int]:
-        """Write each ``(key, frame)`` to the subscribers of its key, in order; return how
-        many took each. A subscriber's frames of the batch go out in one write."""
+    def dispatch_batch(self, messages: Sequence[tuple[str, bytes, str]]) -> list[int]:
+        """Write each ``(key, frame, event id)`` to the subscribers of its key, in order;
+        return how many took each. A subscriber's frames of the batch go out in one write."""
         if len(messages) == 1:
             return [self.dispatch(*messages[0])]
+        if self._held_by_key:
+            for key, frame, event_id in messages:
+                self._hand_held(key, frame, event_id)
         outbox: dict[Subscriber, list[int]] = {}
-        for index, (key, _frame) in enumerate(messages):
+        for index, (key, _frame, _id) in enumerate(messages):
             for subscriber in self._by_key.get(key, ()):
                 mine = outbox.get(subscriber)
                 if mine is None:

@@ -91,3 +91,33 @@ class EdgeMetrics:
         )
         self.downloads_complete = downloads.labels("complete")
         self.downloads_client_closed = downloads.labels("client_closed")
+        self.history_passes = Counter(
+            "warren_edge_history_passes_total",
+            "Passes over the history stream; each serves every recovery and history "
+            "request that was waiting when it started.",
+            registry=registry,
+        )
+        self.history_pass_seconds = Histogram(
+            "warren_edge_history_pass_seconds",
+            "How long a pass over the history stream took, marker to marker.",
+            buckets=LATENCY_BUCKETS + (5.0, 10.0, 30.0),
+            registry=registry,
+        )
+        self.history_replayed = Counter(
+            "warren_edge_history_replayed_total",
+            "Events read from the history stream and written to recovering sockets "
+            "(counted once per event, however many sockets took it).",
+            registry=registry,
+        )
+        self.recoveries = Counter(
+            "warren_edge_recoveries_total",
+            "Connections that asked to recover (?since=), by outcome: recovered, too_old, "
+            "invalid_position, history_off, failed.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.history_requests = Counter(
+            "warren_edge_history_requests_total",
+            "history frames answered from the stream.",
+            registry=registry,
+        )

@@ -17,7 +17,8 @@ from shared.db.exports import ExportStore
 from shared.db.runs import RunStore
 from shared.db.notifications import NotificationStore
 from shared.lifecycle import Lifecycle
-from shared.messaging.broker import Publisher, connect
+from shared.messaging.broker import Publisher, connect, declare_history_stream
+from shared.messaging.producer import Producer
 from shared.service import run_until_signalled
 from services.ws_edge.app import make_app
 from services.ws_edge.bindings import BindingTable
@@ -25,6 +26,7 @@ from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.consumer import EventConsumer
 from services.ws_edge.deps import EdgeDeps, ExportsDeps, PublishDeps
 from services.ws_edge.errors import CloseCode
+from services.ws_edge.history import HistoryReader
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.keepalive import Keepalive
 from services.ws_edge.login_limits import LoginLimiter
@@ -94,7 +96,15 @@ class EdgeServer:
         )
         life.push_async_callback(connection.close)
         connection.reconnect_callbacks.add(self._on_reconnect)
-        publisher = await Publisher.open(connection)
+        history = settings.common.history
+        publisher = await Publisher.open(connection, history)
+        if history.enabled:
+            await declare_history_stream(connection, history)
+        framer = TextFramer()
+        reader = HistoryReader(
+            connection, await Producer.open(connection), history, self.metrics, framer
+        )
+        life.push_async_callback(reader.close)
         self.consumer = consumer = EventConsumer(
             connection, self.hub, self.metrics, settings.common.instance_id, settings.prefetch,
             settings.bind_channels,
@@ -112,13 +122,14 @@ class EdgeServer:
             publisher=publisher,
             hub=self.hub,
             bindings=bindings,
-            framer=TextFramer(),
+            framer=framer,
             metrics=self.metrics,
             blocking=executor,
             is_ready=self.is_ready,
             login_limiter=LoginLimiter(settings.login_limits),
             commands=commands,
             publishing=PublishDeps.build(settings.publish, sessions, executor),
+            history=reader,
             exports=exports,
             runs=RunStore(sessions),
         )

@@ -21,7 +21,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from shared.config import DEFAULT_BROKER_OUTAGE_ALERT_S
+from shared.config import DEFAULT_BROKER_OUTAGE_ALERT_S, HistorySettings
 from shared.messaging.envelope import Envelope
 from shared.messaging.names import (
     CHAT_CLAIMS_QUEUE,
@@ -29,6 +29,8 @@ from shared.messaging.names import (
     DEAD_LETTER_EXCHANGE,
     EVENTS_DEAD_LETTER_QUEUE,
     EVENTS_EXCHANGE,
+    HISTORY_EXCHANGE,
+    HISTORY_STREAM,
     Command,
     chat_session_queue_name,
     command_key,
@@ -151,10 +153,15 @@ def _safe_url(url: str) -> str:
 
 
 async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
-    """Declare the events and commands exchanges and the dead-letter plumbing."""
+    """Declare the events and commands exchanges, the kept events' exchange that feeds
+    both the events exchange and the history stream, and the dead-letter plumbing."""
     events = await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
+    kept = await channel.declare_exchange(
+        HISTORY_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await events.bind(kept, routing_key="#")
     commands = await channel.declare_exchange(
         COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
     )
@@ -164,6 +171,45 @@ async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange,
     events_dead = await channel.declare_queue(EVENTS_DEAD_LETTER_QUEUE, durable=True)
     await events_dead.bind(dlx, routing_key=EVENTS_DEAD_LETTER_QUEUE)
     return events, commands
+
+
+async def declare_history_stream(
+    connection: AbstractRobustConnection, history: HistorySettings
+) -> None:
+    """Declare the history stream and bind it to the kept events' exchange.
+
+    A stream's arguments cannot change once it exists: when it was declared with other
+    values (another edge's settings), it is used as it is, with a warning; a policy is
+    how a running system changes its retention (docs/protocol.md 17.1).
+    """
+    arguments: dict[str, str | int] = {
+        "x-queue-type": "stream",
+        "x-max-age": f"{history.max_age_s}s",
+        "x-max-length-bytes": history.max_bytes,
+        "x-stream-max-segment-size-bytes": history.segment_bytes,
+    }
+    # Plain channels: a refused declaration closes its channel, and none of this is to
+    # be re-declared by aio-pika after a reconnect (the stream is durable).
+    channel = await connection.channel()
+    try:
+        try:
+            stream = await channel.declare_queue(
+                HISTORY_STREAM, durable=True, arguments=arguments, robust=False
+            )
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            log.warning(
+                "the history stream exists with other arguments; using it as it is",
+                extra={"stream": HISTORY_STREAM, "wanted": arguments, "error": str(exc)},
+            )
+            channel = await connection.channel()
+            stream = await channel.declare_queue(HISTORY_STREAM, passive=True, robust=False)
+        kept = await channel.declare_exchange(
+            HISTORY_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True, robust=False
+        )
+        await stream.bind(kept, routing_key="#", robust=False)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
 
 
 def edge_queue_arguments() -> dict[str, str]:
@@ -254,33 +300,66 @@ class Publisher:
     the producer's)."""
 
     def __init__(
-        self, producer: Producer, events: AbstractExchange, commands: AbstractExchange
+        self,
+        producer: Producer,
+        events: AbstractExchange,
+        commands: AbstractExchange,
+        kept: AbstractExchange,
+        history: HistorySettings,
     ) -> None:
         self._producer = producer
         self._events = events
         self._commands = commands
+        self._kept = kept
+        self._history = history
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection) -> Publisher:
+    async def open(
+        cls, connection: AbstractRobustConnection, history: HistorySettings = HistorySettings()
+    ) -> Publisher:
+        """``history`` says which event types are kept: the process's
+        ``CommonSettings.history``, the same in every process that publishes."""
         producer = await Producer.open(connection)
         events, commands = await declare_exchanges(producer.channel)
-        return cls(producer, events, commands)
+        kept = await producer.channel.get_exchange(HISTORY_EXCHANGE, ensure=False)
+        return cls(producer, events, commands, kept, history)
 
     async def publish_event(
         self, envelope: Envelope, *, timeout: float = PUBLISH_TIMEOUT_S, mandatory: bool = False
     ) -> None:
-        """Publish to ``warren.events`` under the envelope's destination key.
+        """Publish under the envelope's destination key: to ``warren.events.kept`` if its
+        type is kept (which forwards it to ``warren.events`` and the history stream), else
+        to ``warren.events``.
 
         ``mandatory``: raise :class:`Unroutable` if no queue holds that key, that is no
         edge has a socket for the address (the Excel worker's done/failed notifications).
+        The stream takes every message, so such an event goes to ``warren.events``, and
+        then, if kept, to the stream by its name (docs/protocol.md 17.1).
         """
+        keep = self._history.keeps(envelope.type)
+        if not mandatory:
+            exchange = self._kept if keep else self._events
+            await self._producer.publish(
+                envelope, exchange, envelope.to.routing_key,
+                kind=MessageKind.EVENT, mandatory=False, timeout=timeout,
+            )
+            return
+        try:
+            await self._producer.publish(
+                envelope, self._events, envelope.to.routing_key,
+                kind=MessageKind.EVENT, mandatory=True, timeout=timeout,
+            )
+        except Unroutable:
+            if keep:
+                await self._keep(envelope, timeout)
+            raise
+        if keep:
+            await self._keep(envelope, timeout)
+
+    async def _keep(self, envelope: Envelope, timeout: float) -> None:
         await self._producer.publish(
-            envelope,
-            self._events,
-            envelope.to.routing_key,
-            kind=MessageKind.EVENT,
-            mandatory=mandatory,
-            timeout=timeout,
+            envelope, self._producer.default_exchange, HISTORY_STREAM,
+            kind=MessageKind.EVENT, mandatory=False, timeout=timeout,
         )
 
     async def publish_command(

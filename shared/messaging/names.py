@@ -15,6 +15,12 @@ EVENTS_EXCHANGE: Final = "warren.events"
 COMMANDS_EXCHANGE: Final = "warren.commands"
 DEAD_LETTER_EXCHANGE: Final = "warren.dlx"
 EVENTS_DEAD_LETTER_QUEUE: Final = "warren.events.dead"
+# Events of kept types are published to HISTORY_EXCHANGE, which forwards them all to
+# EVENTS_EXCHANGE and to the HISTORY_STREAM (docs/protocol.md 17.1).
+HISTORY_EXCHANGE: Final = "warren.events.kept"
+HISTORY_STREAM: Final = "warren.history"
+#: The header that marks an edge's read marker in the stream (not an event).
+HISTORY_MARKER_HEADER: Final = "x-warren-marker"
 
 BROADCAST: Final = "broadcast"
 _USER_PREFIX: Final = "user."

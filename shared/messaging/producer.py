@@ -164,12 +164,15 @@ class Producer:
         *,
         kind: MessageKind,
         mandatory: bool,
+        headers: Mapping[str, HeaderValue] | None = None,
         timeout: float = PUBLISH_TIMEOUT_S,
     ) -> None:
-        """Publish a JSON body that is not an envelope (the relay's session claims), with
-        the same confirms and errors as :meth:`publish` and no envelope properties."""
+        """Publish a JSON body that is not an envelope (the relay's session claims, the
+        edge's markers in the history stream), with the same confirms and errors as
+        :meth:`publish` and no envelope properties."""
         message = aio_pika.Message(
-            body, content_type=CONTENT_TYPE, delivery_mode=kind.delivery_mode
+            body, content_type=CONTENT_TYPE, delivery_mode=kind.delivery_mode,
+            headers=dict(headers) if headers else None,
         )
         await self._send(message, exchange, routing_key, mandatory=mandatory, timeout=timeout)
 

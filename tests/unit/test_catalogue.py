@@ -157,7 +157,7 @@ def test_the_view_takes_any_body_without_raising(data: Any) -> None:
 
 
 def test_the_edges_own_types_are_always_known(view: CatalogueView) -> None:
-    assert view.types() == {"message.send", "auth.refresh"}
+    assert view.types() == {"message.send", "auth.refresh", "history"}
 
 
 def test_an_instance_is_offered_until_its_ttl_runs_out(view: CatalogueView, clock: Clock) -> None:
@@ -208,7 +208,7 @@ def test_the_listing_names_services_and_keeps_the_newest_description(
                           jobs=[{"name": "count", "description": "new", "args": {}}]))
     listing = view.listing()
     assert [(c.type, s) for c, s in listing.commands] == [
-        ("auth.refresh", ("edge",)), ("message.send", ("edge",)),
+        ("auth.refresh", ("edge",)), ("history", ("edge",)), ("message.send", ("edge",)),
         ("run.start", ("orders", "runner")),
     ]
     assert listing.jobs == ({"name": "count", "description": "new", "args": {}, "roles": None,
@@ -248,7 +248,7 @@ def test_the_gate_applies_declared_roles_overrides_and_the_admin_role(
     with pytest.raises(PolicyDenied):
         gate.check(user(), "a.ops")
     seen = gate.catalogue_for(user())
-    assert [c["type"] for c in seen["commands"]] == ["a.opened", "auth.refresh", "message.send"]
+    assert [c["type"] for c in seen["commands"]] == ["a.opened", "auth.refresh", "history", "message.send"]
     assert seen["commands"][0]["roles"] is None  # as the operator set it
 
 

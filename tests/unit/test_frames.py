@@ -14,11 +14,13 @@ from services.ws_edge.frames import (
     MAX_REF_LENGTH,
     MESSAGE_SEND,
     ClientFrame,
+    Recovered,
     ack,
     error,
     parse_client_frame,
     ref_of,
     refresh_token,
+    replay_done,
     welcome,
 )
 
@@ -224,9 +226,28 @@ def test_ref_of(frame: str, ref: object) -> None:
 
 
 def test_welcome() -> None:
-    assert orjson.loads(welcome("alice", ("ops", "dev"), ("admin",), "edge-1")) == {
+    assert orjson.loads(
+        welcome("alice", ("ops", "dev"), ("admin",), "edge-1", position=12.5, window_s=2.0)
+    ) == {
         "type": "welcome",
-        "data": {"user": "alice", "groups": ["ops", "dev"], "roles": ["admin"], "edge": "edge-1"},
+        "data": {"user": "alice", "groups": ["ops", "dev"], "roles": ["admin"], "edge": "edge-1",
+                 "position": 12.5, "window": 2.0},
+    }
+
+
+def test_welcome_after_a_recovery() -> None:
+    recovered = welcome("a", (), (), "e", position=1.0, window_s=2.0,
+                        recovery=Recovered(recovered=True))
+    assert orjson.loads(recovered)["data"]["recovered"] is True
+    assert "reason" not in orjson.loads(recovered)["data"]
+    refused = orjson.loads(welcome("a", (), (), "e", position=1.0, window_s=2.0,
+                                   recovery=Recovered(False, "too_old", 0.5)))["data"]
+    assert (refused["recovered"], refused["reason"], refused["oldest"]) == (False, "too_old", 0.5)
+
+
+def test_replay_done() -> None:
+    assert orjson.loads(replay_done(3, 9.5)) == {
+        "type": "replay.done", "data": {"events": 3, "position": 9.5}
     }
 
 
@@ -251,6 +272,6 @@ def test_error() -> None:
 
 
 def test_server_frames_are_bytes() -> None:
-    assert isinstance(welcome("a", (), (), "e"), bytes)
+    assert isinstance(welcome("a", (), (), "e", position=0.0, window_s=2.0), bytes)
     assert isinstance(ack(None), bytes)
     assert isinstance(error(None, "c", "m"), bytes)

@@ -55,6 +55,11 @@ class ForgetOnClose(FakeSocket):
         self.hub.forget(self)
 
 
+def with_ids(batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes, str]]:
+    """A batch as the consumer hands it over: each frame with its event's id."""
+    return [(key, frame, f"id-{n}") for n, (key, frame) in enumerate(batch)]
+
+
 def opened(hub: Hub, socket: FakeSocket, *keys: str) -> FakeSocket:
     hub.track(socket)
     hub.subscribe(socket, keys)
@@ -198,7 +203,7 @@ def test_batch_gives_each_subscriber_its_frames_in_one_write_in_order() -> None:
     carol = opened(hub, FakeSocket("carol"), "user.carol")
     batch = [("broadcast", b"b1"), ("user.alice", b"a1"), ("group.ops", b"g1"),
              ("user.bob", b"u1"), ("broadcast", b"b2"), ("user.nobody", b"n1")]
-    assert hub.dispatch_batch(batch) == [2, 1, 1, 1, 2, 0]
+    assert hub.dispatch_batch(with_ids(batch)) == [2, 1, 1, 1, 2, 0]
     assert alice.frames == [b"b1a1g1b2"]
     assert bob.frames == [b"b1u1b2"]
     assert carol.frames == []
@@ -208,7 +213,7 @@ def test_batch_joins_the_same_frames_once_for_all_their_recipients() -> None:
     hub = Hub()
     members = [opened(hub, FakeSocket(f"m{i}"), "group.g", "broadcast") for i in range(3)]
     other = opened(hub, FakeSocket("other"), "broadcast")
-    assert hub.dispatch_batch([("broadcast", b"b"), ("group.g", b"g")]) == [4, 3]
+    assert hub.dispatch_batch(with_ids([("broadcast", b"b"), ("group.g", b"g")])) == [4, 3]
     assert [m.frames for m in members] == [[b"bg"]] * 3
     assert members[0].frames[0] is members[1].frames[0] is members[2].frames[0]
     assert other.frames == [b"b"]
@@ -219,7 +224,7 @@ def test_batch_writes_a_lone_frame_as_is() -> None:
     a = opened(hub, FakeSocket("a"), "k")
     b = opened(hub, FakeSocket("b"), "k", "j")
     frame = b"shared"
-    assert hub.dispatch_batch([("k", frame), ("j", b"only b")]) == [2, 1]
+    assert hub.dispatch_batch(with_ids([("k", frame), ("j", b"only b")])) == [2, 1]
     assert a.frames[0] is frame
     assert b.frames == [b"sharedonly b"]
 
@@ -228,7 +233,7 @@ def test_batch_of_one_is_a_plain_dispatch() -> None:
     hub = Hub()
     a = opened(hub, FakeSocket("a"), "k")
     frame = b"x"
-    assert hub.dispatch_batch([("k", frame)]) == [1]
+    assert hub.dispatch_batch(with_ids([("k", frame)])) == [1]
     assert a.frames[0] is frame
 
 
@@ -236,7 +241,7 @@ def test_batch_counts_nothing_for_a_refusing_subscriber() -> None:
     hub = Hub()
     good = opened(hub, FakeSocket("good"), "k", "j")
     slow = opened(hub, FakeSocket("slow", accept=False), "k", "j")
-    assert hub.dispatch_batch([("k", b"1"), ("j", b"2")]) == [1, 1]
+    assert hub.dispatch_batch(with_ids([("k", b"1"), ("j", b"2")])) == [1, 1]
     assert good.frames == [b"12"]
     assert slow.frames == [b"12"]
 
@@ -245,10 +250,10 @@ def test_batch_with_subscribers_leaving_during_the_writes() -> None:
     hub = Hub()
     others = [opened(hub, FakeSocket(f"s{i}"), "k") for i in range(3)]
     leaver = opened(hub, SelfRemovingSocket("leaver", hub), "k")
-    assert hub.dispatch_batch([("k", b"x"), ("k", b"y")]) == [3, 3]
+    assert hub.dispatch_batch(with_ids([("k", b"x"), ("k", b"y")])) == [3, 3]
     assert all(s.frames == [b"xy"] for s in others)
     assert leaver.frames == [b"xy"]
-    assert hub.dispatch_batch([("k", b"z"), ("k", b"w")]) == [3, 3]
+    assert hub.dispatch_batch(with_ids([("k", b"z"), ("k", b"w")])) == [3, 3]
     assert leaver.frames == [b"xy"]
 
 

@@ -34,6 +34,7 @@ from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, TooManySockets, describe
 from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
+from services.ws_edge.history import HistoryUnavailable, Query, Recovery
 from services.ws_edge.policy import PolicyDenied
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
         "_pinged_at", "_pong_due", "_allowance", "_spent_at", "_holds_slot",
+        "_since", "_held", "_held_bytes", "_replayed", "_live_from",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -73,6 +75,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._allowance: float = deps.settings.frame_rate.burst
         self._spent_at = 0.0
         self._holds_slot = False  # one of the user's WARREN_EDGE_MAX_SOCKETS_PER_USER
+        # Recovery (docs/protocol.md 17.3): the position asked for (or why it is refused),
+        # and, while replaying, the live events held back, their size, and the ids replayed.
+        self._since: float | str | None = None
+        self._held: list[tuple[str, bytes]] | None = None
+        self._held_bytes = 0
+        self._replayed: set[str] = set()
+        self._live_from = 0.0  # the edge's time when the socket's keys were bound
 
     # -- handshake -------------------------------------------------------------
 
@@ -117,6 +126,10 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             return
         self._identity = identity
         self._holds_slot = True
+        self._since = frames.position_of(
+            self.get_query_arguments("since"), time.time(),
+            self._deps.settings.common.history.window_s,
+        )
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked in prepare(), where the refusal can carry a JSON body
@@ -189,17 +202,95 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # The first ping comes at a random point of the first interval (keepalive.py).
         jitter = random.random() * deps.settings.ping_interval_s
         self._pinged_at = asyncio.get_running_loop().time() - jitter
-        # Subscribing and writing the welcome happen in one step of the loop, so the
-        # welcome is always the first frame the client sees.
-        deps.hub.subscribe(self, (*self._retained, BROADCAST))
-        self._write(
-            frames.welcome(
-                identity.user_id, identity.groups, identity.roles, deps.settings.common.instance_id
-            )
-        )
+        self._live_from = time.time()
         self._expire_at(identity.expires_at)
+        since, history = self._since, deps.history
+        if since is None or isinstance(since, str) or not history.settings.enabled:
+            # Subscribing and writing the welcome happen in one step of the loop, so the
+            # welcome is always the first frame the client sees.
+            deps.hub.subscribe(self, (*self._retained, BROADCAST))
+            recovery = None
+            if since is not None:
+                reason = since if isinstance(since, str) else "history_off"
+                deps.metrics.recoveries.labels(reason).inc()
+                recovery = frames.Recovered(recovered=False, reason=reason)
+            self._write(self._welcome(recovery))
+        else:
+            # Live events are held back from now on; the pass writes the welcome.
+            self._held = []
+            deps.hub.hold(self, (*self._retained, BROADCAST))
+            keys = frozenset((*self._retained, BROADCAST))
+            try:
+                await history.read(Recovery(self, keys, since, history.settings.window_s))
+            except HistoryUnavailable:
+                deps.metrics.recoveries.labels("failed").inc()
+                self.close_with(CloseCode.TRY_AGAIN_LATER, "history unavailable, retry later")
+                return
+            if self._closed:
+                return
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
+
+    def _welcome(self, recovery: frames.Recovered | None) -> bytes:
+        identity = self._identity
+        assert identity is not None
+        settings = self._deps.settings
+        return frames.welcome(
+            identity.user_id, identity.groups, identity.roles, settings.common.instance_id,
+            position=self._live_from, window_s=settings.common.history.window_s,
+            recovery=recovery,
+        )
+
+    # -- recovery (services/ws_edge/history.py calls these during its pass) ------
+
+    def hold_frame(self, event_id: str, frame: bytes) -> None:
+        """A live event arrived while the socket recovers: kept, to be written after the
+        replay, unless the replay wrote it. Too much held closes the socket (1013)."""
+        held = self._held
+        if held is None:
+            return
+        held.append((event_id, frame))
+        self._held_bytes += len(frame)
+        if self._held_bytes > self._deps.settings.max_outbound_buffer_bytes:
+            self._held = None
+            self.close_with(CloseCode.TRY_AGAIN_LATER, "recovery took too long, retry later")
+
+    def replay_begins(self, recovered: bool, oldest: float | None) -> bool:
+        if self._held is None or self._closed:
+            return False  # closed while it waited for the pass
+        metrics = self._deps.metrics
+        if recovered:
+            metrics.recoveries.labels("recovered").inc()
+            self._write(self._welcome(frames.Recovered(recovered=True)))
+            return True
+        metrics.recoveries.labels("too_old").inc()
+        self._write(self._welcome(frames.Recovered(False, "too_old", oldest)))
+        self._go_live()
+        return False
+
+    def replay_event(self, frame: bytes, event_id: str) -> bool:
+        if self._held is None:
+            return False
+        self._replayed.add(event_id)
+        return self.send_frame(frame)
+
+    def replay_ends(self) -> None:
+        if self._held is None:
+            return
+        self._write(frames.replay_done(len(self._replayed), self._live_from))
+        self._go_live()
+
+    def _go_live(self) -> None:
+        """Write the live events held back (those not just replayed), then receive live
+        events as any socket does: in one step of the loop, so none falls between."""
+        held, replayed = self._held, self._replayed
+        self._held, self._replayed = None, set()
+        if held:
+            pending = [frame for event_id, frame in held if event_id not in replayed]
+            if pending:
+                self.send_frame(b"".join(pending))
+        if not self._closed:
+            self._deps.hub.subscribe(self, (*self._retained, BROADCAST))
 
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None,
@@ -316,6 +407,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 reply = {"id": await self._send_message(frame)}
             elif frame.type == frames.AUTH_REFRESH:
                 reply = await self._refresh(frame)
+            elif frame.type == frames.HISTORY:
+                reply = await self._history(frame)
             else:
                 reply = {"id": await self._send_command(frame)}
         except Exception as exc:
@@ -393,6 +486,19 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         exp = identity.expires_at
         return {"exp": int(exp) if exp.is_integer() else exp,
                 "groups": identity.groups, "roles": identity.roles}
+
+    async def _history(self, frame: frames.ClientFrame) -> dict[str, Any]:
+        """``history``: the newest events of one of the token's keys (docs/protocol.md 17.4)."""
+        identity = self._identity
+        assert identity is not None
+        ask = frames.history_ask(frame)
+        key = ask.key.routing_key
+        if key != BROADCAST and key not in self._retained:
+            raise PolicyDenied("history is only for the keys of the connection's token")
+        query = Query(key, ask.since, ask.limit)
+        await self._deps.history.read(query)
+        self._deps.metrics.history_requests.inc()
+        return {"key": str(ask.key), "events": list(query.events), "oldest": query.oldest}
 
     def _refused(self, ref: frames.Ref, exc: Exception) -> None:
         spec = describe(exc)

@@ -1,0 +1,404 @@
+"""Reading the history stream (docs/protocol.md 17): recoveries and history requests.
+
+Requests that reach the edge together share one *pass* over the stream. A pass:
+
+1. appends a marker of its own to the stream, so that it knows where to stop: every
+   event routed before the marker was published is before it in the stream;
+2. reads the stream's first message (the *head*): whether the stream still holds what
+   a request needs, and the oldest position it holds;
+3. reads from the earliest position its requests need up to its marker, handing each
+   event to the requests that hold its key and want its time.
+
+Requests that arrive while a pass runs wait for the next one, which then starts at
+once: a reconnect storm costs a handful of passes, however many clients it brings. The
+stream is read over AMQP 0.9.1 (a stream queue consumed with ``x-stream-offset``), on a
+channel of the pass's own that closes with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from shared.config import HistorySettings
+from shared.messaging.names import (
+    HISTORY_MARKER_HEADER,
+    HISTORY_STREAM,
+    AddressError,
+    parse_destination,
+)
+from shared.messaging.envelope import new_id
+from shared.messaging.producer import BrokerUnavailable, MessageKind, Producer
+from services.ws_edge.hub import TextFramer
+from services.ws_edge.metrics import EdgeMetrics
+
+log = logging.getLogger(__name__)
+
+#: Messages the stream may send a pass before it is acknowledged (streams need a
+#: prefetch); acknowledged in halves so the stream never waits for the reader.
+READ_PREFETCH: Final = 2000
+#: Where a request that wants the whole retained stream starts.
+FIRST: Final = "first"
+
+Seek = float | str  # a position, or FIRST
+
+
+class HistoryUnavailable(ConnectionError):
+    """The stream could not be read: history is off, the broker went away, or a pass
+    did not reach its marker in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The stream's first message: its offset (0 if nothing was ever dropped) and its
+    position (the ``ts`` of its event)."""
+
+    offset: int
+    position: float
+
+    def holds(self, position: float) -> bool:
+        """Whether every event from ``position`` on is still in the stream."""
+        return self.offset == 0 or self.position <= position
+
+
+class ReplayTarget(Protocol):
+    """A recovering socket, as a pass sees it (services/ws_edge/handlers/websocket.py)."""
+
+    def replay_begins(self, recovered: bool, oldest: float | None) -> bool:
+        """Write the ``welcome``; False if there is nothing to read for it (not
+        recovered, or the socket is gone)."""
+        ...
+
+    def replay_event(self, frame: bytes, event_id: str) -> bool:
+        """Write one replayed event; False once the socket is gone."""
+        ...
+
+    def replay_ends(self) -> None:
+        """The pass reached its marker: go live."""
+        ...
+
+
+class Request:
+    """One reader of a pass: what it wants, and what it does with the events."""
+
+    keys: frozenset[str]
+    done: asyncio.Future[None]
+
+    def seek(self, head: Head) -> Seek | None:
+        """Where this request needs the pass to start reading, given the stream's head;
+        None if it needs nothing read."""
+        raise NotImplementedError
+
+    def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
+        """Take one event of one of :attr:`keys`; False once it wants no more."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+
+class Recovery(Request):
+    """A socket that reconnected with ``since``: every event of its keys whose ``ts`` is
+    at least ``since - window``."""
+
+    def __init__(self, target: ReplayTarget, keys: frozenset[str], since: float,
+                 window_s: float) -> None:
+        self.keys = keys
+        self.done = asyncio.get_running_loop().create_future()
+        self._target = target
+        self._from = since - window_s
+        self._reading = False
+        self.replayed = 0
+
+    def seek(self, head: Head) -> Seek | None:
+        recovered = head.holds(self._from)
+        self._reading = self._target.replay_begins(recovered, head.position)
+        return self._from if self._reading else None
+
+    def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
+        if not self._reading:
+            return False
+        if ts < self._from:
+            return True
+        if not self._target.replay_event(frame(), event_id):
+            self._reading = False
+            return False
+        self.replayed += 1
+        return True
+
+    def finish(self) -> None:
+        if self._reading:
+            self._target.replay_ends()
+
+
+class Query(Request):
+    """A ``history`` frame: the newest ``limit`` events of one key from ``since`` on."""
+
+    def __init__(self, key: str, since: float | None, limit: int) -> None:
+        self.keys = frozenset((key,))
+        self.done = asyncio.get_running_loop().create_future()
+        self._since = since
+        self.events: deque[Any] = deque(maxlen=limit)
+        self.oldest: float | None = None
+
+    def seek(self, head: Head) -> Seek | None:
+        self.oldest = head.position
+        return FIRST if self._since is None else self._since
+
+    def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
+        if self._since is None or ts >= self._since:
+            self.events.append(orjson.Fragment(body))
+        return True
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class _Pass:
+    """What one pass reads for: its requests by key, and its marker; and what it waits
+    for now, failed at once if its channel closes (the broker went away)."""
+
+    requests: list[Request]
+    marker: str = field(default_factory=new_id)
+    by_key: dict[str, list[Request]] = field(default_factory=dict)
+    waiting: asyncio.Future[Any] | None = None
+
+    def channel_closed(self, _channel: object, reason: BaseException | None) -> None:
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_exception(HistoryUnavailable(f"stream channel closed: {reason!r}"))
+
+    async def wait(self, future: asyncio.Future[Any]) -> Any:
+        self.waiting = future
+        return await future
+
+
+class HistoryReader:
+    """Runs passes over the stream, one at a time, for the requests waiting."""
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        producer: Producer,
+        settings: HistorySettings,
+        metrics: EdgeMetrics,
+        framer: TextFramer,
+    ) -> None:
+        self._connection = connection
+        self._producer = producer
+        self._settings = settings
+        self._metrics = metrics
+        self._framer = framer
+        self._waiting: list[Request] = []
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def settings(self) -> HistorySettings:
+        return self._settings
+
+    async def read(self, request: Request) -> None:
+        """Have ``request`` served by the next pass; raise :class:`HistoryUnavailable`
+        if it could not be."""
+        if self._closed or not self._settings.enabled:
+            raise HistoryUnavailable("history is off")
+        self._waiting.append(request)
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run())
+        await asyncio.shield(request.done)
+
+    async def close(self) -> None:
+        """Fail the requests waiting and stop after the pass that runs."""
+        self._closed = True
+        waiting, self._waiting = self._waiting, []
+        for request in waiting:
+            _fail(request, HistoryUnavailable("the edge is stopping"))
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                requests, self._waiting = self._waiting, []
+                await self._serve(requests)
+        finally:
+            self._runner = None
+
+    async def _serve(self, requests: list[Request]) -> None:
+        self._metrics.history_passes.inc()
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._pass(_Pass(requests)), self._settings.read_timeout_s)
+        except Exception as exc:
+            log.warning("history pass failed", extra={"requests": len(requests),
+                                                      "error": repr(exc)})
+            for request in requests:
+                _fail(request, HistoryUnavailable(f"the history stream could not be read: {exc!r}"))
+            return
+        finally:
+            self._metrics.history_pass_seconds.observe(time.monotonic() - started)
+        for request in requests:
+            if not request.done.done():
+                request.done.set_result(None)
+
+    async def _pass(self, run: _Pass) -> None:
+        marked_at = time.time()
+        await self._producer.publish_body(
+            orjson.dumps({"ts": marked_at}), self._producer.default_exchange, HISTORY_STREAM,
+            kind=MessageKind.EVENT, mandatory=False, headers={HISTORY_MARKER_HEADER: run.marker},
+        )
+        channel = await self._connection.channel()
+        channel.close_callbacks.add(run.channel_closed)
+        try:
+            # A stream consumer needs a prefetch; the head needs one message, the read many.
+            await channel.set_qos(prefetch_count=1)
+            stream = await channel.get_queue(HISTORY_STREAM, ensure=False)
+            head = await self._head(stream, run)
+            await channel.set_qos(prefetch_count=READ_PREFETCH)
+            start: Seek | None = None
+            for request in run.requests:
+                seek = request.seek(head)
+                if seek is None:
+                    continue
+                for key in request.keys:
+                    run.by_key.setdefault(key, []).append(request)
+                start = seek if start is None else _earlier(start, seek)
+            if start is not None:
+                # Never after the marker, or the read would wait for what comes after it;
+                # the window allows for the broker's clock being behind this edge's.
+                if not isinstance(start, str):
+                    start = min(start, marked_at - self._settings.window_s)
+                await self._read(stream, run, start)
+        finally:
+            # Also when it closed with the connection: a robust channel is opened again
+            # after a reconnect unless it was closed on purpose.
+            try:
+                await channel.close()
+            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+                pass
+        for request in run.requests:
+            request.finish()
+
+    async def _head(self, stream: Any, run: _Pass) -> Head:
+        """The stream's first message (there is one: the pass's own marker)."""
+        first: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            if not first.done():
+                first.set_result(Head(_offset(message), _position(message.body)))
+
+        tag = await stream.consume(take, arguments={"x-stream-offset": FIRST}, robust=False)
+        try:
+            head: Head = await run.wait(first)
+            return head
+        finally:
+            await stream.cancel(tag)
+
+    async def _read(self, stream: Any, run: _Pass, start: Seek) -> None:
+        reached: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        unacked = 0
+        framer = self._framer
+        replayed = self._metrics.history_replayed
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            nonlocal unacked
+            if reached.done():
+                return
+            headers = message.headers
+            if headers and HISTORY_MARKER_HEADER in headers:
+                if headers[HISTORY_MARKER_HEADER] == run.marker:
+                    reached.set_result(None)
+                    return
+            else:
+                _hand_out(run, message.body, framer, replayed)
+            unacked += 1
+            if unacked * 2 >= READ_PREFETCH:
+                unacked = 0
+                await message.ack(multiple=True)
+
+        tag = await stream.consume(
+            take, arguments={"x-stream-offset": _offset_argument(start)}, robust=False
+        )
+        try:
+            await run.wait(reached)
+        finally:
+            try:
+                await stream.cancel(tag)
+            except (AMQPError, ChannelInvalidStateError, ConnectionError):
+                pass  # the channel is closed with the pass
+
+
+def _hand_out(run: _Pass, body: bytes, framer: TextFramer, replayed: Any) -> None:
+    """Give one stream message to the requests that hold its key."""
+    try:
+        raw = orjson.loads(body)
+        key = parse_destination(raw["to"]).routing_key
+        ts = raw["ts"]
+        event_id = raw["id"]
+    except (orjson.JSONDecodeError, AddressError, KeyError, TypeError):
+        return  # the edge's queue rejects such a message too (consumer.py)
+    readers = run.by_key.get(key)
+    if not readers or not isinstance(ts, (int, float)) or not isinstance(event_id, str):
+        return
+    built: list[bytes] = []
+
+    def frame() -> bytes:
+        if not built:
+            built.append(framer.text(body))
+        return built[0]
+
+    for request in tuple(readers):
+        if not request.accept(ts, body, event_id, frame):
+            for key_ in request.keys:
+                holders = run.by_key.get(key_)
+                if holders and request in holders:
+                    holders.remove(request)
+    if built:
+        replayed.inc()
+
+
+def _fail(request: Request, exc: Exception) -> None:
+    if not request.done.done():
+        request.done.set_exception(exc)
+        request.done.exception()  # retrieved here: a socket that left will not await it
+
+
+def _earlier(a: Seek, b: Seek) -> Seek:
+    if a == FIRST or b == FIRST:
+        return FIRST
+    assert isinstance(a, float) and isinstance(b, float)
+    return min(a, b)
+
+
+def _offset_argument(start: Seek) -> str | datetime.datetime:
+    """``x-stream-offset`` for ``start``: an AMQP timestamp has whole seconds, so a
+    position is rounded down (the read starts at most a second early)."""
+    if isinstance(start, str):
+        return start
+    if start <= 0:
+        return FIRST
+    return datetime.datetime.fromtimestamp(math.floor(start), tz=datetime.timezone.utc)
+
+
+def _offset(message: AbstractIncomingMessage) -> int:
+    offset = (message.headers or {}).get("x-stream-offset")
+    return offset if isinstance(offset, int) else 0
+
+
+def _position(body: bytes) -> float:
+    try:
+        ts = orjson.loads(body).get("ts")
+    except (orjson.JSONDecodeError, AttributeError):
+        return 0.0
+    return float(ts) if isinstance(ts, (int, float)) else 0.0

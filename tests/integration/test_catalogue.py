@@ -199,8 +199,10 @@ async def test_get_api_catalogue_shows_what_the_caller_may_use(
 
         status, _, seen = await http(edge.port, "/api/catalogue", token=token_for("alice"))
         assert status == 200
-        assert [c["type"] for c in seen["commands"]] == ["auth.refresh", "message.send", "run.start"]
-        run_start = seen["commands"][2]
+        assert [c["type"] for c in seen["commands"]] == [
+            "auth.refresh", "history", "message.send", "run.start"
+        ]
+        run_start = seen["commands"][3]
         assert run_start == {"type": "run.start", "roles": None, "description": "",
                              "services": ["jobs"]}
         assert [j["name"] for j in seen["jobs"]] == ["count"]
@@ -214,7 +216,7 @@ async def test_get_api_catalogue_shows_what_the_caller_may_use(
         _, _, admin = await http(edge.port, "/api/catalogue",
                                  token=token_for("root", (), ("admin",)))
         assert [c["type"] for c in admin["commands"]] == [
-            "auth.refresh", "excel.create", "message.send", "orders.purge", "run.start"
+            "auth.refresh", "excel.create", "history", "message.send", "orders.purge", "run.start"
         ]
         assert [r["name"] for r in admin["reports"]] == ["orders"]
 

@@ -22,9 +22,10 @@ HISTORY: Final = "history"
 MAX_REF_LENGTH: Final = 128
 DEFAULT_HISTORY_LIMIT: Final = 100
 MAX_HISTORY_LIMIT: Final = 1000
-# A position is Unix seconds: digits, and a fraction of up to nanoseconds. Stricter
-# than float(), which also takes "nan", "inf", "1e400", "1_0" and spaces.
-_POSITION: Final = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+# A position is Unix seconds written as a JSON number that is not negative. Stricter
+# than float(), which also takes "nan", "inf", "1_0", "0x1p3" and spaces.
+_POSITION: Final = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_MAX_POSITION_LENGTH: Final = 64
 INVALID_POSITION: Final = "invalid_position"
 
 Ref = str | int | None
@@ -101,10 +102,11 @@ def position_of(values: list[str], now: float, window_s: float) -> float | str |
     or :data:`INVALID_POSITION` for anything else (docs/protocol.md 17.3)."""
     if not values:
         return None
-    if len(values) > 1 or _POSITION.fullmatch(values[0]) is None:
+    text = values[0]
+    if len(values) > 1 or len(text) > _MAX_POSITION_LENGTH or _POSITION.fullmatch(text) is None:
         return INVALID_POSITION
-    position = float(values[0])
-    return INVALID_POSITION if position > now + window_s else position
+    position = float(text)
+    return INVALID_POSITION if not position <= now + window_s else position  # inf too
 
 
 def ref_of(text: str) -> Ref:

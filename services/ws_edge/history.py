@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 #: Messages the stream may send a pass before it is acknowledged (streams need a
 #: prefetch); acknowledged in halves so the stream never waits for the reader.
 READ_PREFETCH: Final = 2000
+#: The head is read up to the first event: past other edges' markers, if any.
+HEAD_PREFETCH: Final = 64
 #: Where a request that wants the whole retained stream starts.
 FIRST: Final = "first"
 
@@ -61,11 +63,13 @@ class HistoryUnavailable(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The stream's first message: its offset (0 if nothing was ever dropped) and its
-    position (the ``ts`` of its event)."""
+    """The start of the stream: the offset of its first message (0 if nothing was ever
+    dropped) and that message's time, an event's or a marker's; and the position of
+    the oldest event it holds (None if it holds none before the pass's marker)."""
 
     offset: int
     position: float
+    oldest: float | None
 
     def holds(self, position: float) -> bool:
         """Whether every event from ``position`` on is still in the stream."""
@@ -123,7 +127,7 @@ class Recovery(Request):
 
     def seek(self, head: Head) -> Seek | None:
         recovered = head.holds(self._from)
-        self._reading = self._target.replay_begins(recovered, head.position)
+        self._reading = self._target.replay_begins(recovered, head.oldest)
         return self._from if self._reading else None
 
     def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
@@ -153,7 +157,7 @@ class Query(Request):
         self.oldest: float | None = None
 
     def seek(self, head: Head) -> Seek | None:
-        self.oldest = head.position
+        self.oldest = head.oldest
         return FIRST if self._since is None else self._since
 
     def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
@@ -261,8 +265,8 @@ class HistoryReader:
         channel = await self._connection.channel()
         channel.close_callbacks.add(run.channel_closed)
         try:
-            # A stream consumer needs a prefetch; the head needs one message, the read many.
-            await channel.set_qos(prefetch_count=1)
+            # A stream consumer needs a prefetch; the head needs a few messages, the read many.
+            await channel.set_qos(prefetch_count=HEAD_PREFETCH)
             stream = await channel.get_queue(HISTORY_STREAM, ensure=False)
             head = await self._head(stream, run)
             await channel.set_qos(prefetch_count=READ_PREFETCH)
@@ -291,12 +295,25 @@ class HistoryReader:
             request.finish()
 
     async def _head(self, stream: Any, run: _Pass) -> Head:
-        """The stream's first message (there is one: the pass's own marker)."""
+        """The start of the stream, read up to its first event or the pass's own marker
+        (there is always that one)."""
         first: asyncio.Future[Head] = asyncio.get_running_loop().create_future()
+        start: tuple[int, float] | None = None
 
         async def take(message: AbstractIncomingMessage) -> None:
-            if not first.done():
-                first.set_result(Head(_offset(message), _position(message.body)))
+            nonlocal start
+            if first.done():
+                return
+            position = _position(message.body)
+            if start is None:
+                start = (_offset(message), position)
+            marker = (message.headers or {}).get(HISTORY_MARKER_HEADER)
+            if marker is None:
+                first.set_result(Head(*start, oldest=position))
+            elif marker == run.marker:
+                first.set_result(Head(*start, oldest=None))
+            else:
+                await message.ack()
 
         tag = await stream.consume(take, arguments={"x-stream-offset": FIRST}, robust=False)
         try:

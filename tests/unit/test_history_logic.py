@@ -30,8 +30,11 @@ NOW = 1_800_000_000.0
 # --- positions ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", ["1799999999", "1799999999.5", "0", "1800000001.999999999"])
-def test_a_position_is_unix_seconds(value: str) -> None:
+@pytest.mark.parametrize("value", [
+    "1799999999", "1799999999.5", "0", "1800000001.999999999", "1.7999999994E9",
+    "1.799999999e+09", "1799999999.500000000000", "1e9",
+])
+def test_a_position_is_unix_seconds_as_a_json_number(value: str) -> None:
     assert frames.position_of([value], NOW, 2.0) == float(value)
 
 
@@ -40,8 +43,9 @@ def test_no_since_is_no_position() -> None:
 
 
 @pytest.mark.parametrize("values", [
-    [""], ["abc"], ["nan"], ["NaN"], ["inf"], ["-1"], ["1e400"], ["1e9"], ["1_000"],
-    [" 12"], ["12 "], ["0x10"], ["1.2.3"], ["9" * 13], ["1." + "9" * 10], ["1", "2"],
+    [""], ["abc"], ["nan"], ["NaN"], ["inf"], ["-1"], ["1e400"], ["1_000"], ["+12"],
+    [" 12"], ["12 "], ["0x10"], ["1.2.3"], ["01"], ["1."], [".5"], ["9" * 13],
+    ["1." + "0" * 70], ["1", "2"],
     [str(NOW + 10)],  # further in the future than the window
 ])
 def test_anything_else_is_an_invalid_position(values: list[str]) -> None:
@@ -83,11 +87,11 @@ def test_a_malformed_history_question_is_an_invalid_frame(data: dict[str, object
 
 
 def test_a_stream_that_never_dropped_anything_holds_every_position() -> None:
-    assert Head(offset=0, position=NOW).holds(0.0)
+    assert Head(offset=0, position=NOW, oldest=NOW).holds(0.0)
 
 
 def test_a_truncated_stream_holds_positions_from_its_first_event_on() -> None:
-    head = Head(offset=500, position=NOW)
+    head = Head(offset=500, position=NOW, oldest=NOW)
     assert head.holds(NOW) and head.holds(NOW + 1)
     assert not head.holds(NOW - 0.001)
 
@@ -162,7 +166,7 @@ def planned(*requests: Recovery | Query, head: Head) -> _Pass:
 
 async def test_each_recovery_gets_the_events_of_its_keys_from_its_own_start() -> None:
     alice, bob = Target(), Target()
-    head = Head(0, NOW - 100)
+    head = Head(0, NOW - 100, NOW - 99)
     run = planned(
         Recovery(alice, frozenset({"user.alice", "broadcast"}), NOW - 10, 2.0),
         Recovery(bob, frozenset({"user.bob", "group.ops", "broadcast"}), NOW - 5, 2.0),
@@ -178,30 +182,30 @@ async def test_each_recovery_gets_the_events_of_its_keys_from_its_own_start() ->
     assert alice.events == ["e2", "e5"]
     assert bob.events == ["e4", "e5"]  # e3 is older than bob's since - window
     assert replayed.value == 3
-    assert alice.welcome == (True, NOW - 100) and bob.welcome == (True, NOW - 100)
+    assert alice.welcome == (True, NOW - 99) and bob.welcome == (True, NOW - 99)
 
 
 async def test_a_recovery_the_stream_cannot_serve_reads_nothing() -> None:
     late = Target()
     recovery = Recovery(late, frozenset({"user.a"}), NOW - 50, 2.0)
-    assert recovery.seek(Head(offset=10, position=NOW - 20)) is None
-    assert late.welcome == (False, NOW - 20)
+    assert recovery.seek(Head(offset=10, position=NOW - 20, oldest=NOW - 19)) is None
+    assert late.welcome == (False, NOW - 19)
 
 
 async def test_a_socket_that_leaves_is_not_fed_again() -> None:
     gone = Target(gone_after=1)
-    run = planned(Recovery(gone, frozenset({"user.a"}), NOW, 2.0), head=Head(0, NOW))
+    run = planned(Recovery(gone, frozenset({"user.a"}), NOW, 2.0), head=Head(0, NOW, None))
     feed(run, event(1, "user:a", NOW), event(2, "user:a", NOW), event(3, "user:a", NOW))
     assert gone.events == ["e1"] and run.by_key["user.a"] == []
 
 
 async def test_a_history_query_keeps_the_newest_events_of_its_key_since_its_since() -> None:
     query = Query("group.ops", NOW - 5, limit=2)
-    run = planned(query, head=Head(3, NOW - 60))
+    run = planned(query, head=Head(3, NOW - 60, NOW - 59))
     feed(run, *(event(n, "group:ops", NOW - 10 + n) for n in range(10)),
          event(99, "group:dev", NOW))
     assert [orjson.loads(orjson.dumps(e))["id"] for e in query.events] == ["e8", "e9"]
-    assert query.oldest == NOW - 60
+    assert query.oldest == NOW - 59
 
 
 # --- the hub holds a recovering socket's live events ----------------------------------

@@ -21,6 +21,7 @@ from shared.messaging.broker import Publisher
 from services.ws_edge.bindings import BindingTable
 from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.history import HistoryReader
+from services.ws_edge.keepalive import Keepalive
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.login_limits import LoginLimiter
 from services.ws_edge.metrics import EdgeMetrics
@@ -73,5 +74,6 @@ class EdgeDeps:
     commands: CommandGate  # the catalogue: which command types a user may send
     publishing: PublishDeps
     history: HistoryReader  # the history stream: recoveries and history frames
+    keepalive: Keepalive  # pings every socket
     exports: ExportsDeps | None = None
     runs: RunStore | None = None  # the runner's runs table, for /api/runs

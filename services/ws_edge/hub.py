@@ -19,7 +19,10 @@ from wsproto.frame_protocol import FrameProtocol
 class Subscriber(Protocol):
     def send_frame(self, frame: bytes) -> bool: ...
     def close_with(self, code: int, reason: str) -> None: ...
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None: ...
+    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> float | None:
+        """Ping or give up as due (services/ws_edge/keepalive.py); return when to be
+        visited next, or None once closed."""
+        ...
 
 
 class Holder(Subscriber, Protocol):
@@ -63,10 +66,6 @@ class Hub:
 
         (Every subscribed connection was tracked first, so the difference counts them.)"""
         return max(0, len(self._open) - len(self._keys) - len(self._held_keys))
-
-    def subscribers(self) -> tuple[Subscriber, ...]:
-        """The connections that receive events, or hold them back while they recover."""
-        return (*self._keys, *self._held_keys)
 
     def take_slot(self, user_id: str, limit: int) -> bool:
         """Count one more socket of ``user_id`` unless it holds ``limit`` already (0: no

@@ -45,7 +45,7 @@ class EdgeServer:
         self.settings = settings
         self.metrics = EdgeMetrics(registry or CollectorRegistry())
         self.hub = Hub()
-        self.keepalive = Keepalive(self.hub, settings.ping_interval_s, settings.ping_timeout_s)
+        self.keepalive = Keepalive(settings.ping_interval_s, settings.ping_timeout_s)
         self.port = 0
         self._lifecycle = Lifecycle("edge", deadline_s=settings.shutdown_deadline_s)
         self.consumer: EventConsumer | None = None
@@ -130,6 +130,7 @@ class EdgeServer:
             commands=commands,
             publishing=PublishDeps.build(settings.publish, sessions, executor),
             history=reader,
+            keepalive=self.keepalive,
             exports=exports,
             runs=RunStore(sessions),
         )

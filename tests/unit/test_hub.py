@@ -257,14 +257,15 @@ def test_batch_with_subscribers_leaving_during_the_writes() -> None:
     assert leaver.frames == [b"xy"]
 
 
-def test_subscribers_are_the_subscribed_connections() -> None:
+def test_opening_counts_the_connections_not_yet_subscribed() -> None:
     hub = Hub()
     a = opened(hub, FakeSocket("a"), "k")
     handshaking = FakeSocket("handshaking")
     hub.track(handshaking)
-    assert hub.subscribers() == (a,)
+    assert hub.opening == 1
     hub.forget(a)
-    assert hub.subscribers() == ()
+    hub.forget(handshaking)
+    assert hub.opening == 0
 
 
 # --- close_all and wait_empty ---------------------------------------------------------

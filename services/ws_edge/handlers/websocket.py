@@ -200,8 +200,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if self._closed:
             return
         # The first ping comes at a random point of the first interval (keepalive.py).
-        jitter = random.random() * deps.settings.ping_interval_s
-        self._pinged_at = asyncio.get_running_loop().time() - jitter
+        interval = deps.settings.ping_interval_s
+        self._pinged_at = asyncio.get_running_loop().time() - random.random() * interval
+        deps.keepalive.watch(self, self._pinged_at + interval)
         self._live_from = time.time()
         self._expire_at(identity.expires_at)
         since, history = self._since, deps.history
@@ -314,6 +315,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if self._expiry is not None:
             self._expiry.cancel()
         deps = self._deps
+        deps.keepalive.unwatch(self)
         deps.hub.forget(self)
         deps.bindings.release(self._retained)
         deps.metrics.connections.dec()
@@ -330,16 +332,22 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
 
     # -- keepalive (services/ws_edge/keepalive.py) --------------------------------
 
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
+    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> float | None:
         """Ping every ``interval_s``; close as Tornado's own keepalive does (1000) when a
-        pong has not come ``timeout_s`` after its ping."""
+        pong has not come ``timeout_s`` after its ping. Returns when this is next due."""
+        if self._closed:
+            return None
         if self._pong_due:
             if now - self._pinged_at >= timeout_s:
                 self.close(reason="ping timed out")
-        elif now - self._pinged_at >= interval_s:
+                return None
+            return self._pinged_at + timeout_s
+        if now - self._pinged_at >= interval_s:
             self._pinged_at = now
             self._pong_due = True
             self.send_frame(PING_FRAME)
+            return now + timeout_s
+        return self._pinged_at + interval_s
 
     def on_pong(self, data: bytes) -> None:
         self._pong_due = False

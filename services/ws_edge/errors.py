@@ -12,7 +12,7 @@ from shared.messaging import AddressError
 from shared.messaging.broker import BrokerUnavailable, Unroutable
 from services.ws_edge.frame_rate import FramesThrottled
 from services.ws_edge.login_limits import LoginThrottled
-from services.ws_edge.history import HistoryUnavailable
+from services.ws_edge.history import HistoryBusy, HistoryUnavailable
 from services.ws_edge.policy import PolicyDenied
 from services.ws_edge.publishing import (
     BadBody,
@@ -91,6 +91,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     Unroutable: ErrorSpec(503, "no_service"),
     BrokerUnavailable: ErrorSpec(503, "unavailable"),
     HistoryUnavailable: ErrorSpec(503, "unavailable"),
+    HistoryBusy: ErrorSpec(429, "rate_limited"),
 }
 
 INTERNAL = ErrorSpec(500, "internal")

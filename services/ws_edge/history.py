@@ -10,7 +10,9 @@ Requests that reach the edge together share one *pass* over the stream. A pass:
    event to the requests that hold its key and want its time.
 
 Requests that arrive while a pass runs wait for the next one, which then starts at
-once: a reconnect storm costs a handful of passes, however many clients it brings. The
+once: a reconnect storm costs a handful of passes, however many clients it brings.
+Recoveries and history requests have a lane each, so a long read of the whole stream
+for a history request never holds back a reconnecting client's recovery. The
 stream is read over AMQP 0.9.1 (a stream queue consumed with ``x-stream-offset``), on a
 channel of the pass's own that closes with it.
 """
@@ -59,6 +61,10 @@ Seek = float | str  # a position, or FIRST
 class HistoryUnavailable(ConnectionError):
     """The stream could not be read: history is off, the broker went away, or a pass
     did not reach its marker in time."""
+
+
+class HistoryBusy(Exception):
+    """A connection asked for history while its last request was still being read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +194,30 @@ class _Pass:
         return await future
 
 
+class _Lane:
+    """Requests of one kind: served by passes one at a time, each for all that wait."""
+
+    def __init__(self, serve: Callable[[list[Request]], Any]) -> None:
+        self._serve = serve
+        self.waiting: list[Request] = []
+        self.runner: asyncio.Task[None] | None = None
+
+    def add(self, request: Request) -> None:
+        self.waiting.append(request)
+        if self.runner is None:
+            self.runner = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        try:
+            while self.waiting:
+                requests, self.waiting = self.waiting, []
+                await self._serve(requests)
+        finally:
+            self.runner = None
+
+
 class HistoryReader:
-    """Runs passes over the stream, one at a time, for the requests waiting."""
+    """Runs passes over the stream, one at a time per lane, for the requests waiting."""
 
     def __init__(
         self,
@@ -204,8 +232,8 @@ class HistoryReader:
         self._settings = settings
         self._metrics = metrics
         self._framer = framer
-        self._waiting: list[Request] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._recoveries = _Lane(self._serve)
+        self._queries = _Lane(self._serve)
         self._closed = False
 
     @property
@@ -217,27 +245,18 @@ class HistoryReader:
         if it could not be."""
         if self._closed or not self._settings.enabled:
             raise HistoryUnavailable("history is off")
-        self._waiting.append(request)
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run())
+        (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
         await asyncio.shield(request.done)
 
     async def close(self) -> None:
-        """Fail the requests waiting and stop after the pass that runs."""
+        """Fail the requests waiting and stop after the passes that run."""
         self._closed = True
-        waiting, self._waiting = self._waiting, []
-        for request in waiting:
-            _fail(request, HistoryUnavailable("the edge is stopping"))
-        if self._runner is not None:
-            await asyncio.gather(self._runner, return_exceptions=True)
-
-    async def _run(self) -> None:
-        try:
-            while self._waiting:
-                requests, self._waiting = self._waiting, []
-                await self._serve(requests)
-        finally:
-            self._runner = None
+        for lane in (self._recoveries, self._queries):
+            waiting, lane.waiting = lane.waiting, []
+            for request in waiting:
+                _fail(request, HistoryUnavailable("the edge is stopping"))
+        runners = [lane.runner for lane in (self._recoveries, self._queries) if lane.runner]
+        await asyncio.gather(*runners, return_exceptions=True)
 
     async def _serve(self, requests: list[Request]) -> None:
         self._metrics.history_passes.inc()

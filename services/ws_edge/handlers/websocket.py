@@ -34,7 +34,7 @@ from services.ws_edge.deps import EdgeDeps
 from services.ws_edge.errors import CloseCode, FrameError, TooManySockets, describe
 from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
-from services.ws_edge.history import HistoryUnavailable, Query, Recovery
+from services.ws_edge.history import HistoryBusy, HistoryUnavailable, Query, Recovery
 from services.ws_edge.policy import PolicyDenied
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
         "_pinged_at", "_pong_due", "_allowance", "_spent_at", "_holds_slot",
-        "_since", "_held", "_held_bytes", "_replayed", "_live_from",
+        "_since", "_held", "_held_bytes", "_replayed", "_live_from", "_reading",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -82,6 +82,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._held_bytes = 0
         self._replayed: set[str] = set()
         self._live_from = 0.0  # the edge's time when the socket's keys were bound
+        self._reading: asyncio.Task[None] | None = None  # the history request being read
 
     # -- handshake -------------------------------------------------------------
 
@@ -416,7 +417,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             elif frame.type == frames.AUTH_REFRESH:
                 reply = await self._refresh(frame)
             elif frame.type == frames.HISTORY:
-                reply = await self._history(frame)
+                self._start_history(ref, frame)
+                return
             else:
                 reply = {"id": await self._send_command(frame)}
         except Exception as exc:
@@ -495,18 +497,31 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         return {"exp": int(exp) if exp.is_integer() else exp,
                 "groups": identity.groups, "roles": identity.roles}
 
-    async def _history(self, frame: frames.ClientFrame) -> dict[str, Any]:
-        """``history``: the newest events of one of the token's keys (docs/protocol.md 17.4)."""
-        identity = self._identity
-        assert identity is not None
+    def _start_history(self, ref: frames.Ref, frame: frames.ClientFrame) -> None:
+        """``history`` (docs/protocol.md 17.4) is answered when its read is done, without
+        holding up the connection's other frames: Tornado reads the next frame, and the
+        pongs that keep the socket open, only once this handler returns. One at a time."""
+        if self._reading is not None:
+            raise HistoryBusy("one history request at a time: wait for the answer to the last")
         ask = frames.history_ask(frame)
         key = ask.key.routing_key
         if key != BROADCAST and key not in self._retained:
             raise PolicyDenied("history is only for the keys of the connection's token")
-        query = Query(key, ask.since, ask.limit)
-        await self._deps.history.read(query)
+        self._reading = asyncio.create_task(self._answer_history(ref, ask))
+
+    async def _answer_history(self, ref: frames.Ref, ask: frames.HistoryAsk) -> None:
+        query = Query(ask.key.routing_key, ask.since, ask.limit)
+        try:
+            await self._deps.history.read(query)
+        except Exception as exc:
+            self._refused(ref, exc)
+            return
+        finally:
+            self._reading = None
         self._deps.metrics.history_requests.inc()
-        return {"key": str(ask.key), "events": list(query.events), "oldest": query.oldest}
+        self._deps.metrics.frames_accepted.labels(frames.HISTORY).inc()
+        reply = {"key": str(ask.key), "events": list(query.events), "oldest": query.oldest}
+        self._write(frames.ack(ref, reply))
 
     def _refused(self, ref: frames.Ref, exc: Exception) -> None:
         spec = describe(exc)
@@ -517,7 +532,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             message = spec.message or str(exc)
         self._deps.metrics.frames_refused.labels(spec.code).inc()
         self._write(frames.error(ref, spec.code, message))
-        if spec.status < 500:
+        if spec.status < 500 and spec.status != 429:  # rate_limited is not a strike (6.6)
             self._strike()
 
     def _throttled(self, message: str | bytes) -> bool:

@@ -200,10 +200,6 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
             return
         if self._closed:
             return
-        # The first ping comes at a random point of the first interval (keepalive.py).
-        interval = deps.settings.ping_interval_s
-        self._pinged_at = asyncio.get_running_loop().time() - random.random() * interval
-        deps.keepalive.watch(self, self._pinged_at + interval)
         self._live_from = time.time()
         self._expire_at(identity.expires_at)
         since, history = self._since, deps.history
@@ -232,6 +228,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 return
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
+        # Pinged only from now on: Tornado reads the client's frames, pongs included,
+        # once open() returns, so a ping sent while it waited for its replay would seem
+        # unanswered. The first ping comes at a random point of the first interval.
+        interval = deps.settings.ping_interval_s
+        self._pinged_at = asyncio.get_running_loop().time() - random.random() * interval
+        if not self._closed:
+            deps.keepalive.watch(self, self._pinged_at + interval)
 
     def _welcome(self, recovery: frames.Recovered | None) -> bytes:
         identity = self._identity

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -22,18 +22,9 @@ from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
 from tests.support.client import UPGRADE, Client
-from tests.support.edge import edge_env
+from tests.support.edge import edge_env, edge_on_private  # noqa: F401  (a fixture)
 from tests.support.private_broker import PrivateBroker
 from tests.support.rabbit import reconnected
-
-
-@pytest.fixture
-async def edge_on_private(private_amqp_url: str, tmp_path: Path) -> AsyncIterator[EdgeServer]:
-    settings = EdgeSettings.from_env(edge_env(private_amqp_url, f"sqlite:///{tmp_path / 'w.db'}"))
-    server = EdgeServer(settings, CollectorRegistry())
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_edge_recovers_from_a_broker_restart(

@@ -7,36 +7,21 @@ import base64
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import psutil
-import pytest
 from tornado.httpclient import AsyncHTTPClient
 
 from shared.messaging import ADDRESS_BROADCAST, Address, Envelope
 from shared.messaging.broker import Publisher
 from tests.support.client import Client
-from tests.support.edge import EdgeProcess, edge_env
+from tests.support.edge import EdgeProcess, spawn_edge  # noqa: F401  (a fixture)
 
 SERVICE = Address.service("test")
 
 
 def event(to: Address, **data: object) -> Envelope:
     return Envelope(type="test.event", to=to, sender=SERVICE, data=dict(data))
-
-
-@pytest.fixture
-async def spawn_edge(amqp_url: str, database_url: str) -> AsyncIterator[Callable[..., object]]:
-    started: list[EdgeProcess] = []
-
-    async def spawn(**overrides: str) -> EdgeProcess:
-        edge = EdgeProcess(edge_env(amqp_url, database_url, **overrides))
-        started.append(edge)
-        return await edge.start()
-
-    yield spawn
-    for edge in started:
-        await edge.kill()
 
 
 async def test_events_reach_users_on_whichever_edge_they_are(

@@ -29,8 +29,11 @@ class Client:
 
     @classmethod
     async def connect(
-        cls, port: int, token: str, *, via: str = "query", expect_welcome: bool = True
+        cls, port: int, token: str, *, via: str = "query", expect_welcome: bool = True,
+        query: str = "",
     ) -> Client:
+        """``query``: more of the URL's query string, as it is (``since=...``, or anything
+        a hostile client puts there)."""
         url = f"ws://127.0.0.1:{port}/ws"
         headers: dict[str, str] = {}
         subprotocols: list[str] | None = None
@@ -42,6 +45,8 @@ class Client:
             headers["Cookie"] = f"warren_token={token}"
         elif via == "subprotocol":
             subprotocols = ["warren.v1", f"warren.auth.{token}"]
+        if query:
+            url += ("&" if "?" in url else "?") + query
         connection = await asyncio.wait_for(
             websocket_connect(HTTPRequest(url, headers=headers), max_message_size=8 << 20,
                               subprotocols=subprotocols),

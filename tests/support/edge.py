@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.ws_edge.server import EdgeServer
+from services.ws_edge.settings import EdgeSettings
 from tests.support.service_process import ServiceProcess
 
 
@@ -23,3 +31,34 @@ class EdgeProcess(ServiceProcess):
 
     module = "services.ws_edge"
     ready_message = "edge ready"
+
+
+#: What :func:`spawn_edge` gives a test: start one more edge process, with overrides.
+Spawn = Callable[..., Awaitable[EdgeProcess]]
+
+
+@pytest.fixture
+async def spawn_edge(amqp_url: str, database_url: str) -> AsyncIterator[Spawn]:
+    """Edges as OS processes on the test's vhost and database; all killed afterwards.
+    A fixture to import where it is used (``from tests.support.edge import spawn_edge``)."""
+    started: list[EdgeProcess] = []
+
+    async def spawn(**overrides: str) -> EdgeProcess:
+        edge = EdgeProcess(edge_env(amqp_url, database_url, **overrides))
+        started.append(edge)
+        return await edge.start()
+
+    yield spawn
+    for edge in started:
+        await edge.kill()
+
+
+@pytest.fixture
+async def edge_on_private(private_amqp_url: str, tmp_path: Path) -> AsyncIterator[EdgeServer]:
+    """An in-process edge on the private RabbitMQ node, which the test may restart.
+    A fixture to import where it is used."""
+    settings = EdgeSettings.from_env(edge_env(private_amqp_url, f"sqlite:///{tmp_path / 'w.db'}"))
+    server = EdgeServer(settings, CollectorRegistry())
+    await server.start()
+    yield server
+    await server.stop()

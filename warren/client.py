@@ -8,7 +8,8 @@
             print(event.type, event.data)
 
 The protocol is docs/protocol.md; what this client does with it (states, the
-reconnect and close-code policy, token refresh, de-duplication) is docs/clients.md.
+reconnect and close-code policy, token refresh, de-duplication, recovering what it
+missed from its position, history) is docs/clients.md.
 The JavaScript client (clients/js) follows the same rules.
 """
 
@@ -21,11 +22,13 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict, deque
+import urllib.parse
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from decimal import ROUND_FLOOR, Decimal
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TypeAlias, TypeGuard
 
 import jwt
 import orjson
@@ -36,7 +39,8 @@ from websockets.typing import Subprotocol
 log = logging.getLogger("warren.client")
 
 State: TypeAlias = Literal[
-    "idle", "connecting", "connected", "reconnecting", "closed", "unauthorized", "failed"
+    "idle", "connecting", "recovering", "connected", "reconnecting", "closed", "unauthorized",
+    "failed",
 ]
 #: States the client never leaves: it was closed, or it stopped and says why (``error``).
 FINAL_STATES: Final[frozenset[State]] = frozenset({"closed", "unauthorized", "failed"})
@@ -48,6 +52,14 @@ TokenSource: TypeAlias = Callable[[], "str | Awaitable[str]"]
 #: ends up in proxies' access logs.
 SUBPROTOCOL: Final = "warren.v1"
 AUTH_SUBPROTOCOL_PREFIX: Final = "warren.auth."
+
+#: The ``window`` an edge sends in its ``welcome`` (docs/protocol.md 17.2), assumed until
+#: one says otherwise.
+DEFAULT_WINDOW_S: Final = 2.0
+#: Ids are remembered for ``window`` and this much more: the edge reads the stream from
+#: ``position - window`` with a granularity of one second.
+SEEN_MARGIN_S: Final = 1.0
+MICROSECOND: Final = Decimal("0.000001")
 
 Action: TypeAlias = Literal["retry", "drain", "overload", "auth", "stop"]
 
@@ -127,12 +139,39 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The ``welcome`` frame of the current connection (docs/protocol.md 6.1)."""
+    """The ``welcome`` frame of the current connection (docs/protocol.md 6.1, 17.3)."""
 
     user: str
     groups: tuple[str, ...]
     roles: tuple[str, ...]
     edge: str
+    #: The edge's time when the socket's keys were bound (None from an edge without it).
+    position: float | None = None
+    #: How much older than a position an event can be and still be sent again (17.2).
+    window: float = DEFAULT_WINDOW_S
+    #: ``True``: what was missed since the position the client sent is replayed now,
+    #: up to ``replay.done``; ``False``: it cannot be (``reason``), events were lost, read
+    #: recorded state again; ``None``: the client sent no position.
+    recovered: bool | None = None
+    #: Why not recovered: ``too_old``, ``invalid_position``, ``history_off`` (the edge's),
+    #: or ``unsupported`` (the client's: the edge said nothing of recovery).
+    reason: str | None = None
+    #: With ``too_old``: the position of the oldest event the edge's history holds.
+    oldest: float | None = None
+    #: The position the client reconnected with (``?since=``), if any.
+    since: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The answer to :meth:`Client.history` (docs/protocol.md 17.4)."""
+
+    key: str
+    #: Oldest first.
+    events: tuple[Event, ...]
+    #: The position of the oldest event the edge's history holds (None: it holds none).
+    #: Later than the ``since`` asked for: older events are gone.
+    oldest: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +181,9 @@ class StateChange:
     error: WarrenError | None = None
     #: For ``reconnecting``: the seconds the client waits before its next attempt.
     delay: float | None = None
+    #: For ``recovering`` and ``connected``: the welcome of the connection, which says
+    #: whether what was missed is recovered (``welcome.recovered``).
+    welcome: Welcome | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +194,14 @@ class Backoff:
     2**(n-1))]`` (full jitter, so that clients cut off together do not return together).
     After 1013 or ``503 overloaded`` the base is ``overload_base_s`` and the wait comes on
     top of the edge's ``Retry-After``. After 1001 (the edge is draining) the next attempt
-    comes at once, within ``drain_jitter_s``.
+    comes at once, after a random wait of at most ``drain_jitter_s``. The JavaScript client
+    (clients/js) uses the same numbers.
     """
 
     base_s: float = 0.5
     cap_s: float = 30.0
-    overload_base_s: float = 2.0
-    drain_jitter_s: float = 0.25
+    overload_base_s: float = 5.0
+    drain_jitter_s: float = 0.5
     #: Consecutive failed attempts after which the client stops (state ``failed``);
     #: ``None``: it never gives up on network failures.
     max_failures: int | None = None
@@ -178,6 +221,47 @@ class Stats:
     garbage_frames: int = 0  # frames that were not valid protocol frames
     unrouted: int = 0  # events no subscription wanted
     connects: int = 0  # welcomes received
+    recovered: int = 0  # welcomes with ``recovered: true``
+    not_recovered: int = 0  # welcomes that could not recover the position sent
+    replayed: int = 0  # events the edge replayed, as its ``replay.done`` frames count them
+
+
+class SeenIds:
+    """The ids of the events delivered, for as long as an edge may send them again.
+
+    A recovery replays from ``position - window`` (docs/protocol.md 17.2), so an id is
+    needed while its event's ``ts`` is at least ``position - window - SEEN_MARGIN_S``.
+    Ids go into the current of two generations; a new one starts when an event's ``ts``
+    is more than ``span_s`` (window + margin) past the first of the current one, or it
+    holds half of ``cap``, and the older generation is dropped whole. So an id stays at
+    least ``span_s`` of ``ts`` (or ``cap / 2`` ids), at most twice that, and each costs
+    O(1): no pass over the set, which at tens of thousands of events a second would show.
+    """
+
+    __slots__ = ("current", "previous", "span_s", "_half", "_opened")
+
+    def __init__(self, cap: int) -> None:
+        if cap < 2:
+            raise ValueError("dedup_size must be at least 2")
+        #: Read directly by ``Client._deliver``, the hot path.
+        self.current: set[str] = set()
+        self.previous: set[str] = set()
+        self.span_s = DEFAULT_WINDOW_S + SEEN_MARGIN_S
+        self._half = cap // 2
+        self._opened = -math.inf  # the ts of the current generation's first event
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self.current or event_id in self.previous
+
+    def __len__(self) -> int:
+        return len(self.current) + len(self.previous)
+
+    def add(self, event_id: str, ts: float) -> None:
+        current = self.current
+        if ts - self._opened > self.span_s or len(current) >= self._half:
+            self.previous, self.current, self._opened = current, set(), ts
+            current = self.current
+        current.add(event_id)
 
 
 class Subscription:
@@ -279,7 +363,9 @@ class Client:
     from ``token``, from ``get_token()`` (sync or async; called again when the token
     is refused or about to expire), or both. ``auth`` chooses where the token travels:
     ``"subprotocol"`` (``Sec-WebSocket-Protocol``, docs/protocol.md 5.1) or ``"header"``
-    (``Authorization: Bearer``); neither puts it in the URL.
+    (``Authorization: Bearer``); neither puts it in the URL. ``position`` is one an
+    application kept from an earlier client (``client.position``): the first connection
+    then recovers what was published since (docs/protocol.md 17).
     """
 
     def __init__(
@@ -291,7 +377,8 @@ class Client:
         auth: Literal["subprotocol", "header"] = "subprotocol",
         backoff: Backoff = Backoff(),
         refresh: bool = True,
-        dedup_size: int = 4096,
+        position: float | None = None,
+        dedup_size: int = 32_768,
         buffer: int = 4096,
         open_timeout_s: float = 10.0,
         welcome_timeout_s: float = 30.0,
@@ -307,7 +394,8 @@ class Client:
         self._auth = auth
         self.backoff = backoff
         self._refresh_enabled = refresh
-        self._dedup_size = dedup_size
+        if position is not None and not _is_position(position):
+            raise ValueError(f"a position is a finite, non-negative number, not {position!r}")
         self._buffer = buffer
         self._open_timeout_s = open_timeout_s
         self._welcome_timeout_s = welcome_timeout_s
@@ -317,11 +405,15 @@ class Client:
         #: Why the client stopped, or why its last connection ended.
         self.error: WarrenError | None = None
         self.welcome: Welcome | None = None
-        #: The id of the newest event delivered: where a recovery would resume from.
+        #: The id of the newest event delivered.
         self.last_event_id: str | None = None
+        #: Where a reconnect resumes from (docs/protocol.md 17.2): the ``ts`` of the last
+        #: event received, or the ``position`` of the last ``welcome`` that replays
+        #: nothing or ``replay.done``, whichever came last. ``None`` until one came.
+        self.position: float | None = None if position is None else float(position)
         self.stats = Stats()
 
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = SeenIds(dedup_size)
         self._subscriptions: list[Subscription] = []
         self._state_listeners: list[Callable[[StateChange], None]] = []
         self._error_listeners: list[Callable[[WarrenError], None]] = []
@@ -343,13 +435,17 @@ class Client:
     async def connect(self) -> Welcome:
         """Start the client and wait for its first ``welcome``; raise ``error`` if the
         client stops first. Without a network the wait lasts as long as the backoff
-        policy keeps trying (for ever by default): bound it with ``asyncio.timeout``."""
+        policy keeps trying (for ever by default): bound it with ``asyncio.timeout``.
+
+        With a position, it returns at the ``welcome`` too, in state ``recovering``: the
+        replay comes through the subscriptions, which the application must be reading
+        for it to end (``wait_for_state("connected")`` waits for its end)."""
         if self._run_task is None:
             if self.state in FINAL_STATES:
                 raise WarrenError("closed", "the client was closed")
             self._run_task = asyncio.create_task(self._guarded_run(), name="warren-client")
-        change = await self.wait_for_state("connected", *FINAL_STATES)
-        if change.state != "connected":
+        change = await self.wait_for_state("connected", "recovering", *FINAL_STATES)
+        if change.state in FINAL_STATES:
             raise change.error or WarrenError(change.state, "the client stopped")
         assert self.welcome is not None
         return self.welcome
@@ -447,6 +543,38 @@ class Client:
     ) -> dict[str, Any]:
         """Send a command (``run.start``, ``chat.ask``, ...); as :meth:`send`."""
         return await self.send(type, data=data, timeout=timeout)
+
+    async def history(
+        self, key: str, *, limit: int | None = None, since: float | None = None,
+        timeout: float | None = 30.0,
+    ) -> History:
+        """The newest ``limit`` events (the edge's default: 100; at most 1000) kept for
+        ``key`` (``user:<me>``, ``group:<one of mine>`` or ``broadcast``), with ``ts`` at
+        least ``since`` when given, oldest first (docs/protocol.md 17.4). Raises
+        ``WarrenError`` with the edge's code: ``forbidden`` for a key the token does not
+        hold, ``invalid_frame``, ``unavailable`` (history is off or unreadable),
+        ``rate_limited``; or the client's own, as :meth:`send`. It leaves the client's
+        position and de-duplication alone: history is a read beside the live events."""
+        data: dict[str, Any] = {"key": key}
+        if limit is not None:
+            data["limit"] = limit
+        if since is not None:
+            data["since"] = since
+        answer = await self.send("history", data=data, timeout=timeout)
+        frames, oldest = answer.get("events"), answer.get("oldest")
+        if not isinstance(frames, list) or not (
+            oldest is None or (_is_number(oldest) and math.isfinite(oldest))
+        ):
+            raise WarrenError("garbage_frame",
+                              f"a history answer of the wrong shape: {answer!r:.200}")
+        events = []
+        for frame in frames:
+            try:
+                events.append(Event.from_frame(frame if isinstance(frame, dict) else {}))
+            except ValueError as exc:
+                self._garbage(f"in a history answer: {exc}")
+        return History(str(answer.get("key", key)), tuple(events),
+                       None if oldest is None else float(oldest))
 
     async def _request(self, frame: dict[str, Any]) -> dict[str, Any]:
         while True:
@@ -568,9 +696,11 @@ class Client:
             subprotocols.append(Subprotocol(AUTH_SUBPROTOCOL_PREFIX + token))
         else:
             headers["Authorization"] = f"Bearer {token}"
+        since = self.position
         try:
             ws = await connect(
-                url, subprotocols=subprotocols, additional_headers=headers, compression=None,
+                with_since(url, since), subprotocols=subprotocols, additional_headers=headers,
+                compression=None,
                 open_timeout=self._open_timeout_s, max_size=self._max_size, max_queue=256,
             )
         except InvalidStatus as exc:
@@ -580,7 +710,7 @@ class Client:
             return _Outcome("retry", WarrenError("unreachable", f"{url}: {exc}"))
         self._ws = ws
         try:
-            return await self._session(ws)
+            return await self._session(ws, since)
         finally:
             if self._closing:
                 await ws.close(1000, "client closed")
@@ -594,15 +724,24 @@ class Client:
                 if not answer.done():
                     answer.set_exception(lost)
 
-    async def _session(self, ws: ClientConnection) -> _Outcome:
+    async def _session(self, ws: ClientConnection, since: float | None) -> _Outcome:
         welcomed = False
         try:
             async with asyncio.timeout(self._welcome_timeout_s):
                 while not welcomed:
-                    welcomed = self._first_frames(await ws.recv())
+                    welcomed = self._first_frames(await ws.recv(), since)
+            welcome = self.welcome
+            assert welcome is not None
             self.stats.connects += 1
             self._connected.set()
-            self._set_state("connected", None)
+            if welcome.recovered:
+                self.stats.recovered += 1
+            elif welcome.recovered is False:
+                self.stats.not_recovered += 1
+                log.warning("events since %s were lost: %s", since, welcome.reason)
+            # Sends need not wait for the replay: the edge answers them meanwhile.
+            self._set_state("recovering" if welcome.recovered else "connected", None,
+                            welcome=welcome)
             if self._refresh_enabled and self._get_token is not None:
                 self._refresh_task = asyncio.create_task(self._refresh(ws))
             while True:
@@ -620,7 +759,7 @@ class Client:
                 self._report(error)
             return _Outcome(action, error, welcomed)
 
-    def _first_frames(self, message: str | bytes) -> bool:
+    def _first_frames(self, message: str | bytes, since: float | None) -> bool:
         """Handle a frame before ``welcome``; True once the welcome has come."""
         frame = self._parse(message)
         if frame is None:
@@ -631,12 +770,16 @@ class Client:
         data = frame.get("data")
         try:
             assert isinstance(data, dict)
-            welcome = Welcome(str(data["user"]), tuple(data.get("groups") or ()),
-                              tuple(data.get("roles") or ()), str(data.get("edge", "")))
-        except (AssertionError, KeyError, TypeError):
-            self._garbage("a welcome without its user")
+            welcome = _welcome(data, since)
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            self._garbage(f"a welcome of the wrong shape: {exc}")
             return False
         self.welcome = welcome
+        self._seen.span_s = welcome.window + SEEN_MARGIN_S
+        # A welcome that replays nothing starts the position afresh; after one that
+        # replays, the position moves with the replayed events, then with replay.done.
+        if not welcome.recovered and welcome.position is not None:
+            self.position = welcome.position
         return True
 
     async def _frame(self, message: str | bytes) -> None:
@@ -670,8 +813,26 @@ class Client:
                     self._report(error)
             else:
                 self._garbage(f"an ack for no request (ref {ref!r})")
+        elif kind == "replay.done":
+            self._replay_done(frame.get("data"))
         else:
             self._garbage(f"an unknown frame type {kind!r}")
+
+    def _replay_done(self, data: object) -> None:
+        if self.state != "recovering":
+            self._garbage("a replay.done with no replay")
+            return
+        if not isinstance(data, dict):
+            self._garbage("a replay.done without data")
+            return
+        position, events = data.get("position"), data.get("events")
+        if not _is_position(position):
+            self._garbage("a replay.done without a position")
+            return
+        self.position = float(position)
+        if _is_number(events):
+            self.stats.replayed += int(events)
+        self._set_state("connected", None, welcome=self.welcome)
 
     def _parse(self, message: str | bytes) -> dict[str, Any] | None:
         if not isinstance(message, str):
@@ -688,14 +849,14 @@ class Client:
         return frame
 
     async def _deliver(self, event: Event) -> None:
-        seen = self._seen
-        if event.id in seen:
+        seen, event_id = self._seen, event.id
+        if event_id in seen.current or event_id in seen.previous:
+            # Nor does it move the position: that moved past it when it first came.
             self.stats.duplicates += 1
             return
-        seen[event.id] = None
-        if len(seen) > self._dedup_size:
-            seen.popitem(last=False)
-        self.last_event_id = event.id
+        seen.add(event_id, event.ts)
+        self.position = event.ts
+        self.last_event_id = event_id
         routed = False
         for subscription in self._subscriptions:
             if subscription.types is None or event.type in subscription.types:
@@ -738,17 +899,18 @@ class Client:
             groups, roles = answer.get("groups"), answer.get("roles")
             if welcome is not None and isinstance(groups, list) and isinstance(roles, list):
                 # The new token's groups are what the socket receives from the ack on.
-                self.welcome = Welcome(welcome.user, tuple(groups), tuple(roles), welcome.edge)
+                self.welcome = replace(welcome, groups=tuple(groups), roles=tuple(roles))
             log.debug("token refreshed; it expires at %s", answer.get("exp"))
             self._took(token)
 
     # -- state --------------------------------------------------------------------------
 
     def _set_state(
-        self, state: State, error: WarrenError | None, delay: float | None = None
+        self, state: State, error: WarrenError | None, delay: float | None = None, *,
+        welcome: Welcome | None = None,
     ) -> None:
         self.state = state
-        change = StateChange(state, error, delay)
+        change = StateChange(state, error, delay, welcome)
         for listener in tuple(self._state_listeners):
             try:
                 listener(change)
@@ -829,6 +991,56 @@ def _expires_in(token: str) -> float:
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         return math.inf
     return float(exp) - time.time()
+
+
+def with_since(url: str, position: float | None) -> str:
+    """``url`` with ``?since=<position>`` (docs/protocol.md 17.3), replacing one it has.
+
+    Written in fixed point to the microsecond, rounded down: the edge takes up to nine
+    decimals and no exponent, and a position a little early only replays a little more."""
+    if position is None:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if k != "since"]
+    query.append(("since", str(Decimal(position).quantize(MICROSECOND, rounding=ROUND_FLOOR))))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def _is_position(value: object) -> TypeGuard[int | float]:
+    return _is_number(value) and math.isfinite(value) and value >= 0
+
+
+def _welcome(data: dict[str, Any], since: float | None) -> Welcome:
+    """The :class:`Welcome` of a welcome frame's ``data``; ``since``: the position the
+    client connected with. Raises ``KeyError``/``TypeError``/``ValueError`` on a field
+    of the wrong form."""
+    position, window = data.get("position"), data.get("window", DEFAULT_WINDOW_S)
+    if position is not None and not _is_position(position):
+        raise ValueError("a welcome whose position is not a position")
+    if not _is_position(window):
+        raise ValueError("a welcome whose window is not a number of seconds")
+    recovered, reason, oldest = data.get("recovered"), data.get("reason"), data.get("oldest")
+    if recovered is not None and not isinstance(recovered, bool):
+        raise ValueError("a welcome whose recovered is not a boolean")
+    if oldest is not None and not _is_position(oldest):
+        raise ValueError("a welcome whose oldest is not a position")
+    if since is None:
+        recovered = reason = oldest = None
+    elif recovered is None:
+        # An edge that does not recover: whatever was missed is lost.
+        recovered, reason = False, "unsupported"
+    return Welcome(
+        str(data["user"]), tuple(data.get("groups") or ()), tuple(data.get("roles") or ()),
+        str(data.get("edge", "")),
+        position=None if position is None else float(position), window=float(window),
+        recovered=recovered, reason=None if recovered or reason is None else str(reason),
+        oldest=None if oldest is None else float(oldest), since=since,
+    )
 
 
 def _refused(status: int, retry_after: str | None, body: bytes) -> _Outcome:

@@ -5,6 +5,7 @@ refusals before the upgrade, garbage frames, and ``warren listen``."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -28,10 +29,12 @@ from warren.client import (
     Backoff,
     Client,
     Event,
+    SeenIds,
     StateChange,
     Subscription,
     WarrenError,
     refresh_delay,
+    with_since,
 )
 
 TIMEOUT = 20.0
@@ -97,6 +100,22 @@ class ScriptedSocket(tornado.websocket.WebSocketHandler):
             self.close(self.close_code_to_send, "scripted")
 
 
+class Sequenced(tornado.websocket.WebSocketHandler):
+    """Each connection plays the next of its scripts (frames, then a close code or
+    none), and records the ``since`` it was opened with ("" when none)."""
+
+    def initialize(self, scripts: list[tuple[list[str], int | None]], since: list[str]) -> None:
+        self.scripts, self.since = scripts, since
+
+    async def open(self, *_args: str) -> None:
+        self.since.append(self.get_query_argument("since", ""))
+        frames, close = self.scripts.pop(0)
+        for frame in frames:
+            await self.write_message(frame)
+        if close is not None:
+            self.close(close, "scripted")
+
+
 class Silent(tornado.websocket.WebSocketHandler):
     """Upgrades, says when, and sends nothing: no welcome ever comes."""
 
@@ -145,6 +164,21 @@ def scripted(script: list[str | bytes], close: int | None = None) -> tornado.web
     return tornado.web.Application([(r"/ws", ScriptedSocket, {"script": script, "close": close})])
 
 
+def welcome_frame(**data: Any) -> str:
+    return orjson.dumps({"type": "welcome", "data": {
+        "user": "alice", "groups": [], "roles": [], "edge": "scripted", **data}}).decode()
+
+
+def event_frame(id: str, ts: float) -> str:
+    return orjson.dumps({"v": 1, "id": id, "type": "report.ready", "ts": ts,
+                         "to": "user:alice", "from": "service:x", "data": {}}).decode()
+
+
+def replay_done_frame(events: int, position: float) -> str:
+    return orjson.dumps({"type": "replay.done", "data": {"events": events,
+                                                         "position": position}}).decode()
+
+
 def refusing(status: int, error: str, retry_after: str | None = None) -> tornado.web.Application:
     return tornado.web.Application(
         [(r"/ws", Refuse, {"status": status, "error": error, "retry_after": retry_after})])
@@ -161,8 +195,39 @@ def test_refresh_comes_at_80_percent_or_a_minute_before_expiry_but_not_before_ha
 def test_backoff_is_capped_exponential_with_full_jitter() -> None:
     top = Backoff(jitter=lambda: 1.0)
     assert [top.delay(n) for n in (1, 2, 3, 7, 8, 50)] == [0.5, 1.0, 2.0, 30.0, 30.0, 30.0]
-    assert top.delay(1, overload=True, retry_after=1.0) == 3.0
+    assert top.delay(1, overload=True, retry_after=1.0) == 6.0
+    assert top.delay(2, overload=True) == 10.0
     assert Backoff(jitter=lambda: 0.0).delay(9, overload=True, retry_after=2.0) == 2.0
+
+
+def test_backoff_numbers_are_those_of_protocol_8_1_and_the_javascript_client() -> None:
+    defaults = Backoff()
+    assert (defaults.base_s, defaults.cap_s, defaults.overload_base_s, defaults.drain_jitter_s,
+            defaults.max_failures) == (0.5, 30.0, 5.0, 0.5, None)
+
+
+def test_the_position_goes_into_the_url_to_the_microsecond_rounded_down() -> None:
+    assert with_since("ws://h/ws", None) == "ws://h/ws"
+    assert with_since("ws://h/ws", 1796000000.5) == "ws://h/ws?since=1796000000.500000"
+    assert with_since("ws://h/ws?since=1&x=y", 1796000000.1234569) == (
+        "ws://h/ws?x=y&since=1796000000.123456")
+    assert with_since("ws://h/ws", 0) == "ws://h/ws?since=0.000000"
+
+
+def test_seen_ids_keep_what_a_replay_can_send_again_and_stay_under_the_cap() -> None:
+    seen = SeenIds(cap=10_000)  # span: window 2 s + 1 s
+    for n in range(300):  # ten ids a second of ts, from ts 0
+        seen.add(f"e{n}", n / 10)
+        # Every id with ts at least position - span is still known.
+        assert all(f"e{m}" in seen for m in range(n + 1) if m / 10 >= n / 10 - seen.span_s)
+    assert "e0" not in seen  # and the old ones go, a generation at a time
+    assert len(seen) <= 2 * (seen.span_s * 10 + 1)
+
+    crowded = SeenIds(cap=2000)  # every id at the same ts: the cap decides
+    for n in range(10_000):
+        crowded.add(f"c{n}", 100.0)
+        assert len(crowded) <= 2000
+    assert all(f"c{m}" in crowded for m in range(9000, 10_000))  # at least the newest half
 
 
 # -- against an edge -----------------------------------------------------------------
@@ -233,8 +298,10 @@ async def test_1001_from_a_draining_edge_reconnects_to_the_next_at_once(
     first, second = make_edge(), make_edge()
     await first.start()
     await second.start()
+    # The largest wait the draw allows: drain_jitter_s. A failed attempt would wait
+    # base_s (10 s here) and, with max_failures=0, stop the client: a drain is neither.
     client = Client([url(first.port), url(second.port)], token=token_for("carol"),
-                    backoff=Backoff(jitter=lambda: 1.0))
+                    backoff=Backoff(base_s=10.0, max_failures=0, jitter=lambda: 1.0))
     closing.append(client)
     changes = recorder(client)
     events = client.events()
@@ -248,7 +315,7 @@ async def test_1001_from_a_draining_edge_reconnects_to_the_next_at_once(
     assert client.welcome.edge == second.settings.common.instance_id
     [lost] = [change for change in changes if change.state == "reconnecting"]
     assert lost.error is not None and lost.error.code == "close_1001"
-    assert lost.delay == client.backoff.drain_jitter_s  # not the 0.5 s of a first failure
+    assert lost.delay == client.backoff.drain_jitter_s == 0.5
     sent = await publish(publisher, Address.user("carol"))
     assert (await next_event(events)).id == sent.id
 
@@ -394,6 +461,86 @@ async def test_close_codes_follow_the_documented_policy(
         assert change.delay == client.backoff.overload_base_s  # harder than 0.5 s
 
 
+async def test_the_position_follows_events_welcomes_and_replay_done_across_reconnects(
+    tiny: Callable[..., int], closing: list[Client]
+) -> None:
+    scripts: list[tuple[list[str], int | None]] = [
+        # A replay cut short: its events move the position, its welcome's does not.
+        ([welcome_frame(position=200.0, window=2.0, recovered=True),
+          event_frame("e1", 150.0)], 1011),
+        ([welcome_frame(position=220.0, window=2.0, recovered=True)], 1011),
+        # A replay to its end: a repeat dropped, then replay.done's position, then live.
+        ([welcome_frame(position=250.0, window=2.0, recovered=True),
+          event_frame("e1", 150.0), event_frame("e2", 160.0), replay_done_frame(2, 250.0),
+          event_frame("e3", 251.0)], 1011),
+        # Too old: the welcome's position starts afresh, and the application is told.
+        ([welcome_frame(position=300.0, window=2.0, recovered=False, reason="too_old",
+                  oldest=240.0)], None),
+    ]
+    since: list[str] = []
+    port = tiny(tornado.web.Application(
+        [(r"/ws", Sequenced, {"scripts": scripts, "since": since})]))
+    client = Client(url(port), token="t", position=100.0, backoff=Backoff(jitter=lambda: 0.0))
+    closing.append(client)
+    changes = recorder(client)
+    lost: asyncio.Future[StateChange] = asyncio.get_running_loop().create_future()
+
+    def on_state(change: StateChange) -> None:
+        if change.welcome is not None and change.welcome.recovered is False:
+            first_into(lost)(change)
+
+    client.on_state(on_state)
+    events = client.events()
+    await within(client.connect())
+
+    assert [(await next_event(events)).id for _ in range(3)] == ["e1", "e2", "e3"]
+    change = await within(lost)
+
+    assert since == ["100.000000", "150.000000", "150.000000", "251.000000"]
+    assert client.position == 300.0
+    last = change.welcome
+    assert last is not None
+    assert (last.recovered, last.reason, last.oldest, last.since) == (
+        False, "too_old", 240.0, 251.0)
+    assert client.welcome == last
+    assert [c.state for c in changes] == [
+        "connecting", "recovering", "reconnecting", "connecting", "recovering", "reconnecting",
+        "connecting", "recovering", "connected", "reconnecting", "connecting", "connected"]
+    assert [c.welcome.recovered for c in changes if c.welcome is not None] == [
+        True, True, True, True, False]
+    assert (client.stats.duplicates, client.stats.replayed, client.stats.recovered,
+            client.stats.not_recovered) == (1, 2, 3, 1)
+
+
+async def test_without_a_position_the_welcome_gives_one_and_recovered_is_none(
+    tiny: Callable[..., int], closing: list[Client]
+) -> None:
+    port = tiny(scripted([welcome_frame(position=42.5, window=3.0)]))
+    client = Client(url(port), token="t")
+    closing.append(client)
+    welcomed = await within(client.connect())
+    assert (welcomed.recovered, welcomed.since, welcomed.window) == (None, None, 3.0)
+    assert client.position == 42.5
+
+
+async def test_an_edge_that_ignores_the_position_is_reported_as_not_recovered(
+    tiny: Callable[..., int], closing: list[Client]
+) -> None:
+    port = tiny(scripted([WELCOME]))  # no position, no recovered: an edge before section 17
+    client = Client(url(port), token="t", position=7.25)
+    closing.append(client)
+    welcomed = await within(client.connect())
+    assert (welcomed.recovered, welcomed.reason, welcomed.since) == (False, "unsupported", 7.25)
+    assert client.position == 7.25
+    assert client.state == "connected"
+
+
+@pytest.mark.parametrize("position", [-1.0, math.nan, math.inf])
+def test_a_position_that_is_not_one_is_refused_at_once(position: float) -> None:
+    with pytest.raises(ValueError):
+        Client("ws://127.0.0.1:1/ws", token="t", position=position)
+
+
 async def test_garbage_frames_are_reported_and_the_client_carries_on(
     tiny: Callable[..., int], closing: list[Client]
 ) -> None:
@@ -405,6 +552,7 @@ async def test_garbage_frames_are_reported_and_the_client_carries_on(
         orjson.dumps({"type": "surprise"}).decode(),
         orjson.dumps({**event, "id": 7}).decode(),
         orjson.dumps({**event, "data": None}).decode(),
+        replay_done_frame(0, 1.0),  # with no replay going on
     ]
     port = tiny(scripted(["{", WELCOME, *garbage, orjson.dumps(event).decode()]))
     client = Client(url(port), token="t")

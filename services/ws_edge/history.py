@@ -134,7 +134,10 @@ class Recovery(Request):
     def seek(self, head: Head) -> Seek | None:
         recovered = head.holds(self._from)
         self._reading = self._target.replay_begins(recovered, head.oldest)
-        return self._from if self._reading else None
+        if not self._reading:
+            self.done.set_result(None)  # live already: no need to wait for the read
+            return None
+        return self._from
 
     def accept(self, ts: float, body: bytes, event_id: str, frame: Callable[[], bytes]) -> bool:
         if not self._reading:

@@ -1,7 +1,8 @@
 // Warren's WebSocket client (docs/protocol.md): the welcome, requests answered by ack or
 // error, events dispatched by type and de-duplicated by envelope id, reconnects by close
-// code with capped exponential backoff and full jitter, and the token refreshed in band
-// before it expires. An ES module with no dependencies; README.md is its manual.
+// code with capped exponential backoff and full jitter, recovery of the events missed
+// meanwhile from a position (section 17), and the token refreshed in band before it
+// expires. An ES module with no dependencies; README.md is its manual.
 
 export const SUBPROTOCOL = "warren.v1";
 export const AUTH_SUBPROTOCOL_PREFIX = "warren.auth.";
@@ -14,13 +15,23 @@ export const DEFAULTS = Object.freeze({
   requestTimeoutMs: 15_000,
   maxFrameBytes: 65_536,
   dedupSize: 2_048,
+  dedupLimit: 100_000,
+  positionIntervalMs: 200,
   refresh: true,
 });
 
 // States in which the client stays until the app calls connect() again.
 const TERMINAL = new Set(["closed", "unauthorized", "failed"]);
+// States in which the socket has had its welcome: requests can be sent.
+const WELCOMED = new Set(["recovering", "open"]);
 const REFUSAL_BODY_LIMIT = 4_096;
 const MIN_REFRESH_RETRY_MS = 1_000;
+// The edge's replay window until a welcome says otherwise (protocol.md 17.2), and how much
+// longer than it ids are remembered, for the clocks of this machine and the edge.
+const DEFAULT_WINDOW_S = 2;
+const DEDUP_MARGIN_S = 1;
+// The dedup queue is compacted once this many forgotten ids lead it.
+const COMPACT_AFTER = 1_024;
 
 export class WarrenError extends Error {
   constructor(code, message, details = {}) {
@@ -83,6 +94,10 @@ function isObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
+function isPosition(value) {
+  return typeof value === "number" && Number.isFinite(value) && value >= 0;
+}
+
 function isEnvelope(frame) {
   return frame.v === 1 && typeof frame.id === "string" && frame.id !== "" && typeof frame.type === "string"
     && typeof frame.to === "string" && typeof frame.from === "string" && typeof frame.ts === "number"
@@ -96,9 +111,11 @@ export class Warren {
   #options;
   #random;
   #events = new Map();          // envelope type or "*" -> Set of listeners
-  #lifecycle = { state: new Set(), error: new Set(), welcome: new Set(), refresh: new Set() };
+  #lifecycle = {
+    state: new Set(), error: new Set(), welcome: new Set(), refresh: new Set(), recovery: new Set(), position: new Set(),
+  };
   #state = "connecting";
-  #conn = null;                 // the current attempt: {socket, opened, welcomed, refusal, intent}
+  #conn = null;                 // the current attempt: {socket, since, opened, welcomed, recovering, refusal, intent}
   #run = 0;                     // bumped by close()/connect(): stale async work sees it and stops
   #token = null;
   #tokenFromRejection = false;  // the token was fetched because the edge refused the previous one
@@ -110,10 +127,17 @@ export class Warren {
   #reason = null;               // why the client is in its state
   #nextRef = 1;
   #pending = new Map();         // ref -> {resolve, reject, timer}
-  #seen = new Set();            // envelope ids, oldest first
+  #seen = new Set();            // envelope ids delivered and still remembered
+  #seenIds = [];                // the same ids in arrival order, from #seenHead on,
+  #seenTimes = [];              // with their envelopes' ts
+  #seenHead = 0;
+  #position = null;             // protocol.md 17.2: every event routed before it was received
+  #positionTimer = null;
+  #window = DEFAULT_WINDOW_S;
+  #recovery = null;             // the last welcome's answer to the position sent
   #lastIds = new Map();         // envelope "to" -> last envelope id
   #lastEventId = null;
-  #stats = { events: 0, duplicates: 0, garbage: 0, reconnects: 0 };
+  #stats = { events: 0, duplicates: 0, garbage: 0, reconnects: 0, replayed: 0 };
   #encoder = new TextEncoder();
 
   constructor(url, options = {}) {
@@ -125,7 +149,11 @@ export class Warren {
     if (options.auth !== undefined && options.auth !== "subprotocol" && options.auth !== "query") {
       throw new TypeError('options.auth must be "subprotocol" or "query"');
     }
+    if (options.position !== undefined && options.position !== null && !isPosition(options.position)) {
+      throw new TypeError("options.position must be a finite number of seconds >= 0, or null");
+    }
     this.#url = url;
+    this.#position = options.position ?? null;
     this.#getToken = options.getToken;
     this.#WebSocket = WebSocketImpl;
     this.#random = options.random ?? Math.random;
@@ -142,6 +170,8 @@ export class Warren {
   get lastEventId() { return this.#lastEventId; }
   get lastEventIds() { return new Map(this.#lastIds); }
   get stats() { return { ...this.#stats }; }
+  get position() { return this.#position; }
+  get recovery() { return this.#recovery === null ? null : { ...this.#recovery }; }
 
   // -- listeners ----------------------------------------------------------------------
 
@@ -161,14 +191,17 @@ export class Warren {
   onError(listener) { return this.#listen("error", listener); }
   onWelcome(listener) { return this.#listen("welcome", listener); }
   onRefresh(listener) { return this.#listen("refresh", listener); }
+  onRecovery(listener) { return this.#listen("recovery", listener); }
+  onPosition(listener) { return this.#listen("position", listener); }
 
   #listen(kind, listener) {
     this.#lifecycle[kind].add(listener);
     return () => this.#lifecycle[kind].delete(listener);
   }
 
-  // Resolves with the welcome once the client is open (at once if it is); rejects when it
-  // reaches a state it does not leave by itself (closed, unauthorized, failed).
+  // Resolves with the welcome once the client is open (at once if it is), which after a
+  // recovery is once the replay is done; rejects when it reaches a state it does not
+  // leave by itself (closed, unauthorized, failed).
   ready() {
     if (this.#state === "open") return Promise.resolve(this.#identity);
     if (TERMINAL.has(this.#state)) return Promise.reject(this.#terminalError());
@@ -203,10 +236,19 @@ export class Warren {
     return this.#request({ type, ref: 0, data });
   }
 
+  // The recent events of one of the token's keys (protocol.md 17.4): resolves with the
+  // ack's data, {key, events (oldest first), oldest}.
+  history(key, { limit, since } = {}) {
+    const data = { key };
+    if (limit !== undefined) data.limit = limit;
+    if (since !== undefined && since !== null) data.since = since;
+    return this.#request({ type: "history", ref: 0, data });
+  }
+
   #request(frame) {
     return new Promise((resolve, reject) => {
       const conn = this.#conn;
-      if (this.#state !== "open" || conn === null) {
+      if (!WELCOMED.has(this.#state) || conn === null) {
         reject(new WarrenError("not_connected", `not connected (the client is ${this.#state})`));
         return;
       }
@@ -275,11 +317,17 @@ export class Warren {
     this.#setState("closed", { reason });
   }
 
+  // Also tells a position still waiting for its interval now: the client stops here.
   #clearTimers() {
     clearTimeout(this.#timer);
     clearTimeout(this.#refreshTimer);
     if (this.#conn) clearTimeout(this.#conn.timer);
     this.#timer = this.#refreshTimer = null;
+    if (this.#positionTimer !== null) {
+      clearTimeout(this.#positionTimer);
+      this.#positionTimer = null;
+      this.#emit("position", this.#position);
+    }
   }
 
   #setState(state, details = {}) {
@@ -331,20 +379,25 @@ export class Warren {
       return;
     }
     if (run !== this.#run) return;
+    const since = this.#position;
+    const query = this.#options.auth === "query";
     let socket;
     try {
-      if (this.#options.auth === "query") {
-        const withToken = new URL(url);
-        withToken.searchParams.set("token", token);
-        socket = new this.#WebSocket(withToken.href);
-      } else {
-        socket = new this.#WebSocket(url, [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
+      let target = url;
+      if (since !== null || query) {
+        const withQuery = new URL(url, globalThis.location?.href);
+        if (since !== null) withQuery.searchParams.set("since", String(since));
+        if (query) withQuery.searchParams.set("token", token);
+        target = withQuery.href;
       }
+      socket = query ? new this.#WebSocket(target) : new this.#WebSocket(target, [SUBPROTOCOL, AUTH_SUBPROTOCOL_PREFIX + token]);
     } catch (cause) {
       this.#fail(`cannot open a WebSocket to ${url}: ${cause?.message ?? cause}`);
       return;
     }
-    const conn = { socket, opened: false, welcomed: false, refusal: null, intent: null, timer: null };
+    const conn = {
+      socket, since, opened: false, welcomed: false, recovering: false, refusal: null, intent: null, timer: null,
+    };
     this.#conn = conn;
     conn.timer = setTimeout(() => {
       conn.intent = { action: "backoff", reason: "no welcome in time" };
@@ -414,12 +467,14 @@ export class Warren {
     if (!isObject(frame)) {
       this.#garbage("invalid_frame", `a frame is not a JSON object: ${text.slice(0, 80)}`);
     } else if ("v" in frame) {
-      if (isEnvelope(frame)) this.#deliver(frame);
+      if (isEnvelope(frame)) this.#deliver(conn, frame);
       else this.#garbage("invalid_envelope", `an event is not a valid envelope: ${text.slice(0, 80)}`);
     } else if (frame.type === "ack" || frame.type === "error") {
       this.#answer(frame, text);
     } else if (frame.type === "welcome" && isObject(frame.data) && !conn.welcomed) {
       this.#welcomed(conn, frame.data);
+    } else if (frame.type === "replay.done" && isObject(frame.data) && conn.recovering) {
+      this.#replayed(conn, frame.data);
     } else {
       this.#garbage("unknown_frame", `a frame of unknown shape: ${text.slice(0, 80)}`);
     }
@@ -430,7 +485,8 @@ export class Warren {
     this.#report(new WarrenError(code, message, cause === undefined ? {} : { cause }));
   }
 
-  #deliver(envelope) {
+  // A duplicate is dropped, never reordered: events reach listeners in the edge's order.
+  #deliver(conn, envelope) {
     const id = envelope.id;
     const seen = this.#seen;
     if (seen.has(id)) {
@@ -438,12 +494,59 @@ export class Warren {
       return;
     }
     seen.add(id);
-    if (seen.size > this.#options.dedupSize) seen.delete(seen.values().next().value);
+    this.#seenIds.push(id);
+    this.#seenTimes.push(envelope.ts);
+    this.#setPosition(envelope.ts, false);
+    if (seen.size > this.#options.dedupSize) this.#forget();
     this.#stats.events++;
+    if (conn.recovering) this.#stats.replayed++;
     this.#lastEventId = id;
     this.#lastIds.set(envelope.to, id);
     this.#dispatch(this.#events.get(envelope.type), envelope);
     this.#dispatch(this.#events.get("*"), envelope);
+  }
+
+  // The edge may send again only events at most `window` older than the position
+  // (protocol.md 17.2): ids older than that, and a margin, are forgotten from the oldest
+  // on, but the newest dedupSize always stay (pending notifications, protocol.md 13, come
+  // again with their first ts) and never more than dedupLimit. Each id is forgotten once:
+  // the cost is amortised O(1) an event.
+  #forget() {
+    const { dedupSize, dedupLimit } = this.#options;
+    const threshold = this.#position === null ? -Infinity : this.#position - this.#window - DEDUP_MARGIN_S;
+    const seen = this.#seen;
+    const ids = this.#seenIds;
+    const times = this.#seenTimes;
+    let head = this.#seenHead;
+    while (seen.size > dedupSize && (seen.size > dedupLimit || times[head] < threshold)) {
+      seen.delete(ids[head]);
+      head++;
+    }
+    if (head >= COMPACT_AFTER && head * 2 >= ids.length) {
+      ids.splice(0, head);
+      times.splice(0, head);
+      head = 0;
+    }
+    this.#seenHead = head;
+  }
+
+  // Listeners hear of a new position at most every positionIntervalMs (the latest one),
+  // and at once when the edge set it (welcome, replay.done): a save per event would cost
+  // more than the event.
+  #setPosition(position, now) {
+    if (position === this.#position) return;
+    this.#position = position;
+    if (this.#lifecycle.position.size === 0) return;
+    if (now) {
+      clearTimeout(this.#positionTimer);
+      this.#positionTimer = null;
+      this.#emit("position", position);
+    } else if (this.#positionTimer === null) {
+      this.#positionTimer = setTimeout(() => {
+        this.#positionTimer = null;
+        this.#emit("position", this.#position);
+      }, this.#options.positionIntervalMs);
+    }
   }
 
   #dispatch(listeners, envelope) {
@@ -478,6 +581,8 @@ export class Warren {
     }
   }
 
+  // After a welcome the state is "recovering" while the edge replays what the client
+  // missed (it sent a position and the edge can recover from it), else "open".
   #welcomed(conn, data) {
     conn.welcomed = true;
     clearTimeout(conn.timer);
@@ -485,10 +590,38 @@ export class Warren {
     this.#attempt = 0;
     this.#tokenFromRejection = false;
     const exp = tokenClaims(this.#token)?.exp;
-    this.#identity = { ...data, exp: typeof exp === "number" ? exp : null };
-    this.#setState("open", { edge: data.edge });
+    const { position, window, recovered: answer, reason: why, oldest: first, ...identity } = data;
+    this.#identity = { ...identity, exp: typeof exp === "number" ? exp : null };
+    if (typeof window === "number" && Number.isFinite(window) && window >= 0) this.#window = window;
+    let recovered = null;
+    let reason = null;
+    if (typeof answer === "boolean") {
+      recovered = answer;
+      if (!answer) reason = typeof why === "string" ? why : "unknown";
+    } else if (conn.since !== null) {
+      // An edge that does not know positions (no `recovered`) replayed nothing.
+      recovered = false;
+      reason = "unsupported";
+    }
+    const oldest = typeof first === "number" ? first : null;
+    this.#recovery = { recovered, reason, oldest, since: conn.since, replayed: null };
+    conn.recovering = recovered === true;
+    if (!conn.recovering && isPosition(position)) this.#setPosition(position, true);
+    // The state change says whether this connection recovered; why not is in `recovery`
+    // (a state change's `reason` is why the client is in its state).
+    const details = { edge: identity.edge, recovered };
+    this.#setState(conn.recovering ? "recovering" : "open", conn.recovering ? { ...details, since: conn.since } : details);
     this.#emit("welcome", this.#identity);
+    this.#emit("recovery", this.recovery);
     this.#scheduleRefresh();
+  }
+
+  #replayed(conn, data) {
+    conn.recovering = false;
+    if (isPosition(data.position)) this.#setPosition(data.position, true);
+    const replayed = typeof data.events === "number" ? data.events : null;
+    this.#recovery = { ...this.#recovery, replayed };
+    this.#setState("open", { edge: this.#identity.edge, recovered: true, replayed });
   }
 
   #closed(conn, event) {

@@ -92,9 +92,11 @@ def artifacts() -> Path:
 
 
 class ThreadedCat:
-    """The Cat 1.x test double on an event loop of its own, beside Playwright's."""
+    """The Cat 1.x test double on an event loop of its own, beside Playwright's;
+    ``pace_s`` spaces an answer's frames out like a streaming model."""
 
-    def __init__(self) -> None:
+    def __init__(self, pace_s: float = 0.0) -> None:
+        self._pace_s = pace_s
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cat-v1", daemon=True)
@@ -102,7 +104,7 @@ class ThreadedCat:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self.cat = CatV1Double(token_size=3).start()
+        self.cat = CatV1Double(token_size=3, pace_s=self._pace_s).start()
         self._started.set()
         self._loop.run_forever()
 

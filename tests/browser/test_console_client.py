@@ -4,7 +4,8 @@ client's event rate in the browser.
 
 The page is loaded from the edge it connects to: once that edge is gone the page can load
 nothing more, and the client, already loaded, reconnects to the same address when an
-edge answers there again.
+edge answers there again, with its position: the edge replays the events published
+meanwhile (docs/protocol.md 17).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 import tornado.websocket
+from aio_pika.abc import AbstractRobustConnection
 
+from shared.messaging import Envelope, parse_destination, parse_sender
+from shared.messaging.broker import Publisher, connect
 from tests.browser.conftest import NO_PLAYWRIGHT, VIEWPORT, Console, browser_missing, add_users, sign_in
 from tests.support.edge import EdgeProcess, edge_env
 from tests.support.rabbit import BrokerAdmin
@@ -154,6 +158,41 @@ def edges(
         broker_admin.delete_vhost(vhost)
 
 
+@dataclass
+class Messages:
+    """Publishes ``message`` events to the edges' vhost, as any service would."""
+
+    loop: LoopThread
+    connection: AbstractRobustConnection
+    publisher: Publisher
+
+    def send(self, to: str, *texts: str) -> None:
+        async def publish() -> None:
+            for text in texts:
+                await self.publisher.publish_event(Envelope(
+                    type="message", to=parse_destination(to),
+                    sender=parse_sender("service:console-tests"), data={"text": text},
+                ))
+
+        self.loop.run(publish())
+
+
+@pytest.fixture(scope="module")
+def messages(edges: Edges) -> Iterator[Messages]:
+    async def open_() -> Messages:
+        connection = await connect(edges.env["WARREN_AMQP_URL"], name="console-tests")
+        return Messages(edges.loop, connection, await Publisher.open(connection))
+
+    opened = edges.loop.run(open_())
+    yield opened
+    edges.loop.run(opened.connection.close())
+
+
+def feed_texts(page: Page, prefix: str) -> list[str]:
+    texts: list[str] = page.locator("#feed .msg .text").all_text_contents()
+    return [text for text in texts if text.startswith(prefix)]
+
+
 def statuses(page: Page) -> list[str]:
     """The status changes recorded so far, repeats of the same one left out."""
     seen: list[str] = page.evaluate("window.__statuses")
@@ -162,11 +201,12 @@ def statuses(page: Page) -> list[str]:
 
 @pytest.mark.parametrize("how", ["kill", "terminate"])
 def test_the_console_reconnects_when_its_edge_comes_back_and_says_so_throughout(
-    edges: Edges, browser: Browser, how: str
+    edges: Edges, messages: Messages, browser: Browser, how: str
 ) -> None:
     """``kill``: SIGKILL, the TCP connection drops (1006); ``terminate``: SIGTERM, the edge
     drains and closes with 1001. Either way the edge is gone until a new process listens
-    on its port."""
+    on its port. Messages published while it is gone arrive after the reconnect, through
+    the replay: each once, in order."""
     edge = edges.start()
     port = edge.port
     context = browser.new_context(viewport=VIEWPORT)
@@ -178,27 +218,46 @@ def test_the_console_reconnects_when_its_edge_comes_back_and_says_so_throughout(
         sign_in(page, "alice")
         page.evaluate(RECORD_STATUS)
         status, text = page.locator("#status"), page.locator("#status-text")
+        expect(status).to_have_attribute("data-recovered", "none")  # nothing to recover yet
+        before = [f"{how}: before {n}" for n in range(5)]
+        away = [f"{how}: while away {n}" for n in range(10)]
+        after = [f"{how}: after {n}" for n in range(5)]
+        messages.send("user:alice", *before)
+        expect(Console(page, context, "alice").feed_text(before[-1])).to_be_visible()
 
         edges.loop.run(edge.kill() if how == "kill" else edge.terminate())
         expect(status).to_have_attribute("data-state", "waiting")
+        messages.send("user:alice", *away)
         # Each attempt fails while nothing listens, and the count goes up.
         expect(text).to_have_text(re.compile(r"^reconnecting \(attempt [2-9]\d*\)$"))
         assert not page.locator("#login-form").is_visible(), "signed out by a lost edge"
+        assert feed_texts(page, f"{how}: ") == before
 
         edges.start(port)
         # The next attempt may be a full backoff away (the client's cap is 30 s).
         expect(status).to_have_attribute("data-state", "connected", timeout=45_000)
         expect(text).to_have_text(re.compile(r"^connected to \S+$"))
+        expect(status).to_have_attribute("data-recovered", "true")
+        expect(page.locator("#notice")).to_be_hidden()
         shown = statuses(page)
         reconnecting = (re.fullmatch(r"waiting reconnecting \(attempt (\d+)\)", s) for s in shown)
         attempts = [int(match.group(1)) for match in reconnecting if match]
         assert shown[-1].startswith("connected connected to "), shown
-        assert len(attempts) == len(shown) - 1, f"states other than reconnecting between: {shown}"
+        # While the edge replays what was missed, the top bar says it is catching up.
+        assert re.fullmatch(r"recovering catching up on \S+", shown[-2]), shown
+        assert len(attempts) == len(shown) - 2, f"states other than reconnecting between: {shown}"
         assert attempts == sorted(attempts) and attempts[0] == 1, shown
 
+        messages.send("user:alice", *after)
+        expect(Console(page, context, "alice").feed_text(after[-1])).to_be_visible()
+        assert feed_texts(page, f"{how}: ") == before + away + after
+
         console = Console(page, context, "alice")
-        console.send("user", "alice", "a note to self after the edge came back")
-        expect(console.feed_text("a note to self after the edge came back")).to_be_visible()
+        # Texts of their own per test: a recovery may also bring events up to the replay
+        # window before the page's first welcome (the other test's, here).
+        note = f"{how}: a note to self after the edge came back"
+        console.send("user", "alice", note)
+        expect(console.feed_text(note)).to_be_visible()
     finally:
         context.close()
     assert not errors, f"JavaScript errors in the console: {errors}"

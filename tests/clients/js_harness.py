@@ -13,8 +13,9 @@ Requests (``op``):
 - ``kill`` ``{name}``: SIGKILL, as a crash; ``terminate`` ``{name}``: SIGTERM, as an
   orchestrator stops it (the edge closes its sockets with 1001); answers ``{code}``.
 - ``token`` ``{user, groups?, roles?, ttl?}``: a token signed with the development key.
-- ``publish`` ``{to, type?, data?, envelope_id?, sender?}``: one event on
-  ``warren.events``; answers ``{envelope_id}``.
+- ``publish`` ``{to, type?, data?, envelope_id?, sender?}``: one event through the one
+  publish path (``warren.events``, or ``warren.events.kept`` for a kept type,
+  docs/protocol.md 17.1); answers ``{envelope_id, ts}``.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class Harness:
             **fields,
         )
         await (await self._open_publisher()).publish_event(envelope)
-        return {"envelope_id": envelope.id}
+        return {"envelope_id": envelope.id, "ts": envelope.ts}
 
     async def _open_publisher(self) -> Publisher:
         if self._publisher is None:

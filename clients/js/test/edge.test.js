@@ -200,3 +200,133 @@ test("a token for another user at refresh time: a new socket for that user", asy
   const switched = within(new Promise((resolve) => w.onWelcome(resolve)), "the second welcome");
   assert.equal((await switched).user, second);
 });
+
+// -- recovery and history (protocol.md 17) ---------------------------------------------
+
+// Publishes `count` numbered events to each of `keys`, one at a time, in order.
+async function publishNumbered(keys, from, count) {
+  for (let n = from; n < from + count; n++) {
+    for (const to of keys) await publish({ to, data: { n } });
+  }
+}
+
+// The numbers received per destination, in the order they arrived.
+function numbersByKey(events) {
+  const byKey = {};
+  for (const event of events) (byKey[event.to] ??= []).push(event.data.n);
+  return byKey;
+}
+
+const range = (count) => Array.from({ length: count }, (_, n) => n);
+
+test("an edge killed while events are published: the client recovers them after the reconnect, each once, in order", async () => {
+  const port = await harness.edge("recover");
+  const user = newUser();
+  const keys = [`user:${user}`, `group:g${user}`];
+  const w = userClient(`ws://127.0.0.1:${port}/ws`, user, { groups: [`g${user}`], backoff: { baseMs: 100, capMs: 500 } });
+  await within(w.ready(), "welcome");
+  assert.equal(w.recovery.recovered, null);
+  const received = [];
+  w.on("message", (event) => received.push(event));
+  const states = [];
+  w.onState((change) => states.push(change.state));
+  const before = collect(w, "message", 20);
+  await publishNumbered(keys, 0, 10);
+  await before;
+  const position = w.position;
+  assert.equal(position, received.at(-1).ts);
+  const lost = nextState(w, "reconnecting");
+  await harness.request("kill", { name: "recover" });
+  await lost;
+  await publishNumbered(keys, 10, 20);  // while no edge is there
+  const all = collect(w, "message", 60);
+  await harness.edge("recover", { port });
+  await within(w.ready(), "welcome and replay");
+  assert.equal(w.recovery.recovered, true);
+  assert.equal(w.recovery.since, position);
+  assert.ok(w.recovery.replayed >= 40, JSON.stringify(w.recovery));
+  await publishNumbered(keys, 30, 10);  // live again
+  await all;
+  assert.deepEqual(numbersByKey(received), Object.fromEntries(keys.map((key) => [key, range(40)])));
+  assert.equal(new Set(received.map((event) => event.id)).size, received.length);
+  // At least the last event before the drop is within the window: the edge sent it again.
+  assert.ok(w.stats.duplicates >= 1, JSON.stringify(w.stats));
+  assert.ok(w.stats.replayed >= 40, JSON.stringify(w.stats));
+  assert.deepEqual(states.slice(states.indexOf("recovering") - 1, states.indexOf("recovering") + 2), ["reconnecting", "recovering", "open"]);
+  await harness.request("terminate", { name: "recover" });
+});
+
+test("a client made again with the position of a closed one (a reload) gets what was published in between", async () => {
+  const user = newUser();
+  const to = `user:${user}`;
+  const first = userClient(url, user);
+  await within(first.ready(), "welcome");
+  const had = collect(first, "message", 5);
+  await publishNumbered([to], 0, 5);
+  await had;
+  const position = first.position;
+  first.close();
+  await publishNumbered([to], 5, 5);
+  const second = userClient(url, user, { position });
+  const replayed = [];
+  const last = within(new Promise((resolve) => second.on("message", (event) => {
+    replayed.push(event);
+    if (event.data.n === 11) resolve();
+  })), "the live events");
+  await within(second.ready(), "welcome and replay");
+  assert.equal(second.recovery.recovered, true);
+  await publishNumbered([to], 10, 2);
+  await last;
+  // Without the first client's ids, events of the window before the position come again:
+  // every one is at most `window` older than the position, and each arrives once.
+  const numbers = replayed.map((event) => event.data.n);
+  const again = numbers.filter((n) => n < 5);
+  assert.deepEqual(numbers, [...again, ...range(7).map((n) => n + 5)]);
+  assert.deepEqual(again, range(5).slice(5 - again.length));
+  const window = 2;
+  for (const event of replayed.filter((e) => e.data.n < 5)) assert.ok(event.ts >= position - window, JSON.stringify(event));
+});
+
+test("recovered false: a position the edge refuses, and an edge without history", async () => {
+  const user = newUser();
+  const future = Date.now() / 1000 + 3600;
+  const w = userClient(url, user, { position: future });
+  const recovery = within(new Promise((resolve) => w.onRecovery(resolve)), "the recovery answer");
+  await within(w.ready(), "welcome");
+  assert.deepEqual(await recovery, { recovered: false, reason: "invalid_position", oldest: null, since: future, replayed: null });
+  assert.ok(w.position < future - 3000, "the edge's position replaces the refused one");
+  const live = collect(w, "message", 1);
+  await publish({ to: `user:${user}`, data: { n: 0 } });
+  assert.equal((await live)[0].data.n, 0);
+
+  const port = await harness.edge("no-history", { settings: { WARREN_HISTORY: "off" } });
+  const off = userClient(`ws://127.0.0.1:${port}/ws`, user, { position: w.position });
+  await within(off.ready(), "welcome");
+  assert.equal(off.recovery.recovered, false);
+  assert.equal(off.recovery.reason, "history_off");
+  await assert.rejects(off.history(`user:${user}`), { code: "unavailable" });
+  await harness.request("terminate", { name: "no-history" });
+});
+
+test("history() gives a key's newest events oldest first, and refuses a key the token does not hold", async () => {
+  const user = newUser();
+  const to = `user:${user}`;
+  const w = userClient(url, user, { groups: [`h${user}`] });
+  await within(w.ready(), "welcome");
+  const published = [];
+  for (let n = 0; n < 6; n++) published.push(await publish({ to, data: { n } }));
+  const answer = await w.history(to, { limit: 4 });
+  assert.equal(answer.key, to);
+  assert.deepEqual(answer.events.map((event) => event.data.n), [2, 3, 4, 5]);
+  assert.deepEqual(answer.events.map((event) => event.id), published.slice(2).map((p) => p.envelope_id));
+  assert.equal(typeof answer.oldest, "number");
+  assert.ok(answer.oldest <= published[0].ts);
+  const since = await w.history(to, { since: published[4].ts });
+  assert.deepEqual(since.events.map((event) => event.data.n), [4, 5]);
+  assert.deepEqual((await w.history(`group:h${user}`)).events, []);
+  for (const foreign of [`user:${newUser()}`, "group:not-mine"]) {
+    await assert.rejects(w.history(foreign), { code: "forbidden" }, foreign);
+  }
+  await assert.rejects(w.history(to, { limit: 0 }), { code: "invalid_frame" });
+  assert.equal(w.state, "open");
+});

@@ -83,7 +83,7 @@ test("events are dispatched by type and to '*', once per envelope id", async () 
     assert.deepEqual(tokens, ["1", "3"]);
     assert.equal(w.lastEventId, "3");
     await within(new Promise((resolve) => { const poll = () => (w.stats.duplicates === 2 ? resolve() : setImmediate(poll)); poll(); }), "duplicates");
-    assert.deepEqual(w.stats, { events: 3, duplicates: 2, garbage: 0, reconnects: 0 });
+    assert.deepEqual(w.stats, { events: 3, duplicates: 2, garbage: 0, reconnects: 0, replayed: 0 });
   } finally {
     await edge.close();
   }

@@ -22,6 +22,24 @@ w.onError((error: WarrenError) => void error.code);
 // Commands and frames Warren does not list are open.
 void w.command("reports.rebuild", { when: "now" });
 void w.send("presence.set", { data: { away: true } });
+// Recovery: a saved position in, the position out, what the welcome said, history.
+const saved = new Warren("wss://edge.example/ws", { getToken: () => "t", position: 1796000000.5 });
+saved.onPosition((position) => void (position === null ? 0 : position.toFixed(3)));
+saved.onRecovery(({ recovered, reason, oldest }) => void (recovered === false && reason === "too_old" && oldest));
+saved.onState((change) => void (change.state === "recovering" && change.since));
+async function recover(): Promise<void> {
+  const { events, oldest } = await saved.history("group:team", { limit: 50, since: saved.position });
+  const first: string | undefined = events[0]?.id;
+  void first, oldest;
+  const why: string | null | undefined = saved.recovery?.reason;
+  void why;
+}
+void recover;
+// @ts-expect-error: history reads destination keys only
+void saved.history("service:billing");
+// @ts-expect-error: a position is a number of seconds
+new Warren("ws://x", { getToken: () => "t", position: "1796000000" });
+
 async function use(): Promise<void> {
   const { id } = await w.send("message.send", { to: "group:team", data: { text: "hi" } });
   await w.command("run.start", { job: "countdown", args: { n: 3 } });

@@ -76,7 +76,8 @@ export interface Ack {
   [field: string]: unknown;
 }
 
-export type State = "connecting" | "open" | "reconnecting" | "closed" | "unauthorized" | "failed";
+/** "recovering": welcomed, and the edge is replaying what the client missed (protocol.md 17.3). */
+export type State = "connecting" | "recovering" | "open" | "reconnecting" | "closed" | "unauthorized" | "failed";
 
 export interface StateChange {
   state: State;
@@ -92,8 +93,47 @@ export interface StateChange {
   /** "reconnecting": the wait before the next attempt, and its number since the last welcome. */
   delayMs?: number;
   attempt?: number;
-  /** "open": the edge's instance id. */
+  /** "recovering", "open": the edge's instance id. */
   edge?: string;
+  /** "recovering", "open": what the welcome said of the position sent (see Recovery). */
+  recovered?: boolean | null;
+  /** "recovering": the position the client reconnected with. */
+  since?: number;
+  /** "open" after "recovering": the events the edge replayed (replay.done). */
+  replayed?: number | null;
+}
+
+/**
+ * What the last welcome said of the position the client sent (protocol.md 17.3). When
+ * `recovered` is false, events were missed: read recorded state again (the HTTP API).
+ */
+export interface Recovery {
+  /** true: the edge replays everything since `since`; false: it cannot; null: no position was sent. */
+  recovered: boolean | null;
+  /** Why not: "too_old", "invalid_position", "history_off", or the client's "unsupported" (an edge without recovery). */
+  reason: "too_old" | "invalid_position" | "history_off" | "unsupported" | (string & {}) | null;
+  /** With "too_old": the position of the oldest event the edge still holds. */
+  oldest: number | null;
+  /** The position sent, or null. */
+  since: number | null;
+  /** The events replayed, once replay.done arrived; null before, and without a replay. */
+  replayed: number | null;
+}
+
+/** The ack of a history request (protocol.md 17.4). */
+export interface History {
+  key: Destination;
+  /** Oldest first. */
+  events: Envelope[];
+  /** The position of the oldest event the edge holds (null: none); later than `since`: older events are gone. */
+  oldest: number | null;
+}
+
+export interface HistoryOptions {
+  /** 1 to 1000; the edge's default is 100. The newest `limit` events are returned. */
+  limit?: number;
+  /** Only events whose ts is at least this position. */
+  since?: number | null;
 }
 
 /** The welcome's data, with the `exp` of the connection's token (null if unknown). */
@@ -176,8 +216,17 @@ export interface WarrenOptions {
   requestTimeoutMs?: number;
   /** Larger frames are refused by the client (the edge's WARREN_EDGE_MAX_FRAME_BYTES). Default 65536. */
   maxFrameBytes?: number;
-  /** Envelope ids remembered for de-duplication. Default 2048. */
+  /**
+   * Where to recover from (protocol.md 17.2): a position saved from `position` earlier,
+   * e.g. before a page reload. Default null: no recovery on the first connection.
+   */
+  position?: number | null;
+  /** Position listeners hear of a new position at most this often (the edge's own at once). Default 200. */
+  positionIntervalMs?: number;
+  /** The newest envelope ids always remembered for de-duplication. Default 2048. */
   dedupSize?: number;
+  /** The most ids remembered: ids the replay window still covers, beyond dedupSize, up to this. Default 100000. */
+  dedupLimit?: number;
   /** Refresh the token in band before its exp. Default true. */
   refresh?: boolean;
   /** A source of numbers in [0, 1) for the jitter. Default Math.random. */
@@ -194,11 +243,21 @@ export class Warren {
   readonly state: State;
   /** The welcome of the open connection, updated by each refresh; null before the first. */
   readonly identity: Identity | null;
-  /** The id of the last event delivered, for recovery once the edge offers it. */
+  /** The id of the last event delivered. */
   readonly lastEventId: string | null;
+  /**
+   * Every event addressed to this client routed before this time (Unix seconds) was
+   * received: the ts of the last event, or the position the edge gave in welcome or
+   * replay.done. The client reconnects with it (`?since=`); save it to recover after a
+   * reload. null until the first welcome, unless given in the options.
+   */
+  readonly position: number | null;
+  /** What the last welcome said of the position sent; null before the first welcome. */
+  readonly recovery: Recovery | null;
   /** The last event id delivered per destination (`to`). */
   readonly lastEventIds: Map<string, string>;
-  readonly stats: { events: number; duplicates: number; garbage: number; reconnects: number };
+  /** `replayed`: events delivered while "recovering". */
+  readonly stats: { events: number; duplicates: number; garbage: number; reconnects: number; replayed: number };
 
   /** Events of one type, or of every type with "*". */
   on<Type extends string>(type: Type, listener: Listener<Type extends "*" ? Envelope : EventOf<Type>>): Unsubscribe;
@@ -207,8 +266,12 @@ export class Warren {
   onError(listener: Listener<WarrenError>): Unsubscribe;
   onWelcome(listener: Listener<Identity>): Unsubscribe;
   onRefresh(listener: Listener<Identity>): Unsubscribe;
+  /** After each welcome, before its replay: whether the client recovered what it missed. */
+  onRecovery(listener: Listener<Recovery>): Unsubscribe;
+  /** The position, at most every positionIntervalMs, at once when the edge sets it and when the client stops. */
+  onPosition(listener: Listener<number | null>): Unsubscribe;
 
-  /** Resolves once open; rejects on "closed", "unauthorized" or "failed". */
+  /** Resolves once open (after a replay: once it is done); rejects on "closed", "unauthorized" or "failed". */
   ready(): Promise<Identity>;
 
   /** A client frame; resolves with the ack's data, rejects with a WarrenError. */
@@ -220,6 +283,8 @@ export class Warren {
   command<Type extends keyof CommandData>(type: Type, data: CommandData[Type]): Promise<Ack>;
   /** Commands of other services (their own documents give the data). */
   command<Type extends string>(type: Type extends keyof CommandData ? never : Type, data?: Record<string, unknown>): Promise<Ack>;
+  /** The recent events of one of the token's keys; rejects with the edge's code (`forbidden` for another key). */
+  history(key: Destination, options?: HistoryOptions): Promise<History>;
 
   /** Connect again after close() or a stop ("unauthorized", "failed"). */
   connect(): void;
@@ -229,7 +294,7 @@ export class Warren {
 
 export const SUBPROTOCOL: "warren.v1";
 export const AUTH_SUBPROTOCOL_PREFIX: "warren.auth.";
-export const DEFAULTS: Readonly<Required<Omit<WarrenOptions, "getToken" | "WebSocket" | "random">>>;
+export const DEFAULTS: Readonly<Required<Omit<WarrenOptions, "getToken" | "WebSocket" | "random" | "position">>>;
 export type CloseAction = "now" | "backoff" | "overloaded" | "token" | "stop";
 export function closeAction(code: number, byClient?: boolean): CloseAction;
 export function refusalAction(status: number): CloseAction;

@@ -1,6 +1,9 @@
 // Chat with the Cat (docs/cat_relay.md): `chat.ask`, then `chat.token` batches stream
 // into the answer until the authoritative `chat.reply`, or a `chat.error`. The Cat's
 // state comes from the relays (GET /api/console/cat) and from the answers themselves.
+// The transcript, with an answer still streaming, survives a reload (saved.js): `seq`
+// on chat.token tells which batches an answer has, so a replay continues it without a
+// gap or a repeat, and a gap, if one ever happens, is marked where it is.
 
 import { $, el, showError } from "./dom.js";
 import { keepEarly } from "./early.js";
@@ -8,6 +11,10 @@ import { keepEarly } from "./early.js";
 const STATUS_EVERY_MS = 15_000;
 const CAT_DOWN = new Set(["cat_unavailable", "cat_timeout"]);
 const WEB_ADDRESS = /(https?:\/\/\S+)/;  // in split(): the addresses land at odd indexes
+const MISSED = "[… missed part of the answer …]";
+// What a reload keeps: the newest bubbles, each cut to its end.
+const SAVED_BUBBLES = 40;
+const SAVED_CHARS = 20_000;
 
 export class ChatPanel {
   constructor(app) {
@@ -17,7 +24,7 @@ export class ChatPanel {
     this.input = $("chat-text");
     this.error = $("chat-error");
     this.status = $("cat-status");
-    this.answers = new Map();  // ask id -> {node, text, tokens}
+    this.answers = new Map();  // ask id -> {node, text, tokens, seq}
     this.early = new Map();  // ask id -> events that arrived before the ack (it may happen)
     this.timer = 0;
     this.form.addEventListener("submit", (event) => {
@@ -74,7 +81,7 @@ export class ChatPanel {
     this.input.value = "";
     try {
       const ack = await this.app.warren.command("chat.ask", { text });
-      this.answers.set(ack.id, { node: answer, text: "", tokens: 0 });
+      this.answers.set(ack.id, { node: answer, text: "", tokens: 0, seq: -1 });
       answer.dataset.ask = ack.id;
       for (const envelope of this.early.get(ack.id) || []) this.handle(envelope);
       this.early.delete(ack.id);
@@ -84,11 +91,60 @@ export class ChatPanel {
     }
   }
 
-  // Events are not replayed after a reconnect (protocol.md 3.3): answers in flight are lost.
+  // The connection came back without the events it missed (protocol.md 17.3): an answer
+  // in flight may have lost a part, or its end. Marked so until its next batch shows
+  // whether anything is missing (by seq) or its reply replaces it.
+  interrupted() {
+    for (const answer of this.answers.values()) answer.node.classList.add("interrupted");
+  }
+
+  // The client gave up: answers in flight will not arrive.
   connectionLost() {
     for (const [askId, answer] of this.answers) {
       this.fail(answer.node, "The connection dropped before the answer arrived; ask again.");
       this.answers.delete(askId);
+    }
+  }
+
+  // What a reload would lose (saved.js).
+  snapshot() {
+    return [...this.log.querySelectorAll(".bubble")].slice(-SAVED_BUBBLES).map((node) => {
+      const answer = node.dataset.ask ? this.answers.get(node.dataset.ask) : undefined;
+      const kind = node.classList.contains("user") ? "user" : node.classList.contains("error") ? "error" : "cat";
+      return {
+        kind,
+        streaming: node.classList.contains("streaming"),
+        text: node.textContent.slice(-SAVED_CHARS),
+        ask: node.dataset.ask || null,
+        seq: answer ? answer.seq : null,
+        tokens: answer ? answer.tokens : Number(node.dataset.tokens) || 0,
+      };
+    });
+  }
+
+  restore(bubbles) {
+    if (!Array.isArray(bubbles) || bubbles.length === 0) return;
+    const empty = this.log.querySelector(".empty");
+    if (empty) empty.remove();
+    for (const saved of bubbles) {
+      const text = String(saved.text || "");
+      if (saved.kind === "user" || saved.kind === "error") {
+        this.bubble(saved.kind, text);
+      } else if (!saved.streaming) {
+        this.bubble("cat done", text);
+      } else {
+        const node = this.bubble("cat streaming", text);
+        node.dataset.tokens = String(saved.tokens || 0);
+        if (typeof saved.ask === "string" && saved.ask) {
+          const seq = Number.isInteger(saved.seq) ? saved.seq : -1;
+          node.dataset.ask = saved.ask;
+          node.dataset.seq = String(seq);
+          this.answers.set(saved.ask, { node, text, tokens: Number(saved.tokens) || 0, seq });
+        } else {
+          // Reloaded before the ack: this page cannot tell the answer's events apart.
+          this.fail(node, "The page was reloaded before the Cat took the question; ask again.");
+        }
+      }
     }
   }
 
@@ -123,13 +179,20 @@ export class ChatPanel {
       return;
     }
     if (envelope.type === "chat.token") {
+      if (Number.isInteger(data.seq)) {
+        if (data.seq <= answer.seq) return;  // shown already: replayed after a reload
+        if (data.seq > answer.seq + 1) answer.text += MISSED;
+        answer.seq = data.seq;
+      }
+      answer.node.classList.remove("interrupted");
       answer.text += data.text;
       answer.tokens += 1;
       answer.node.textContent = answer.text;
       answer.node.dataset.tokens = String(answer.tokens);
+      answer.node.dataset.seq = String(answer.seq);
     } else if (envelope.type === "chat.reply") {
       answer.node.textContent = data.text;
-      answer.node.classList.remove("streaming");
+      answer.node.classList.remove("streaming", "interrupted");
       answer.node.classList.add("done");
       this.answers.delete(data.ask_id);
       if (this.status.dataset.state !== "up") this.checkCat();

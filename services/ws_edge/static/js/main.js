@@ -1,6 +1,7 @@
 // The Warren console: signs in, keeps one connection to the edge through Warren's
 // JavaScript client (served by the edge at /client/warren.js), and hands each event to
-// the panel it belongs to. docs/console.md describes it.
+// the panel it belongs to. The client's position and the panels it describes are saved
+// for a reload (saved.js), which then recovers from there. docs/console.md describes it.
 
 import { Warren } from "/client/warren.js";
 import { $, el, showError } from "./dom.js";
@@ -9,9 +10,16 @@ import { ExportsPanel } from "./exports.js";
 import { MessagesPanel } from "./messages.js";
 import { MetricsPanel } from "./metrics.js";
 import { RunnerPanel } from "./runner.js";
+import * as saved from "./saved.js";
 import * as sessions from "./session.js";
 
 const SESSION_EXPIRED = "Your session expired: sign in again.";
+const NOT_RECOVERED = {
+  too_old: "they are older than the edge keeps",
+  invalid_position: "the position saved was refused",
+  history_off: "the edge keeps no history",
+  unsupported: "this edge cannot replay them",
+};
 
 function socketUrl() {
   return `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -27,11 +35,14 @@ class Console {
     this.exports = new ExportsPanel(this);
     this.metrics = new MetricsPanel(this);
     this.panels = [this.messages, this.chat, this.runner, this.exports, this.metrics];
+    this.saver = new saved.Saver(() => this.snapshot());
     $("login-form").addEventListener("submit", (event) => {
       event.preventDefault();
       this.login();
     });
     $("logout").addEventListener("click", () => this.logout());
+    $("notice-close").addEventListener("click", () => this.showNotice(null));
+    window.addEventListener("pagehide", () => this.saver.flush());
   }
 
   api(path, options) {
@@ -40,8 +51,12 @@ class Console {
 
   start() {
     const session = sessions.load();
-    if (session) this.enter(session);
-    else this.showLogin();
+    if (session) {
+      this.enter(session);
+    } else {
+      saved.clear();  // a new sign-in starts afresh
+      this.showLogin();
+    }
   }
 
   showLogin(message) {
@@ -71,6 +86,13 @@ class Console {
   enter(session) {
     this.session = session;
     for (const panel of this.panels) panel.reset();
+    this.showNotice(null);
+    delete $("status").dataset.recovered;
+    const restored = saved.load(session.user);
+    if (restored) {
+      this.chat.restore(restored.chat);
+      this.runner.restore(restored.run);
+    }
     this.showUser(session.user, session.groups, session.roles);
     $("login-panel").hidden = true;
     $("workspace").hidden = false;
@@ -78,13 +100,22 @@ class Console {
     // The console holds no credential to get a new token with (it signs in with a
     // password and keeps only the token): no in-band refresh, and the token is refused
     // by getToken once the edge or its exp says it is over.
-    const warren = new Warren(socketUrl(), { getToken: ({ reason }) => this.token(reason), refresh: false });
+    const warren = new Warren(socketUrl(), {
+      getToken: ({ reason }) => this.token(reason),
+      refresh: false,
+      position: restored ? restored.position : null,
+    });
     const current = (listener) => (value) => {
       if (this.warren === warren) listener(value);
     };
     warren.onState(current((change) => this.stateChanged(change)));
     warren.onWelcome(current((identity) => this.welcome(identity)));
-    warren.on("*", current((envelope) => this.route(envelope)));
+    warren.onRecovery(current((recovery) => this.recovered(recovery)));
+    warren.onPosition(current(() => this.saver.schedule()));
+    warren.on("*", current((envelope) => {
+      this.route(envelope);
+      this.saver.schedule();
+    }));
     this.warren = warren;
     this.setStatus("connecting", "connecting");
     this.loadCatalog();
@@ -114,12 +145,14 @@ class Console {
     $("status").title = reason || "";
     if (state === "connecting") {
       this.setStatus("connecting", "connecting");
+    } else if (state === "recovering") {
+      this.setStatus("recovering", `catching up on ${edge}`);
     } else if (state === "open") {
       this.setStatus("connected", `connected to ${edge}`);
     } else if (state === "reconnecting") {
+      // Answers in flight wait: the next welcome says whether what they miss is replayed.
       $("status").title = `${reason}; next try after ${(delayMs / 1000).toFixed(1)} s`;
       this.setStatus("waiting", `reconnecting (attempt ${attempt})`);
-      this.chat.connectionLost();
       // A browser does not say why an upgrade failed: the edge may be down, or may refuse
       // the token (revoked user, another key). The HTTP API tells which.
       if (code === undefined) this.checkToken(this.warren);
@@ -146,7 +179,37 @@ class Console {
     this.chat.connected();
     this.exports.connected();
     this.metrics.connected();
+  }
+
+  // After each welcome: with recovered true the replay brings what was missed; else the
+  // panels fall back to recorded state (the HTTP API), and when events were missed
+  // (false) the notice says so. #status's data-recovered tells tests which it was.
+  recovered({ recovered, reason }) {
+    $("status").dataset.recovered = recovered === null ? "none" : String(recovered);
+    if (recovered === true) {
+      this.showNotice(null);
+      return;
+    }
+    if (recovered === false) {
+      const why = NOT_RECOVERED[reason] || reason;
+      this.showNotice(`Events sent while the connection was down could not be replayed (${why}): `
+        + "the run and the exports were read again from the server; a chat answer may miss a part.");
+      this.chat.interrupted();
+    }
     this.runner.reconnected();
+  }
+
+  showNotice(text) {
+    $("notice-text").textContent = text || "";
+    $("notice").hidden = !text;
+  }
+
+  // What a reload would lose, with the position it goes with (saved.js); read in one
+  // go, after the listeners have handled every event up to that position.
+  snapshot() {
+    const warren = this.warren;
+    if (!warren || !this.session) return null;
+    return { user: this.session.user, position: warren.position, chat: this.chat.snapshot(), run: this.runner.snapshot() };
   }
 
   showUser(user, groups, roles) {
@@ -179,6 +242,10 @@ class Console {
     const warren = this.warren;
     this.warren = null;
     if (warren) warren.close("signed out");
+    this.saver.cancel();
+    saved.clear();
+    this.showNotice(null);
+    delete $("status").dataset.recovered;
     sessions.clear();
     this.session = null;
     for (const panel of this.panels) panel.reset();

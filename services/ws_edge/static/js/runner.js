@@ -1,5 +1,8 @@
 // Runner (docs/runner.md): pick a job, set its args, Start; the output streams into the
-// terminal pane (stderr in another colour); Stop; the final status and duration.
+// terminal pane (stderr in another colour); Stop; the final status and duration. The
+// current run and its terminal survive a reload (saved.js): `seq` on run.output tells
+// which batches the terminal has, so a replay continues it without a gap or a repeat,
+// and a gap, if one ever happens, is shown where it is.
 
 import { $, duration, el, number, showError } from "./dom.js";
 import { buildFields, FieldError, readFields } from "./forms.js";
@@ -7,6 +10,11 @@ import { keepEarly } from "./early.js";
 import { Terminal } from "./terminal.js";
 
 const FINAL = new Set(["completed", "stopped", "failed", "timeout"]);
+const MISSED = "[… missed output …]";
+// What a reload keeps of the terminal: as many lines as it shows, in fewer characters
+// than saved.js allows in all.
+const SAVED_LINES = 5000;
+const SAVED_CHARS = 400_000;
 const SIGNALS = { 2: "SIGINT", 9: "SIGKILL", 15: "SIGTERM" };
 
 // What a run's exit code adds to its final status. A clean exit adds nothing: a job
@@ -87,7 +95,7 @@ export class RunnerPanel {
     const job = this.jobSelect.value;
     this.terminal.clear();
     this.terminal.note(`$ ${job} ${JSON.stringify(args)}`);
-    this.run = { id: null, job, status: "starting", lines: { stdout: 0, stderr: 0 }, began: Date.now(), final: null };
+    this.run = { id: null, job, status: "starting", lines: { stdout: 0, stderr: 0 }, began: Date.now(), final: null, seq: -1 };
     this.setBusy(true);
     this.tick();
     try {
@@ -135,6 +143,11 @@ export class RunnerPanel {
       run.status = "running";
       run.replica = data.replica;
     } else if (envelope.type === "run.output") {
+      if (Number.isInteger(data.seq)) {
+        if (data.seq <= run.seq) return;  // shown already: replayed after a reload
+        if (data.seq > run.seq + 1) this.terminal.note(MISSED);
+        run.seq = data.seq;
+      }
       const stream = data.stream === "stderr" ? "stderr" : "stdout";
       this.terminal.write(stream, data.lines);
       run.lines[stream] += data.lines.length;
@@ -169,16 +182,67 @@ export class RunnerPanel {
     this.ticker = setInterval(() => this.render(), 250);
   }
 
-  // After a reconnect: events of the gap are lost, the runs table has the truth.
+  // After a connection that did not recover what it missed: the runs table has the
+  // truth. A run that ended meanwhile is finished from it, with the lines it printed that
+  // this terminal never got counted; one still running goes on, and its next run.output
+  // shows the gap by its seq.
   async reconnected() {
     const run = this.run;
     if (!run || !run.id || run.final) return;
     try {
       const summary = await this.app.api(`/api/runs/${encodeURIComponent(run.id)}?tail=0`);
-      if (FINAL.has(summary.status)) this.finish(summary);
+      if (this.run !== run || run.final || !FINAL.has(summary.status)) return;
+      const missed = summary.lines - run.lines.stdout - run.lines.stderr;
+      if (missed > 0) {
+        run.missed = missed;
+        this.terminal.note(`[… ${number(missed)} ${missed === 1 ? "line" : "lines"} of output missed …]`);
+      }
+      this.finish(summary);
     } catch {
       // not recorded yet: still queued
     }
+  }
+
+  // What a reload would lose (saved.js).
+  snapshot() {
+    const run = this.run;
+    if (!run) return null;
+    const { id, job, status, lines, missed, began, final, replica, seq } = run;
+    return {
+      id, job, status, lines, missed: missed || 0, began, final, replica: replica || null, seq,
+      terminal: this.terminal.snapshot(SAVED_LINES, SAVED_CHARS),
+    };
+  }
+
+  restore(saved) {
+    if (!saved || typeof saved !== "object") return;
+    for (const { stream, lines } of Array.isArray(saved.terminal) ? saved.terminal : []) {
+      if (Array.isArray(lines)) this.terminal.write(String(stream), lines.map(String));
+    }
+    if (saved.cut) this.terminal.note("[… the output before the reload was too large to keep …]");
+    const lines = saved.lines || {};
+    this.run = {
+      id: typeof saved.id === "string" ? saved.id : null,
+      job: String(saved.job || ""),
+      status: String(saved.status || "unknown"),
+      lines: { stdout: Number(lines.stdout) || 0, stderr: Number(lines.stderr) || 0 },
+      missed: Number(saved.missed) || 0,
+      began: Number(saved.began) || Date.now(),
+      final: saved.final && typeof saved.final === "object" ? saved.final : null,
+      replica: saved.replica || undefined,
+      seq: Number.isInteger(saved.seq) ? saved.seq : -1,
+    };
+    if (!this.run.final && !this.run.id) {
+      // Reloaded before the runner's ack: this page cannot tell the run's events apart.
+      this.run.status = "unknown";
+      this.run.final = {};
+      this.terminal.note("[the page was reloaded before the run was acknowledged: its output is not shown here]");
+    }
+    if (!this.run.final) {
+      this.setBusy(true);
+      this.tick();
+    }
+    this.render();
   }
 
   render() {
@@ -190,8 +254,9 @@ export class RunnerPanel {
       return;
     }
     const { stdout, stderr } = run.lines;
-    const total = stdout + stderr;
+    const total = stdout + stderr + (run.missed || 0);
     const parts = [`${number(total)} ${total === 1 ? "line" : "lines"}`];
+    if (run.missed) parts.push(`${number(run.missed)} missed`);
     if (stderr) parts.push(`${number(stderr)} on stderr`);
     if (run.final && run.final.duration_s !== undefined) {
       parts.push(`${run.status} in ${duration(run.final.duration_s)}`);

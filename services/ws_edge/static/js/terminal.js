@@ -15,6 +15,13 @@ export class Terminal {
     this.shown = [];  // [{node, count}] oldest first
     this.shownLines = 0;
     this.frame = 0;
+    // Whether new lines scroll into view: the reader has not scrolled up. Kept from scroll
+    // events, not measured at each flush: a pane made shorter (a notice above it) is not
+    // one the reader scrolled up.
+    this.following = true;
+    node.addEventListener("scroll", () => {
+      this.following = node.scrollHeight - node.scrollTop - node.clientHeight < 8;
+    });
   }
 
   write(stream, lines) {
@@ -38,6 +45,7 @@ export class Terminal {
     this.queued = 0;
     this.shown = [];
     this.shownLines = 0;
+    this.following = true;
     this.node.replaceChildren();
   }
 
@@ -61,7 +69,7 @@ export class Terminal {
     this.frame = 0;
     this.trimQueue();
     const node = this.node;
-    const following = node.scrollHeight - node.scrollTop - node.clientHeight < 8;
+    const following = this.following;
     const batch = document.createDocumentFragment();
     for (const { stream, lines } of this.queue) {
       const span = document.createElement("span");
@@ -77,6 +85,34 @@ export class Terminal {
     this.trimShown();
     if (following) node.scrollTop = node.scrollHeight;
     this.onFlush(this.shownLines);
+  }
+
+  // The newest lines, queued or shown, at most `maxLines` and about `maxChars`, as
+  // [{stream, lines}] oldest first: what write() takes to show them again.
+  snapshot(maxLines = this.maxLines, maxChars = Infinity) {
+    const chunks = this.shown.map(({ node }) => ({ stream: node.className, lines: node.textContent.slice(0, -1).split("\n") }));
+    for (const { stream, lines } of this.queue) chunks.push({ stream, lines: [...lines] });
+    const kept = [];
+    let lines = 0;
+    let chars = 0;
+    for (let i = chunks.length - 1; i >= 0 && lines < maxLines && chars < maxChars; i -= 1) {
+      const chunk = chunks[i];
+      let take = Math.min(chunk.lines.length, maxLines - lines);
+      let size = 0;
+      for (let j = chunk.lines.length - 1; j >= chunk.lines.length - take; j -= 1) {
+        size += chunk.lines[j].length + 1;
+        if (chars + size > maxChars) {
+          take = chunk.lines.length - 1 - j;
+          size -= chunk.lines[j].length + 1;
+          break;
+        }
+      }
+      if (take > 0) kept.push({ stream: chunk.stream, lines: chunk.lines.slice(chunk.lines.length - take) });
+      lines += take;
+      chars += size;
+      if (take < chunk.lines.length) break;
+    }
+    return kept.reverse();
   }
 
   trimShown() {

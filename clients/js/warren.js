@@ -657,11 +657,14 @@ export class Warren {
 
   #retry(action, details) {
     const { baseMs, capMs, overloadedBaseMs, retryAfterMs } = this.#options.backoff;
-    if (this.#attempt >= this.#options.maxAttempts) {
+    // A drain (1001) is not a failed attempt (docs/protocol.md 8.1): it neither counts
+    // towards maxAttempts nor lengthens the next backoff.
+    const failed = action !== "now";
+    if (failed && this.#attempt >= this.#options.maxAttempts) {
       this.#fail(`gave up after ${this.#attempt} failed attempts; last: ${details.reason}`, details);
       return;
     }
-    const n = this.#attempt++;
+    const n = failed ? this.#attempt++ : this.#attempt;
     let delayMs;
     if (action === "now") delayMs = this.#random() * baseMs;
     else if (action === "overloaded") {

@@ -249,6 +249,25 @@ test("maxAttempts: the client gives up after that many failed attempts in a row"
   assert.match(change.reason, /gave up after 2 failed attempts/);
 });
 
+test("a drain (1001) is not a failed attempt: it never uses up maxAttempts", async () => {
+  let connections = 0;
+  // Draining edges that close every socket with 1001 before its welcome.
+  const edge = await fakeEdge((socket) => { connections++; socket.close(1001, "server shutting down"); });
+  try {
+    const w = client(edge.url, { maxAttempts: 1, backoff: { baseMs: 1, capMs: 1 } });
+    const seen = [];
+    w.onState((change) => seen.push(change.state));
+    const deadline = Date.now() + 5_000;
+    while (connections < 4 && !seen.includes("failed") && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.ok(connections >= 4 && !seen.includes("failed"), JSON.stringify({ connections, seen }));
+    w.close();
+  } finally {
+    await edge.close();
+  }
+});
+
 test("close() stops for good, rejects pending sends, and connect() starts again", async () => {
   const edge = await fakeEdge((socket) => socket.send(WELCOME));
   try {

@@ -142,6 +142,20 @@ ensure_chromium() {
         || say "apt-get install chromium failed; the browser tests will be skipped"
 }
 
+# Debian's HAProxy, the load balancer in front of the three-node RabbitMQ cluster of the
+# cluster tests (tests/cluster, tests/support/haproxy.py). Not fatal: without it those
+# tests are skipped and say why.
+ensure_haproxy() {
+    command -v haproxy >/dev/null 2>&1 && return 0
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "no haproxy and not root to install it: the cluster tests will be skipped"
+        return 0
+    fi
+    say "installing Debian's haproxy for the cluster tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null; } \
+        || say "apt-get install haproxy failed; the cluster tests will be skipped"
+}
+
 # Node 20+ and the JavaScript client's development packages (ws, typescript) for its tests
 # (clients/js/test, run through tests/clients/test_js_client.py).
 ensure_js_client() {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,6 +96,34 @@ def env_file_or_value(env: Env, name: str) -> str | None:
     return None
 
 
+def amqp_urls(value: str) -> tuple[str, ...]:
+    """The broker addresses in ``WARREN_AMQP_URL``: one URL, or several separated by
+    commas, the nodes of one cluster that a deployment without a load balancer lists
+    (they are tried in turn: ``shared/messaging/failover.py``)."""
+    urls = tuple(part.strip() for part in value.split(",") if part.strip())
+    if not urls:
+        raise ConfigError("WARREN_AMQP_URL names no broker")
+    for url in urls:
+        try:
+            parsed = urllib.parse.urlsplit(url)
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as exc:
+            raise ConfigError(f"WARREN_AMQP_URL: {without_password(url)!r}: {exc}") from exc
+        if parsed.scheme not in {"amqp", "amqps"} or not parsed.hostname:
+            raise ConfigError(
+                f"WARREN_AMQP_URL: {without_password(url)!r} is not an amqp:// or amqps:// URL"
+            )
+    return urls
+
+
+def without_password(url: str) -> str:
+    """A URL as logs and errors may show it."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}"
+
+
 def default_instance_id(service: str) -> str:
     return f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -141,6 +170,8 @@ class CommonSettings:
     """What every Warren process needs: where the broker and database are, and the mode."""
 
     environment: str
+    # As configured: one broker URL, or several separated by commas (``amqp_urls``);
+    # ``shared.messaging.broker.connect`` takes either.
     amqp_url: str
     database_url: str
     instance_id: str
@@ -157,14 +188,20 @@ class CommonSettings:
     def development(self) -> bool:
         return self.environment == DEVELOPMENT
 
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        return amqp_urls(self.amqp_url)
+
     @classmethod
     def from_env(cls, env: Env, service: str) -> CommonSettings:
         environment = env_str(env, "WARREN_ENV", PRODUCTION)
         if environment not in {DEVELOPMENT, PRODUCTION}:
             raise ConfigError(f"WARREN_ENV must be {DEVELOPMENT!r} or {PRODUCTION!r}")
+        amqp_url = env_str(env, "WARREN_AMQP_URL", DEFAULT_AMQP_URL)
+        amqp_urls(amqp_url)  # malformed: refused at start-up
         return cls(
             environment=environment,
-            amqp_url=env_str(env, "WARREN_AMQP_URL", DEFAULT_AMQP_URL),
+            amqp_url=amqp_url,
             database_url=env_str(env, "WARREN_DATABASE_URL", DEFAULT_DATABASE_URL),
             instance_id=env_str(env, "WARREN_INSTANCE_ID", default_instance_id(service)),
             log_level=env_str(env, "WARREN_LOG_LEVEL", "INFO").upper(),

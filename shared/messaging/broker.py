@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Final
 
 import aio_pika
@@ -19,10 +20,17 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
+    AbstractRobustQueue,
 )
 
-from shared.config import DEFAULT_BROKER_OUTAGE_ALERT_S, HistorySettings
+from shared.config import (
+    DEFAULT_BROKER_OUTAGE_ALERT_S,
+    HistorySettings,
+    amqp_urls,
+    without_password,
+)
 from shared.messaging.envelope import Envelope
+from shared.messaging.failover import MAX_RECONNECT_INTERVAL_S, FailoverConnection
 from shared.messaging.names import (
     CHAT_CLAIMS_QUEUE,
     COMMANDS_EXCHANGE,
@@ -49,31 +57,45 @@ CHAT_SESSION_EXPIRES_MS: Final = 3_600_000
 
 
 async def connect(
-    url: str,
+    url: str | Sequence[str],
     *,
     name: str,
     timeout: float = 10.0,
     reconnect_interval: float = 1.0,
+    max_reconnect_interval: float = MAX_RECONNECT_INTERVAL_S,
     outage_alert_s: float = DEFAULT_BROKER_OUTAGE_ALERT_S,
 ) -> AbstractRobustConnection:
     """Open a robust connection, failing fast when the broker is not there at start-up.
 
-    Once open, aio-pika reconnects every ``reconnect_interval`` seconds until the
-    broker answers, then restores channels, queues, bindings and consumers. A loss is
-    logged at WARNING, the reconnection at INFO, and an outage still going on after
-    ``outage_alert_s`` at ERROR (``WARREN_BROKER_OUTAGE_ALERT_S``).
+    ``url``: one broker address, or several (a sequence, or comma-separated as
+    ``WARREN_AMQP_URL`` may hold them), tried in turn: start-up fails when none answers.
+    Each gets ``timeout`` divided by their number to answer.
+
+    Once open, aio-pika reconnects by itself, then restores channels, queues, bindings
+    and consumers. A reconnection tries the address that answered last, then the others
+    in turn; after a round in which none answered it waits ``reconnect_interval``
+    seconds, doubling after each such round up to ``max_reconnect_interval``
+    (``shared/messaging/failover.py``). A loss is logged at WARNING, the reconnection at
+    INFO, and an outage still going on after ``outage_alert_s`` at ERROR
+    (``WARREN_BROKER_OUTAGE_ALERT_S``).
     """
+    addresses = amqp_urls(url) if isinstance(url, str) else tuple(url)
+    connection = FailoverConnection(
+        addresses,
+        client_properties={"connection_name": name},
+        reconnect_interval=reconnect_interval,
+        max_reconnect_interval=max_reconnect_interval,
+    )
     try:
-        connection = await asyncio.wait_for(
-            aio_pika.connect_robust(
-                url,
-                client_properties={"connection_name": name},
-                reconnect_interval=reconnect_interval,
-            ),
-            timeout,
-        )
+        await asyncio.wait_for(connection.connect(timeout / len(addresses)), timeout)
     except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
-        raise BrokerUnavailable(f"cannot reach RabbitMQ at {_safe_url(url)}: {exc!r}") from exc
+        await connection.close()
+        failures = connection.failures.items()
+        why = "; ".join(
+            f"{without_password(str(at))}: {error!r}" for at, error in failures
+        ) or repr(exc)
+        where = ", ".join(without_password(address) for address in addresses)
+        raise BrokerUnavailable(f"cannot reach RabbitMQ at {where}: {why}") from exc
     ConnectionWatch(connection, name=name, alert_after_s=outage_alert_s)
     return connection
 
@@ -145,13 +167,6 @@ def _describe(reason: BaseException | None) -> str | None:
     return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
 
 
-def _safe_url(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = rest.split("@", 1)[1]
-    return f"{scheme}{sep}{rest}"
-
-
 async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange, AbstractExchange]:
     """Declare the events and commands exchanges, the kept events' exchange that feeds
     both the events exchange and the history stream, and the dead-letter plumbing."""
@@ -168,8 +183,7 @@ async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange,
     dlx = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    events_dead = await channel.declare_queue(EVENTS_DEAD_LETTER_QUEUE, durable=True)
-    await events_dead.bind(dlx, routing_key=EVENTS_DEAD_LETTER_QUEUE)
+    await _declare_dead_letter_queue(channel, dlx, EVENTS_DEAD_LETTER_QUEUE)
     return events, commands
 
 
@@ -212,6 +226,26 @@ async def declare_history_stream(
             await channel.close()
 
 
+async def _declare_dead_letter_queue(
+    channel: AbstractChannel, dlx: AbstractExchange, name: str
+) -> None:
+    """Declare a durable classic queue for dead letters, bound to ``warren.dlx``.
+
+    On a robust channel it is declared once, not again by aio-pika after a reconnect:
+    on a cluster that would fail while the queue's node is down, and take the whole
+    reconnection with it. The queue is durable, so nothing needs it declared again.
+    """
+    queue: AbstractQueue
+    if isinstance(channel, AbstractRobustChannel):
+        queue = await channel.declare_queue(name, durable=True, robust=False)
+    else:
+        queue = await channel.declare_queue(name, durable=True)
+    if isinstance(queue, AbstractRobustQueue):
+        await queue.bind(dlx, routing_key=name, robust=False)
+    else:
+        await queue.bind(dlx, routing_key=name)
+
+
 def edge_queue_arguments() -> dict[str, str]:
     """Arguments of an edge's event queue: poison events are dead-lettered, not dropped."""
     return {
@@ -243,13 +277,19 @@ async def declare_quorum_queue(
 
     The quorum queue's delivery limit ends redelivery loops: a message that keeps
     failing goes to the dead-letter queue instead of being requeued forever.
+
+    How many nodes hold a replica is left to RabbitMQ, which gives a new quorum queue
+    one on each node up to its ``quorum_cluster_size`` (3 by default): three on a
+    three-node cluster, as ``tests/cluster`` checks. ``x-quorum-initial-group-size``
+    is not given on purpose: RabbitMQ counts it in the queue's identity, so adding or
+    changing it would refuse every later declaration of a queue that already exists
+    (docs/deploy.md, "A RabbitMQ cluster").
     """
     dead_name = dead_letter_queue_name(name)
     dlx = await channel.declare_exchange(
         DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    dead = await channel.declare_queue(dead_name, durable=True)
-    await dead.bind(dlx, routing_key=dead_name)
+    await _declare_dead_letter_queue(channel, dlx, dead_name)
     return await channel.declare_queue(
         name,
         durable=True,

@@ -4,17 +4,20 @@ The machine's shared broker must never be restarted by one test: every other tes
 every other test run on the machine) uses it. Fault tests instead start a second node
 from the same installation, on free loopback ports, with its own node name, database
 and logs under a temporary directory. Starting it takes a few seconds, so one node
-serves the whole session; each test gets its own vhost on it.
+serves the whole session; each test gets its own vhost on it. A cluster of such nodes
+(``tests/support/cluster.py``) adds an Erlang cookie of its own and its joins.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import urllib.parse
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,11 +29,16 @@ class PrivateBrokerUnavailable(RuntimeError):
     """This machine cannot run a second RabbitMQ node (no rabbitmq-server installed)."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def require_installation() -> None:
+    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
+        raise PrivateBrokerUnavailable("rabbitmq-server is not installed on this machine")
 
 
 @dataclass
@@ -42,39 +50,63 @@ class PrivateBroker:
     port: int
     dist_port: int
     prometheus_port: int
+    # None: the machine's cookie (the rabbitmq user's ~/.erlang.cookie), which the
+    # shared broker uses too; a cluster of the session's own has one of its own, so that
+    # none of its nodes can ever reach (or join) the shared broker.
+    cookie: str | None = None
 
     @classmethod
     def start(cls, directory: Path) -> PrivateBroker:
-        if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-            raise PrivateBrokerUnavailable("rabbitmq-server is not installed on this machine")
+        broker = cls.prepare(directory)
+        broker.boot()
+        return broker
+
+    @classmethod
+    def prepare(
+        cls,
+        directory: Path,
+        *,
+        name: str | None = None,
+        config: str = "",
+        plugins: Sequence[str] = ("rabbitmq_prometheus",),
+        cookie: str | None = None,
+    ) -> PrivateBroker:
+        """Write the node's configuration under ``directory``, without starting it.
+
+        ``config``: more ``rabbitmq.conf`` lines. The Prometheus plugin (the default)
+        lets the deployment tests check the metric names that alerts and dashboards use
+        against a real node.
+        """
+        require_installation()
         directory.mkdir(parents=True, exist_ok=True)
         # The Debian wrapper runs the node as the rabbitmq user when started by root.
         directory.chmod(0o777)
         broker = cls(
             directory=directory,
-            node=f"warren-test-{uuid.uuid4().hex[:8]}@localhost",
-            port=_free_port(),
-            dist_port=_free_port(),
-            prometheus_port=_free_port(),
+            node=f"{name or 'warren-test-' + uuid.uuid4().hex[:8]}@localhost",
+            port=free_port(),
+            dist_port=free_port(),
+            prometheus_port=free_port(),
+            cookie=cookie,
         )
-        (directory / "rabbitmq.conf").write_text(
-            f"listeners.tcp.local = 127.0.0.1:{broker.port}\n"
-            f"prometheus.tcp.ip = 127.0.0.1\n"
-            f"prometheus.tcp.port = {broker.prometheus_port}\n"
-            "loopback_users = none\n"
-            "log.console = false\n"
-        )
-        # The Prometheus plugin lets the deployment tests check the metric names that
-        # alerts and dashboards use against a real node.
-        (directory / "enabled_plugins").write_text("[rabbitmq_prometheus].\n")
+        lines = [
+            f"listeners.tcp.local = 127.0.0.1:{broker.port}",
+            "loopback_users = none",
+            "log.console = false",
+        ]
+        if "rabbitmq_prometheus" in plugins:
+            lines += [
+                "prometheus.tcp.ip = 127.0.0.1", f"prometheus.tcp.port = {broker.prometheus_port}"
+            ]
+        (directory / "rabbitmq.conf").write_text("\n".join(lines) + "\n" + config)
+        (directory / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         for path in directory.iterdir():
             path.chmod(0o666)
-        broker._boot()
         return broker
 
     @property
     def _env(self) -> dict[str, str]:
-        return {
+        env = {
             **os.environ,
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_PORT": str(self.port),
@@ -85,12 +117,25 @@ class PrivateBroker:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.directory / "node.pid"),
         }
+        # The Debian wrapper runs the node and rabbitmqctl through su, which keeps the
+        # environment but sets HOME to the rabbitmq user's: a cookie file of our own is
+        # never read there, the variable is (by the node and by the CLI tools alike).
+        if self.cookie is not None:
+            env["RABBITMQ_ERLANG_COOKIE"] = self.cookie
+        return env
 
-    def _boot(self) -> None:
+    def boot(self) -> None:
+        self.launch()
+        self.await_boot()
+
+    def launch(self) -> None:
+        """Start the node's Erlang VM in the background; :meth:`await_boot` waits for it."""
         subprocess.run(
             ["rabbitmq-server", "-detached"], env=self._env, check=True,
             capture_output=True, timeout=CTL_TIMEOUT_S,
         )
+
+    def await_boot(self) -> None:
         # ``wait`` watches the pid file the node writes, so it cannot ask too early.
         self.ctl("wait", str(self.directory / "node.pid"), "--timeout", str(STARTUP_TIMEOUT_S))
 
@@ -114,8 +159,7 @@ class PrivateBroker:
         return f"http://127.0.0.1:{self.prometheus_port}"
 
     def vhost_url(self, vhost: str) -> str:
-        parsed = urllib.parse.urlsplit(self.url)
-        return urllib.parse.urlunsplit(parsed._replace(path="/" + urllib.parse.quote(vhost, safe="")))
+        return vhost_url(self.url, vhost)
 
     def create_vhost(self, prefix: str = "warren-fault") -> str:
         vhost = f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -148,11 +192,28 @@ class PrivateBroker:
                 depths[name] = int(count)
         return depths
 
+    def stop_node(self) -> None:
+        """Stop the node and its Erlang VM in order, and wait until the VM has exited."""
+        self.ctl("stop", str(self.directory / "node.pid"))
+
+    def crash(self) -> None:
+        """SIGKILL the node's Erlang VM, as a machine failure would."""
+        pid_file = self.directory / "node.pid"
+        try:
+            os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return
+        # A stale pid file would make the next ``wait`` watch a dead process.
+        pid_file.unlink(missing_ok=True)
+
     def kill(self) -> None:
         """Stop the node and its Erlang VM; its files are left to the temporary directory."""
         try:
             self.ctl("stop")
         except (RuntimeError, subprocess.TimeoutExpired):
-            pid_file = self.directory / "node.pid"
-            if pid_file.exists():
-                subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=False)
+            self.crash()
+
+
+def vhost_url(url: str, vhost: str) -> str:
+    parsed = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parsed._replace(path="/" + urllib.parse.quote(vhost, safe="")))

@@ -1,16 +1,20 @@
 """Fan-out benchmark: Warren's edge, and python-socketio 5 as a peer row.
 
-``python -m bench.fanout [--clients N] [--quick] [--skip-peer]``
+``python -m bench.fanout [--clients N] [--quick] [--skip-peer] [--stream-ab ROUNDS]``
 
 Processes (two cores: the servers under test get most of them):
 
 * this orchestrator: sets up, asks the workers, measures, prints; idle during steps;
 * the server under test: ``python -m services.ws_edge`` or ``python -m bench.peer_server``;
 * client driver(s) ``python -m bench.driver`` (uvloop): the WebSocket clients;
-* one publisher ``python -m bench.publisher`` (uvloop): paced publishes through RabbitMQ.
+* one publisher ``python -m bench.publisher`` (uvloop): paced publishes through
+  RabbitMQ, with the edge's history settings.
 
 Each scenario (direct, group, broadcast) climbs a ladder of offered delivery rates
-and stops at the first step that saturates. See bench/README.md for the columns.
+and stops at the first step that saturates. With ``--stream-ab ROUNDS`` the edge runs
+instead with the history stream on and off (``WARREN_HISTORY``, given to the edge and
+the publisher), alternating within the run, and the medians are compared
+(:mod:`bench.fanout_ab`). See bench/README.md for the columns.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import contextlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from argon2 import PasswordHasher
 
 from bench.cli import abort_notice, add_common_arguments, check_local, run_within
 from bench.edge_metrics import EdgeGauges, edge_gauges
+from bench.fanout_ab import ab_configs, floor_rounds, print_ab_report
 from bench.loadclients import slices
 from bench.meter import Meter
 from bench.report import (
@@ -51,6 +56,7 @@ from bench.report import (
 from bench.rpc import REPO_ROOT, Worker
 from bench.servers import ServerProcess, edge_process, peer_process
 from bench.stats import Histogram
+from bench.stream_floor import PublishFloor
 from bench.workspace import workspace
 from shared.auth import AuthSettings, TokenService
 from shared.db import UserStore, create_schema, make_engine, session_factory
@@ -60,6 +66,16 @@ GROUP_SIZE = 100
 CONNECT_CONCURRENCY = 50
 CALL_TIMEOUT_S = 60.0
 SETTLE_S = 60.0  # longest wait for a saturated step's backlog to drain
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """One system as it is run: ``kind`` is ``warren`` or ``peer``; ``label`` names its
+    rows; ``settings`` are WARREN_* variables given to the edge and the publisher."""
+
+    label: str
+    kind: str
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,14 @@ class Plan:
     api_url: str
     max_in_flight: int
     budget_s: float
+    stream_ab: int  # rounds of the history stream on and off; 0: the usual run
+
+    def configs(self) -> list[Config]:
+        if self.stream_ab:
+            return [Config(label, "warren", settings)
+                    for label, settings in ab_configs(self.stream_ab)]
+        warren = [Config("warren", "warren")]
+        return warren + [Config("peer", "peer")] if self.peer else warren
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +178,11 @@ def recipients(users: Sequence[BenchUser]) -> Counter[str]:
 class SystemBench:
     """One system under test with its drivers and publisher, from start to stop."""
 
-    def __init__(self, system: str, plan: Plan, users: Sequence[BenchUser], workdir: Path,
+    def __init__(self, config: Config, plan: Plan, users: Sequence[BenchUser], workdir: Path,
                  amqp_url: str, steps: Iterator[int]) -> None:
-        self.system = system
+        self.system = system = config.label
+        self.kind = config.kind
+        self.settings = dict(config.settings)
         self.plan = plan
         self.users = users
         self.workdir = workdir
@@ -166,26 +192,29 @@ class SystemBench:
         self.recipients = [recipients(share) for share in self.shares]
         logs = workdir / "logs"
         logs.mkdir(exist_ok=True)
+        name = system.replace(" ", "-")
         self.server: ServerProcess = (
             edge_process(
-                amqp_url, f"sqlite:///{workdir / 'bench.db'}", logs / "edge.log", plan.edge_root
+                amqp_url, f"sqlite:///{workdir / 'bench.db'}", logs / f"edge-{name}.log",
+                plan.edge_root, settings=self.settings,
             )
-            if system == "warren"
+            if self.kind == "warren"
             else peer_process(amqp_url, logs / "peer.log")
         )
         self.drivers = [
-            Worker(f"{system}-driver{i}", "bench.driver", [], logs / f"{system}-driver{i}.log")
+            Worker(f"{name}-driver{i}", "bench.driver", [], logs / f"{name}-driver{i}.log")
             for i in range(plan.drivers)
         ]
         self.publisher = Worker(
-            f"{system}-publisher", "bench.publisher", [], logs / f"{system}-publisher.log"
+            f"{name}-publisher", "bench.publisher", [], logs / f"{name}-publisher.log"
         )
         self.meter: Meter | None = None
 
     async def start(self) -> None:
         await self.server.start()
         await asyncio.gather(*(w.start() for w in (*self.drivers, self.publisher)))
-        await self.publisher.call("open", CALL_TIMEOUT_S, system=self.system, amqp_url=self.amqp_url)
+        await self.publisher.call("open", CALL_TIMEOUT_S, system=self.kind,
+                                  amqp_url=self.amqp_url, settings=self.settings)
         self.meter = Meter(
             self.server.pid,
             {"server": [self.server.pid], "drivers": [d.pid for d in self.drivers],
@@ -194,7 +223,7 @@ class SystemBench:
         )
 
     async def connect(self, clients_file: Path) -> int:
-        dialect = "warren" if self.system == "warren" else "engineio"
+        dialect = "warren" if self.kind == "warren" else "engineio"
         first_last = slices(len(self.users), len(self.drivers))
         replies = await asyncio.gather(*(
             driver.call(
@@ -254,7 +283,7 @@ class SystemBench:
 
     async def _own_latency(self) -> EdgeGauges | None:
         """The edge's /metrics (its delivery latency histogram); None for the peer."""
-        return await edge_gauges(self.server.port) if self.system == "warren" else None
+        return await edge_gauges(self.server.port) if self.kind == "warren" else None
 
     async def _collect(
         self, step: int, counts: dict[str, int], deadline_s: float, stall_s: float
@@ -331,12 +360,12 @@ class SystemBench:
         await self.server.stop()
 
 
-async def bench_system(result: SystemResult, plan: Plan, users: Sequence[BenchUser],
-                       workdir: Path, clients_file: Path, amqp_url: str,
-                       steps: Iterator[int]) -> None:
+async def bench_system(result: SystemResult, config: Config, plan: Plan,
+                       users: Sequence[BenchUser], workdir: Path, clients_file: Path,
+                       amqp_url: str, steps: Iterator[int]) -> None:
     """Fill ``result`` step by step, so a run stopped half-way still reports what it has."""
     system = result.system
-    bench = SystemBench(system, plan, users, workdir, amqp_url, steps)
+    bench = SystemBench(config, plan, users, workdir, amqp_url, steps)
     try:
         await bench.start()
         assert bench.meter is not None
@@ -364,8 +393,9 @@ async def bench_system(result: SystemResult, plan: Plan, users: Sequence[BenchUs
 # -- the run ----------------------------------------------------------------------------
 
 
-async def run(plan: Plan, results: list[SystemResult]) -> None:
-    """Bench each system in turn, appending to ``results`` as they finish."""
+async def run(plan: Plan, results: list[SystemResult], floors: list[PublishFloor]) -> None:
+    """Bench each system in turn, appending to ``results`` as they finish; with
+    ``--stream-ab``, then the broker's floor with and without the stream into ``floors``."""
     async with workspace(plan.amqp_url, plan.api_url, "warren-bench-", plan.logs) as space:
         workdir = space.workdir
         started = time.perf_counter()
@@ -377,13 +407,14 @@ async def run(plan: Plan, results: list[SystemResult]) -> None:
         clients_file = workdir / "clients.json"
         clients_file.write_bytes(orjson.dumps([{"user": u.id, "token": u.token} for u in users]))
         steps = itertools.count(1)
-        systems = ["warren", "peer"] if plan.peer else ["warren"]
-        for system in systems:
-            result = SystemResult(system, clients=len(users))
+        for config in plan.configs():
+            result = SystemResult(config.label, clients=len(users))
             results.append(result)
             await bench_system(
-                result, plan, users, workdir, clients_file, space.amqp_url, steps
+                result, config, plan, users, workdir, clients_file, space.amqp_url, steps
             )
+        if plan.stream_ab:
+            await floor_rounds(space.amqp_url, plan.stream_ab, floors)
 
 
 def print_report(results: Sequence[SystemResult], markdown: bool) -> None:
@@ -407,6 +438,14 @@ def print_report(results: Sequence[SystemResult], markdown: bool) -> None:
             print(f"\n{result.system} did not finish: {result.error}")
 
 
+def print_report_for(plan: Plan, results: Sequence[SystemResult],
+                     floors: Sequence[PublishFloor]) -> None:
+    if plan.stream_ab:
+        print_ab_report(results, floors, plan.markdown)
+    else:
+        print_report(results, plan.markdown)
+
+
 def parse_plan(argv: Sequence[str] | None) -> Plan:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,18 +454,24 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--skip-peer", action="store_true", help="no python-socketio row")
     parser.add_argument("--drivers", type=int, default=1, help="client driver processes (1)")
     parser.add_argument("--step", type=float, help="seconds of publishing per step (4; quick: 2)")
-    parser.add_argument("--scenarios", default="direct,group,broadcast",
-                        help="which scenarios to run, comma-separated (all three)")
+    parser.add_argument("--scenarios",
+                        help="which scenarios to run, comma-separated (all three; "
+                             "--stream-ab: group,broadcast)")
     parser.add_argument("--edge-root", type=Path, default=REPO_ROOT,
                         help="run the edge from this checkout (to compare a change; default: here)")
+    parser.add_argument("--stream-ab", type=int, default=0, metavar="ROUNDS",
+                        help="ROUNDS of the edge with the history stream on and off, "
+                             "alternating (no peer; scenarios group,broadcast unless given)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_local(parser, args)
     quick = args.quick
     clients = args.clients or (200 if quick else 1000)
-    if clients < 1 or args.drivers < 1:
-        parser.error("--clients and --drivers must be at least 1")
-    chosen = tuple(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if clients < 1 or args.drivers < 1 or args.stream_ab < 0:
+        parser.error("--clients and --drivers must be at least 1, --stream-ab at least 0")
+    scenario_list = args.scenarios or (
+        "group,broadcast" if args.stream_ab else "direct,group,broadcast")
+    chosen = tuple(s.strip() for s in scenario_list.split(",") if s.strip())
     if not chosen or not set(chosen) <= {"direct", "group", "broadcast"}:
         parser.error("--scenarios takes direct, group and/or broadcast")
     return Plan(
@@ -439,25 +484,28 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         else (10_000, 25_000, 50_000, 87_000, 120_000, 160_000, 200_000),
         direct_ladder=(1_000, 4_000) if quick else (1_000, 2_500, 5_000, 10_000, 20_000),
         scenarios=chosen,
-        peer=not args.skip_peer,
+        peer=not args.skip_peer and not args.stream_ab,
         markdown=args.markdown,
         logs=args.logs,
         edge_root=args.edge_root.resolve(),
         amqp_url=args.amqp_url,
         api_url=args.api_url,
         max_in_flight=512,
-        budget_s=170.0 if quick else 900.0,
+        budget_s=(170.0 if quick else 900.0) * max(1, args.stream_ab),
+        stream_ab=args.stream_ab,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     plan = parse_plan(argv)
+    ab = f", history stream on/off x {plan.stream_ab} rounds" if plan.stream_ab else ""
     print(f"fan-out bench: {plan.clients} clients, {plan.drivers} driver process(es), "
-          f"{plan.step_s:g} s steps, peer {'on' if plan.peer else 'off'}", flush=True)
+          f"{plan.step_s:g} s steps, peer {'on' if plan.peer else 'off'}{ab}", flush=True)
     started = time.perf_counter()
     results: list[SystemResult] = []
-    run_within(run(plan, results), plan.budget_s, "bench")
-    print_report(results, plan.markdown)
+    floors: list[PublishFloor] = []
+    run_within(run(plan, results, floors), plan.budget_s, "bench")
+    print_report_for(plan, results, floors)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 

@@ -2,8 +2,12 @@
 
 Requests (see :mod:`bench.rpc`):
 
-* ``open {system, amqp_url}``: ``warren`` publishes with :class:`Publisher` to
-  ``warren.events``; ``peer`` emits through a write-only ``socketio.AsyncAioPikaManager``.
+* ``open {system, amqp_url, settings?}``: ``warren`` publishes with :class:`Publisher`,
+  which picks ``warren.events`` or ``warren.events.kept`` by the history settings
+  (docs/protocol.md 17.1): ``settings`` holds the ``WARREN_HISTORY*`` variables of the
+  edge it publishes for (none: the defaults, the stream on), so that a bench comparing
+  the stream on and off publishes as Warren would; ``peer`` emits through a write-only
+  ``socketio.AsyncAioPikaManager``.
 * ``run {step, kind, targets, rate, duration_s, max_in_flight}``: publish
   ``rate * duration_s`` envelopes round-robin over ``targets`` (user ids, group
   names, or none for ``broadcast``), each with ``data = {"step", "seq"}`` and its
@@ -23,6 +27,7 @@ import socketio
 from aio_pika.abc import AbstractRobustConnection
 
 from bench.rpc import run_worker
+from shared.config import HistorySettings
 from shared.messaging import ADDRESS_BROADCAST, Address, Envelope, Kind
 from shared.messaging.broker import BrokerUnavailable, Publisher, connect
 
@@ -44,9 +49,9 @@ class WarrenSink:
         self._publisher = publisher
 
     @classmethod
-    async def open(cls, amqp_url: str) -> WarrenSink:
+    async def open(cls, amqp_url: str, history: HistorySettings) -> WarrenSink:
         connection = await connect(amqp_url, name="warren-bench-publisher")
-        return cls(connection, await Publisher.open(connection))
+        return cls(connection, await Publisher.open(connection, history))
 
     async def send(self, envelope: Envelope) -> None:
         await self._publisher.publish_event(envelope)
@@ -155,8 +160,13 @@ class PublisherWorker:
 
     async def open(self, request: dict[str, Any]) -> dict[str, Any]:
         system, url = request["system"], request["amqp_url"]
-        self._sink = await WarrenSink.open(url) if system == "warren" else PeerSink(url)
-        return {"system": system}
+        if system != "warren":
+            self._sink = PeerSink(url)
+            return {"system": system}
+        settings = {str(k): str(v) for k, v in dict(request.get("settings") or {}).items()}
+        history = HistorySettings.from_env(settings)
+        self._sink = await WarrenSink.open(url, history)
+        return {"system": system, "history": history.enabled}
 
     async def run(self, request: dict[str, Any]) -> dict[str, Any]:
         assert self._sink is not None, "open first"

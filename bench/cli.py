@@ -33,6 +33,20 @@ def check_local(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             parser.error(f"the bench only talks to this machine, not {url}")
 
 
+def add_edge_settings(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--edge-setting NAME=VALUE``, repeatable: ``WARREN_*`` variables for the edges."""
+    parser.add_argument("--edge-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help=help)
+
+
+def edge_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, str]:
+    """The ``--edge-setting`` values as a mapping; a malformed one is a usage error."""
+    settings = dict(s.partition("=")[::2] for s in args.edge_setting)
+    if not all(name.startswith("WARREN_") and value for name, value in settings.items()):
+        parser.error("--edge-setting takes WARREN_NAME=VALUE")
+    return settings
+
+
 def worker_args(lifetime_s: float) -> list[str]:
     """The arguments that start a bench module in its ``--worker`` mode."""
     return ["--worker", "--lifetime", str(lifetime_s)]

@@ -42,7 +42,9 @@ import orjson
 from bench.cli import (
     abort_notice,
     add_common_arguments,
+    add_edge_settings,
     check_local,
+    edge_settings,
     run_within,
     worker_args,
     worker_mode,
@@ -264,14 +266,11 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
                         help="seconds to wait for a phase's last answers (60)")
     parser.add_argument("--shapes", default="recent,full",
                         help="request shapes, comma-separated: recent, full (both)")
-    parser.add_argument("--edge-setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a WARREN_* variable for the edge and the publisher")
+    add_edge_settings(parser, "a WARREN_* variable for the edge and the publisher")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_local(parser, args)
-    edge_settings = dict(s.partition("=")[::2] for s in args.edge_setting)
-    if not all(name.startswith("WARREN_") and value for name, value in edge_settings.items()):
-        parser.error("--edge-setting takes WARREN_NAME=VALUE")
+    settings = edge_settings(parser, args)
     shapes = tuple(s.strip() for s in args.shapes.split(",") if s.strip())
     if not shapes or not set(shapes) <= {"recent", "full"}:
         parser.error("--shapes takes recent and/or full")
@@ -285,7 +284,7 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         live_rate=args.live_rate, duration_s=args.duration, rounds=args.rounds,
         recent_s=args.recent, limit=args.limit, timeout_s=args.timeout, shapes=shapes,
         markdown=args.markdown, logs=args.logs, amqp_url=args.amqp_url, api_url=args.api_url,
-        edge_settings=edge_settings,
+        edge_settings=settings,
     )
 
 

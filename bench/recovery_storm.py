@@ -45,7 +45,9 @@ import orjson
 from bench.cli import (
     abort_notice,
     add_common_arguments,
+    add_edge_settings,
     check_local,
+    edge_settings,
     run_within,
     worker_args,
     worker_mode,
@@ -324,14 +326,11 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
     parser.add_argument("--overloaded-base", type=float, default=5.0,
                         help="backoff base after 503 overloaded or 1013, s "
                              "(5, as Warren's clients)")
-    parser.add_argument("--edge-setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a WARREN_* variable for the edges and the publisher")
+    add_edge_settings(parser, "a WARREN_* variable for the edges and the publisher")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_local(parser, args)
-    edge_settings = dict(s.partition("=")[::2] for s in args.edge_setting)
-    if not all(name.startswith("WARREN_") and value for name, value in edge_settings.items()):
-        parser.error("--edge-setting takes WARREN_NAME=VALUE")
+    settings = edge_settings(parser, args)
     if args.clients < args.drivers or args.drivers < 1 or args.rounds < 1:
         parser.error("--clients must be at least --drivers, --drivers and --rounds positive")
     return Plan(
@@ -341,7 +340,7 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         spread_s=args.spread, live_s=args.live, rounds=args.rounds, attempt_s=args.attempt,
         deadline_s=args.deadline, base_s=args.base, overloaded_base_s=args.overloaded_base,
         markdown=args.markdown, logs=args.logs, amqp_url=args.amqp_url, api_url=args.api_url,
-        edge_settings=edge_settings,
+        edge_settings=settings,
     )
 
 

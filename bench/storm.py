@@ -40,7 +40,9 @@ import orjson
 from bench.cli import (
     abort_notice,
     add_common_arguments,
+    add_edge_settings,
     check_local,
+    edge_settings,
     run_within,
     worker_args,
     worker_mode,
@@ -311,14 +313,11 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
                         help="a /readyz answer slower than this is slow (1: the kubelet's timeout)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds after the gauge is 0 before memory is read (5)")
-    parser.add_argument("--edge-setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a WARREN_* variable for the edge, e.g. WARREN_EDGE_BIND_CHANNELS=1")
+    add_edge_settings(parser, "a WARREN_* variable for the edge, e.g. WARREN_EDGE_BIND_CHANNELS=1")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     check_local(parser, args)
-    edge_settings = dict(s.partition("=")[::2] for s in args.edge_setting)
-    if not all(name.startswith("WARREN_") and value for name, value in edge_settings.items()):
-        parser.error("--edge-setting takes WARREN_NAME=VALUE")
+    settings = edge_settings(parser, args)
     if args.rate <= 0 or args.duration <= 0 or args.rounds < 1 or args.drivers < 1:
         parser.error("--rate, --duration, --rounds and --drivers must be positive")
     if args.users < args.drivers:
@@ -328,7 +327,7 @@ def parse_plan(argv: Sequence[str] | None) -> Plan:
         users=args.users, group_size=args.group_size, drivers=args.drivers,
         timeout_s=args.timeout, ready_period_s=args.ready_period, slow_s=args.slow,
         settle_s=args.settle, markdown=args.markdown, logs=args.logs,
-        amqp_url=args.amqp_url, api_url=args.api_url, edge_settings=edge_settings,
+        amqp_url=args.amqp_url, api_url=args.api_url, edge_settings=settings,
     )
 
 

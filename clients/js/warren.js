@@ -670,7 +670,9 @@ export class Warren {
     else if (action === "overloaded") {
       delayMs = Math.max(details.retryAfterMs ?? retryAfterMs, backoffDelay(n, overloadedBaseMs, capMs, this.#random));
     } else delayMs = backoffDelay(n, baseMs, capMs, this.#random);
-    this.#setState("reconnecting", { ...details, delayMs, attempt: this.#attempt });
+    // `attempt`: failed attempts in a row, or, after a drain, the one about to be made.
+    const attempt = failed ? this.#attempt : this.#attempt + 1;
+    this.#setState("reconnecting", { ...details, delayMs, attempt });
     this.#timer = setTimeout(() => {
       this.#timer = null;
       this.#connect();

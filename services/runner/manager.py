@@ -254,9 +254,10 @@ class RunManager:
         if final is None:
             log.warning("run already ended elsewhere", extra={"run_id": active.record.id})
             return
-        await self.announce_finished(final)
+        # Counted before it is announced: whoever hears of the end may read the metric.
         if active.stop_ts is not None and outcome.status is RunStatus.STOPPED:
             self._metrics.stop_latency.observe(max(0.0, time.time() - active.stop_ts))
+        await self.announce_finished(final)
         log.info("run finished", extra={"run_id": final.id, "status": final.status.value,
                                         "exit_code": final.exit_code, "lines": final.line_count})
 
@@ -327,8 +328,8 @@ class RunManager:
         )
         if record is None:
             return False
-        await self.announce_finished(record)
         self._metrics.stop_latency.observe(max(0.0, time.time() - stop_ts))
+        await self.announce_finished(record)
         return True
 
     async def is_admin(self, user_id: str) -> bool:

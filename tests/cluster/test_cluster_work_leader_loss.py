@@ -33,7 +33,7 @@ from tests.support.cluster import RabbitCluster
 from tests.support.system import System
 
 EXPORTS_QUEUE = work_queue_name(Command.EXCEL_CREATE)
-EXPORT_ROWS = 300  # about 3 s of building each (WARREN_EXCEL_TEST_ROW_DELAY_S)
+EXPORT_ROWS = 600  # about 6 s of building each (WARREN_EXCEL_TEST_ROW_DELAY_S)
 RUNS = 5
 RUN_STEPS = 24  # about 6 s a run: with two slots, the last ones wait over 10 s
 SETTLE_S = 120.0
@@ -86,8 +86,10 @@ async def _stop_the_leader(
     await alice.wait_for(is_event("run.output", run_id=runs[0]))
     waiting = [run for run in runs if not alice.events("run.started", run_id=run)]
     assert waiting, "runs wait for a free slot"
+    # Work in flight when the node stops: exports still waiting in their queue (two
+    # workers build one each, about 6 s apiece), besides those being built.
     queued = [task for task, status in ledger.export_status().items() if status == "queued"]
-    assert len(queued) >= 3, ledger.export_status()
+    assert queued, ledger.export_status()
 
     exports = await asyncio.to_thread(cluster.replicas, vhost, EXPORTS_QUEUE)
     runs_queue = await asyncio.to_thread(cluster.replicas, vhost, RUNNER_RUNS_QUEUE)
@@ -97,10 +99,12 @@ async def _stop_the_leader(
     await asyncio.to_thread(cluster.stop, leader)
     stopped = time.monotonic()
 
-    # While the node is down: every replica consuming again (those whose connection was
-    # on it through HAProxy on another node), new leaders, and all the work done, each
-    # piece once.
-    await system.wait_ready(READY_S)
+    # While the node is down: every replica of the work services consuming again (those
+    # whose connection was on it through HAProxy on another node), new leaders, and all
+    # the work done, each piece once. Not the relays: their chat claims and session
+    # queues are classic, and a relay whose restore declares one that lived on the
+    # stopped node waits for that node (docs/reliability.md 2.6, issue 18).
+    await system.wait_ready(READY_S, services=("edge", "runner", "excel"))
     all_ready = time.monotonic()
     moved = await asyncio.to_thread(cluster.replicas, vhost, EXPORTS_QUEUE)
     assert moved.leader != leader, moved

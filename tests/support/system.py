@@ -93,12 +93,19 @@ class System:
             return False
         return response.code == 200
 
-    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
-        """Every replica not killed answers /readyz with 200, polled with backoff."""
+    async def wait_ready(
+        self, timeout: float = READY_TIMEOUT, services: tuple[str, ...] = ()
+    ) -> None:
+        """Every replica not killed answers /readyz with 200, polled with backoff; only
+        those of ``services`` (``edge``, ``relay``, ``runner``, ``excel``) if given."""
+        def wanted(name: str) -> bool:
+            return not services or name.rsplit("-", 1)[0] in services
+
         async def all_ready() -> None:
             delay = 0.05
             while True:
-                alive = [name for name in self.children() if name not in self.killed]
+                alive = [name for name in self.children()
+                         if name not in self.killed and wanted(name)]
                 states = await asyncio.gather(*(self.ready(name) for name in alive))
                 if all(states):
                     return

@@ -33,21 +33,22 @@ def _envelope(type_: str = "run.start") -> Envelope:
 
 def test_a_command_is_persistent_and_identified_by_its_envelope() -> None:
     envelope = _envelope()
-    message = build_message(envelope, MessageKind.COMMAND)
-    assert message.body == encode(envelope)
-    assert message.delivery_mode == DeliveryMode.PERSISTENT
-    assert message.content_type == CONTENT_TYPE
-    assert message.message_id == envelope.id
-    assert message.type == "run.start"
-    assert message.correlation_id == envelope.id  # it starts a piece of work
-    assert message.reply_to is None
-    assert not message.headers
+    body, properties = build_message(envelope, MessageKind.COMMAND)
+    assert body == encode(envelope)
+    assert properties.delivery_mode == DeliveryMode.PERSISTENT
+    assert properties.content_type == CONTENT_TYPE
+    assert properties.message_id == envelope.id
+    assert properties.message_type == "run.start"
+    assert properties.correlation_id == envelope.id  # it starts a piece of work
+    assert properties.reply_to is None
+    assert not properties.headers
 
 
 def test_an_event_and_a_reply_are_transient() -> None:
     envelope = _envelope("chat.reply")
-    assert build_message(envelope, MessageKind.EVENT).delivery_mode == DeliveryMode.NOT_PERSISTENT
-    reply = build_message(envelope, MessageKind.REPLY, answers="ask-1")
+    event = build_message(envelope, MessageKind.EVENT).properties
+    assert event.delivery_mode == DeliveryMode.NOT_PERSISTENT
+    reply = build_message(envelope, MessageKind.REPLY, answers="ask-1").properties
     assert reply.delivery_mode == DeliveryMode.NOT_PERSISTENT
 
 
@@ -57,16 +58,17 @@ def test_a_message_published_while_handling_work_carries_that_works_id(
 ) -> None:
     envelope = _envelope()
     with correlated("command-7"):
-        message = build_message(envelope, kind)
-    assert message.correlation_id == "command-7"
-    assert message.message_id == envelope.id
+        properties = build_message(envelope, kind).properties
+    assert properties.correlation_id == "command-7"
+    assert properties.message_id == envelope.id
 
 
 def test_a_reply_carries_the_id_of_the_command_it_answers_whatever_the_work() -> None:
     envelope = _envelope("chat.reply")
     with correlated("something-else"):
         assert correlation_for(envelope, answers="ask-1") == "ask-1"
-        assert build_message(envelope, MessageKind.REPLY, answers="ask-1").correlation_id == "ask-1"
+        reply = build_message(envelope, MessageKind.REPLY, answers="ask-1")
+        assert reply.properties.correlation_id == "ask-1"
 
 
 def test_only_a_reply_names_the_command_it_answers() -> None:
@@ -79,46 +81,56 @@ def test_only_a_reply_names_the_command_it_answers() -> None:
 def test_a_forwarded_message_keeps_its_body_and_says_where_it_came_from() -> None:
     envelope = _envelope("chat.ask")
     received = encode(envelope) + b" "  # as it arrived, not as this process would encode it
-    message = build_message(
+    body, properties = build_message(
         envelope, MessageKind.COMMAND, body=received, reply_to="warren.chat.replies.r1",
         headers={"x-warren-handed-back": True},
     )
-    assert message.body == received
-    assert message.reply_to == "warren.chat.replies.r1"
-    assert message.headers == {"x-warren-handed-back": True}
+    assert body == received
+    assert properties.reply_to == "warren.chat.replies.r1"
+    assert properties.headers == {"x-warren-handed-back": True}
 
 
 class _Exchange:
-    """An exchange whose publish answers as the broker did (the producer's seam)."""
-
-    def __init__(self, outcome: BaseException | None, name: str = "warren.events") -> None:
+    def __init__(self, name: str = "warren.events") -> None:
         self.name = name
+
+
+class _Underlay:
+    """aiormq's channel, whose publish answers as the broker did (the producer's seam)."""
+
+    def __init__(self, outcome: BaseException | None) -> None:
         self.outcome = outcome
         self.published: list[dict[str, Any]] = []
 
-    async def publish(self, message: Any, **kwargs: Any) -> None:
-        self.published.append({"message": message, **kwargs})
+    async def basic_publish(self, body: bytes, **kwargs: Any) -> None:
+        self.published.append({"body": body, **kwargs})
         if self.outcome is not None:
             raise self.outcome
 
 
 class _Channel:
-    def __init__(self, default: _Exchange) -> None:
-        self.default_exchange = default
+    def __init__(self, underlay: _Underlay, *, closed: bool = False) -> None:
+        self.default_exchange = _Exchange("")
+        self.is_closed = closed
+        self.underlay = underlay
+
+    async def get_underlay_channel(self) -> _Underlay:
+        return self.underlay
 
 
-async def _publish(exchange: _Exchange, *, mandatory: bool = True) -> None:
-    producer = Producer(_Channel(exchange))  # type: ignore[arg-type]
+async def _publish(channel: _Channel, *, mandatory: bool = True) -> None:
+    producer = Producer(channel)  # type: ignore[arg-type]
     await producer.publish(
-        _envelope(), exchange, "user.alice",  # type: ignore[arg-type]
+        _envelope(), _Exchange(), "user.alice",  # type: ignore[arg-type]
         kind=MessageKind.EVENT, mandatory=mandatory, timeout=1.5,
     )
 
 
 async def test_a_confirmed_publish_goes_out_with_its_routing_and_timeout() -> None:
-    exchange = _Exchange(None)
-    await _publish(exchange, mandatory=False)
-    [call] = exchange.published
+    underlay = _Underlay(None)
+    await _publish(_Channel(underlay), mandatory=False)
+    [call] = underlay.published
+    assert call["exchange"] == "warren.events"
     assert call["routing_key"] == "user.alice"
     assert call["mandatory"] is False
     assert call["timeout"] == 1.5
@@ -129,7 +141,7 @@ async def test_a_returned_message_is_unroutable() -> None:
     delivered = DeliveredMessage(frame, ContentHeader(), b"", None)  # type: ignore[arg-type]
     returned = PublishError(delivered, frame)
     with pytest.raises(Unroutable, match="user.alice"):
-        await _publish(_Exchange(returned))
+        await _publish(_Channel(_Underlay(returned)))
 
 
 @pytest.mark.parametrize(
@@ -144,17 +156,25 @@ async def test_a_returned_message_is_unroutable() -> None:
 )
 async def test_an_unconfirmed_publish_is_broker_unavailable(failure: BaseException) -> None:
     with pytest.raises(BrokerUnavailable, match="warren.events"):
-        await _publish(_Exchange(failure))
+        await _publish(_Channel(_Underlay(failure)))
+
+
+async def test_a_publish_on_a_closed_channel_is_broker_unavailable() -> None:
+    underlay = _Underlay(None)
+    with pytest.raises(BrokerUnavailable, match="warren.events"):
+        await _publish(_Channel(underlay, closed=True))
+    assert not underlay.published
 
 
 async def test_a_body_that_is_not_an_envelope_gets_only_what_keeps_it() -> None:
-    exchange = _Exchange(None, name="")
-    producer = Producer(_Channel(exchange))  # type: ignore[arg-type]
+    underlay = _Underlay(None)
+    producer = Producer(_Channel(underlay))  # type: ignore[arg-type]
     await producer.publish_body(
         b'{"user":"alice"}', producer.default_exchange, "warren.chat.claims",
         kind=MessageKind.COMMAND, mandatory=True,
     )
-    message = exchange.published[0]["message"]
-    assert message.body == b'{"user":"alice"}'
-    assert message.delivery_mode == DeliveryMode.PERSISTENT
-    assert message.message_id is None and message.correlation_id is None
+    [call] = underlay.published
+    assert call["body"] == b'{"user":"alice"}' and call["exchange"] == ""
+    properties = call["properties"]
+    assert properties.delivery_mode == DeliveryMode.PERSISTENT
+    assert properties.message_id is None and properties.correlation_id is None

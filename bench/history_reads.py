@@ -49,7 +49,7 @@ from bench.cli import (
     worker_args,
     worker_mode,
 )
-from bench.history_metrics import delta, history_counters
+from bench.edge_metrics import delta, history_counters
 from bench.history_reads_driver import worker_main
 from bench.history_reads_report import Phase, Result, phase_cells, print_report
 from bench.loadclients import DriverPool

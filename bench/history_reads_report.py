@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bench.history_metrics import pass_seconds, passes
+from bench.edge_metrics import pass_seconds, passes
 from bench.meter import Meter
 from bench.report import format_table
 from bench.stats import Histogram

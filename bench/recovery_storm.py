@@ -52,8 +52,7 @@ from bench.cli import (
     worker_args,
     worker_mode,
 )
-from bench.edge_metrics import edge_gauges
-from bench.history_metrics import delta, history_counters
+from bench.edge_metrics import delta, edge_gauges, history_counters
 from bench.loadclients import DriverPool
 from bench.meter import Meter
 from bench.recovery_driver import worker_main

@@ -17,18 +17,9 @@ import pytest
 
 from shared.messaging import ADDRESS_BROADCAST, Address
 from shared.messaging.broker import Publisher
-from tests.integration.test_client_recovery import (
-    Inbox,
-    Spawn,
-    Watch,
-    addressed,
-    audit,
-    instance_of,
-    spawn_edge,
-    steady,
-    url,
-)
+from tests.support.edge import Spawn, spawn_edge  # noqa: F401  (a fixture)
 from tests.support.history import Feed
+from tests.support.recovery_audit import Inbox, Watch, addressed, audit, instance_of, steady, url
 from warren.client import Client, StateChange
 
 __all__ = ["spawn_edge"]  # a fixture, used by name

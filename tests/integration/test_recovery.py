@@ -38,13 +38,12 @@ from tests.support.history import (
 )
 
 WINDOW_S = HistorySettings().window_s  # the edges here run with the default
-QUICK = {"WARREN_EDGE_CATALOGUE_WAIT_S": "0"}  # no service to wait for
 
 
 async def test_a_client_recovers_what_it_missed_on_another_edge(
     spawn_edge: Spawn, publisher: Publisher, token_for: Callable[..., str]
 ) -> None:
-    edge_a, edge_b = await spawn_edge(**QUICK), await spawn_edge(**QUICK)
+    edge_a, edge_b = await spawn_edge(), await spawn_edge()
     token = token_for("alice", ("team",))
     mine = [Address.user("alice"), Address.group("team"), ADDRESS_BROADCAST]
     keys = {str(address) for address in mine}
@@ -173,7 +172,7 @@ def replay_problems(frames: list[Frame]) -> list[str]:
 async def test_the_switch_from_replay_to_live_under_a_high_publish_rate(
     spawn_edge: Spawn, amqp_url: str, token_for: Callable[..., str]
 ) -> None:
-    edges = [await spawn_edge(**QUICK), await spawn_edge(**QUICK)]
+    edges = [await spawn_edge(), await spawn_edge()]
     users = [f"u{i}" for i in range(CLIENTS)]
     group_of = {user: f"g{i % GROUPS}" for i, user in enumerate(users)}
     tokens = {user: token_for(user, (group_of[user],)) for user in users}

@@ -44,7 +44,10 @@ async def spawn_edge(amqp_url: str, database_url: str) -> AsyncIterator[Spawn]:
     started: list[EdgeProcess] = []
 
     async def spawn(**overrides: str) -> EdgeProcess:
-        edge = EdgeProcess(edge_env(amqp_url, database_url, **overrides))
+        # No service runs beside these edges: none waits for the catalogue's answers.
+        edge = EdgeProcess(edge_env(
+            amqp_url, database_url, **{"WARREN_EDGE_CATALOGUE_WAIT_S": "0", **overrides}
+        ))
         started.append(edge)
         return await edge.start()
 

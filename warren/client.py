@@ -163,6 +163,33 @@ class Welcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """What the edge said of the events the client missed (docs/protocol.md 17.3, 17.5):
+    after each ``welcome``, of the position the client reconnected with (as
+    :class:`Welcome` says it); or ``in_band``, after replaying on the open socket what
+    was routed while the edge's broker connection was away."""
+
+    #: ``True``: everything since the position is replayed (after a welcome: now, up to
+    #: ``replay.done``; in band: it was); ``False``: it cannot be, events were lost
+    #: (``reason``): read recorded state again; ``None``: the client sent no position.
+    recovered: bool | None
+    #: Why not: ``too_old``, ``invalid_position``, ``history_off`` (the edge's), or
+    #: ``unsupported`` (the client's: the edge said nothing of recovery).
+    reason: str | None = None
+    #: With ``too_old``: the position of the oldest event the edge's history holds.
+    oldest: float | None = None
+    #: The position the client reconnected with; in band, the one the edge replayed from
+    #: (before its window).
+    since: float | None = None
+    #: The events the edge replayed, once its ``replay.done`` came; None before, and
+    #: without a replay.
+    replayed: int | None = None
+    #: ``False``: the answer of a ``welcome``, told before its replay; ``True``: of a
+    #: ``replay.done`` on the open socket, told after it.
+    in_band: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class History:
     """The answer to :meth:`Client.history` (docs/protocol.md 17.4)."""
 
@@ -224,6 +251,8 @@ class Stats:
     recovered: int = 0  # welcomes with ``recovered: true``
     not_recovered: int = 0  # welcomes that could not recover the position sent
     replayed: int = 0  # events the edge replayed, as its ``replay.done`` frames count them
+    in_band_recovered: int = 0  # in-band replays (17.5) that recovered everything
+    in_band_not_recovered: int = 0  # in-band replays that could not (events were lost)
 
 
 class SeenIds:
@@ -405,6 +434,8 @@ class Client:
         #: Why the client stopped, or why its last connection ended.
         self.error: WarrenError | None = None
         self.welcome: Welcome | None = None
+        #: What the last ``welcome``, or in-band ``replay.done``, said of the events missed.
+        self.recovery: Recovery | None = None
         #: The id of the newest event delivered.
         self.last_event_id: str | None = None
         #: Where a reconnect resumes from (docs/protocol.md 17.2): the ``ts`` of the last
@@ -418,6 +449,7 @@ class Client:
         self._state_listeners: list[Callable[[StateChange], None]] = []
         self._error_listeners: list[Callable[[WarrenError], None]] = []
         self._token_listeners: list[Callable[[str], None]] = []
+        self._recovery_listeners: list[Callable[[Recovery], None]] = []
         self._state_waiters: list[tuple[frozenset[State], asyncio.Future[StateChange]]] = []
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_ref = 0
@@ -500,6 +532,15 @@ class Client:
         refresh. Returns a function that removes it."""
         self._error_listeners.append(listener)
         return lambda: self._error_listeners.remove(listener)
+
+    def on_recovery(self, listener: Callable[[Recovery], None]) -> Callable[[], None]:
+        """Call ``listener`` with a :class:`Recovery` after each ``welcome`` (before its
+        replay), and after each in-band replay (``in_band``: the edge's broker connection
+        broke and came back while the socket stayed open, docs/protocol.md 17.5).
+        ``recovered`` False means events were lost: read recorded state again. Returns a
+        function that removes it."""
+        self._recovery_listeners.append(listener)
+        return lambda: self._recovery_listeners.remove(listener)
 
     def on_token(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener`` with each new token the client takes: once the edge acked its
@@ -742,6 +783,8 @@ class Client:
             # Sends need not wait for the replay: the edge answers them meanwhile.
             self._set_state("recovering" if welcome.recovered else "connected", None,
                             welcome=welcome)
+            self._recovered(Recovery(welcome.recovered, welcome.reason, welcome.oldest,
+                                     welcome.since))
             if self._refresh_enabled and self._get_token is not None:
                 self._refresh_task = asyncio.create_task(self._refresh(ws))
             while True:
@@ -819,7 +862,9 @@ class Client:
             self._garbage(f"an unknown frame type {kind!r}")
 
     def _replay_done(self, data: object) -> None:
-        if self.state != "recovering":
+        in_band = (self.state == "connected" and isinstance(data, dict)
+                   and isinstance(data.get("recovered"), bool))
+        if self.state != "recovering" and not in_band:
             self._garbage("a replay.done with no replay")
             return
         if not isinstance(data, dict):
@@ -830,9 +875,40 @@ class Client:
             self._garbage("a replay.done without a position")
             return
         self.position = float(position)
-        if _is_number(events):
-            self.stats.replayed += int(events)
+        replayed = int(events) if _is_number(events) else None
+        self.stats.replayed += replayed or 0
+        if in_band:
+            self._replayed_in_band(data, replayed)
+            return
+        if self.recovery is not None:
+            self.recovery = replace(self.recovery, replayed=replayed)
         self._set_state("connected", None, welcome=self.welcome)
+
+    def _replayed_in_band(self, data: dict[str, Any], replayed: int | None) -> None:
+        """The edge's broker connection broke and came back while this socket stayed
+        open: it replayed what was routed meanwhile (docs/protocol.md 17.5), as ordinary
+        events that de-duplication sorted, and says whether that was everything."""
+        recovered, reason = bool(data["recovered"]), data.get("reason")
+        since, oldest = data.get("since"), data.get("oldest")
+        if recovered:
+            self.stats.in_band_recovered += 1
+        else:
+            self.stats.in_band_not_recovered += 1
+            log.warning("events routed while the edge had no broker connection were lost: %s",
+                        reason)
+        self._recovered(Recovery(
+            recovered, None if recovered else str(reason or "unknown"),
+            float(oldest) if not recovered and _is_position(oldest) else None,
+            float(since) if _is_position(since) else None, replayed, in_band=True,
+        ))
+
+    def _recovered(self, recovery: Recovery) -> None:
+        self.recovery = recovery
+        for listener in tuple(self._recovery_listeners):
+            try:
+                listener(recovery)
+            except Exception:  # noqa: BLE001 - as in _set_state
+                log.exception("recovery listener failed")
 
     def _parse(self, message: str | bytes) -> dict[str, Any] | None:
         if not isinstance(message, str):

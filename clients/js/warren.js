@@ -1,8 +1,8 @@
 // Warren's WebSocket client (docs/protocol.md): the welcome, requests answered by ack or
 // error, events dispatched by type and de-duplicated by envelope id, reconnects by close
 // code with capped exponential backoff and full jitter, recovery of the events missed
-// meanwhile from a position (section 17), and the token refreshed in band before it
-// expires. An ES module with no dependencies; README.md is its manual.
+// meanwhile from a position (section 17), and of those missed while the edge's broker
+// connection was away (17.5), and the token refreshed in band before it expires. An ES module with no dependencies; README.md is its manual.
 
 export const SUBPROTOCOL = "warren.v1";
 export const AUTH_SUBPROTOCOL_PREFIX = "warren.auth.";
@@ -134,7 +134,7 @@ export class Warren {
   #position = null;             // protocol.md 17.2: every event routed before it was received
   #positionTimer = null;
   #window = DEFAULT_WINDOW_S;
-  #recovery = null;             // the last welcome's answer to the position sent
+  #recovery = null;             // the last welcome's (or in-band replay.done's) answer about what was missed
   #lastIds = new Map();         // envelope "to" -> last envelope id
   #lastEventId = null;
   #stats = { events: 0, duplicates: 0, garbage: 0, reconnects: 0, replayed: 0 };
@@ -475,6 +475,9 @@ export class Warren {
       this.#welcomed(conn, frame.data);
     } else if (frame.type === "replay.done" && isObject(frame.data) && conn.recovering) {
       this.#replayed(conn, frame.data);
+    } else if (frame.type === "replay.done" && isObject(frame.data) && conn.welcomed
+      && typeof frame.data.recovered === "boolean") {
+      this.#replayedInBand(frame.data);
     } else {
       this.#garbage("unknown_frame", `a frame of unknown shape: ${text.slice(0, 80)}`);
     }
@@ -604,7 +607,7 @@ export class Warren {
       reason = "unsupported";
     }
     const oldest = typeof first === "number" ? first : null;
-    this.#recovery = { recovered, reason, oldest, since: conn.since, replayed: null };
+    this.#recovery = { recovered, reason, oldest, since: conn.since, replayed: null, inBand: false };
     conn.recovering = recovered === true;
     if (!conn.recovering && isPosition(position)) this.#setPosition(position, true);
     // The state change says whether this connection recovered; why not is in `recovery`
@@ -622,6 +625,21 @@ export class Warren {
     const replayed = typeof data.events === "number" ? data.events : null;
     this.#recovery = { ...this.#recovery, replayed };
     this.#setState("open", { edge: this.#identity.edge, recovered: true, replayed });
+  }
+
+  // The edge's broker connection broke and came back while this socket stayed open: the
+  // edge replayed what was routed meanwhile (protocol.md 17.5), as ordinary events that
+  // the de-duplication sorted, and now says whether that was everything, as a welcome
+  // would. The state stays "open".
+  #replayedInBand(data) {
+    const recovered = data.recovered;
+    const reason = recovered ? null : (typeof data.reason === "string" ? data.reason : "unknown");
+    const oldest = !recovered && typeof data.oldest === "number" ? data.oldest : null;
+    const since = isPosition(data.since) ? data.since : null;
+    const replayed = typeof data.events === "number" ? data.events : null;
+    if (isPosition(data.position)) this.#setPosition(data.position, true);
+    this.#recovery = { recovered, reason, oldest, since, replayed, inBand: true };
+    this.#emit("recovery", this.recovery);
   }
 
   #closed(conn, event) {

@@ -38,6 +38,11 @@ class BindingTable:
     def bound(self) -> frozenset[str]:
         return frozenset(self._bound)
 
+    @property
+    def unbound(self) -> frozenset[str]:
+        """Keys held but not bound now: a bind pending, or one that failed."""
+        return frozenset(key for key in self._counts if key not in self._bound)
+
     def holders(self, key: str) -> int:
         return self._counts.get(key, 0)
 

@@ -84,6 +84,9 @@ class EventConsumer:
         self._unacked_count = 0
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acks: set[asyncio.Task[None]] = set()
+        #: The ``ts`` of the last event fanned out: every event routed before that time
+        #: was ahead of it in the queue, so it was fanned out too (docs/protocol.md 17.5).
+        self.delivered_ts: float | None = None
 
     @property
     def queue_name(self) -> str:
@@ -187,6 +190,7 @@ class EventConsumer:
         batch, self._batch = self._batch, []
         try:
             delivered = self._hub.dispatch_batch([(p.key, p.frame, p.event_id) for p in batch])
+            self.delivered_ts = batch[-1].ts
             now = time.time()
             traced = log.isEnabledFor(logging.DEBUG)
             for pending, count in zip(batch, delivered):

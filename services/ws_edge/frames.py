@@ -150,8 +150,21 @@ def welcome(
     return orjson.dumps({"type": "welcome", "data": data})
 
 
-def replay_done(events: int, position: float) -> bytes:
-    return orjson.dumps({"type": "replay.done", "data": {"events": events, "position": position}})
+def replay_done(
+    events: int, position: float, *, since: float | None = None,
+    recovery: Recovered = Recovered(recovered=True),
+) -> bytes:
+    """The end of a replay: of a ``?since=`` recovery (docs/protocol.md 17.3), or, with
+    ``since``, of the in-band one after the edge's broker connection came back (17.5),
+    which says whether it recovered as ``welcome`` does."""
+    data: dict[str, Any] = {"events": events, "position": position}
+    if since is not None:
+        data["since"] = since
+        data["recovered"] = recovery.recovered
+        if not recovery.recovered:
+            data["reason"] = recovery.reason
+            data["oldest"] = recovery.oldest
+    return orjson.dumps({"type": "replay.done", "data": data})
 
 
 def ack(ref: Ref, data: dict[str, Any] | None = None) -> bytes:

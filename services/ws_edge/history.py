@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -41,7 +41,7 @@ from shared.messaging.names import (
     parse_destination,
 )
 from shared.messaging.envelope import new_id
-from shared.messaging.producer import BrokerUnavailable, MessageKind, Producer
+from shared.messaging.producer import MessageKind, Producer
 from services.ws_edge.hub import TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 
@@ -250,6 +250,19 @@ class HistoryReader:
             raise HistoryUnavailable("history is off")
         (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
         await asyncio.shield(request.done)
+
+    async def read_all(self, requests: Sequence[Request]) -> list[BaseException | None]:
+        """Have all of ``requests`` served together, by the next pass of their lane (they
+        join it in one step, so a thousand of them cost one pass); return each one's
+        failure, or None. Raise :class:`HistoryUnavailable` if none can be served."""
+        if self._closed or not self._settings.enabled:
+            raise HistoryUnavailable("history is off")
+        for request in requests:
+            (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
+        outcomes = await asyncio.gather(
+            *(asyncio.shield(request.done) for request in requests), return_exceptions=True
+        )
+        return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
 
     async def close(self) -> None:
         """Fail the requests waiting and stop after the passes that run."""

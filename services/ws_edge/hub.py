@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from wsproto.frame_protocol import FrameProtocol
 
@@ -111,6 +111,15 @@ class Hub:
         self._held_keys[holder] = held
         for key in held:
             self._held_by_key.setdefault(key, set()).add(holder)
+
+    def subscribed(self) -> tuple[Subscriber, ...]:
+        """The connections that receive their events live now (not held back)."""
+        return tuple(self._keys)
+
+    def held(self) -> tuple[Holder, ...]:
+        """The connections whose events are held back now (:meth:`hold`)."""
+        # Only hold() adds to _held_keys, and only holders.
+        return cast(tuple[Holder, ...], tuple(self._held_keys))
 
     def forget(self, subscriber: Subscriber) -> None:
         """A connection closed: stop delivering to it and stop tracking it."""

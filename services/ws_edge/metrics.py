@@ -116,6 +116,14 @@ class EdgeMetrics:
             ["outcome"],
             registry=registry,
         )
+        self.inband_recoveries = Counter(
+            "warren_edge_inband_recoveries_total",
+            "Open sockets to which the edge replayed, in band, what was routed while its "
+            "broker connection was away, by outcome: recovered, too_old, history_off, "
+            "failed (closed with 1013).",
+            ["outcome"],
+            registry=registry,
+        )
         self.history_requests = Counter(
             "warren_edge_history_requests_total",
             "history frames answered from the stream.",

@@ -26,6 +26,7 @@ from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.consumer import EventConsumer
 from services.ws_edge.deps import EdgeDeps, ExportsDeps, PublishDeps
 from services.ws_edge.errors import CloseCode
+from services.ws_edge.gap import GapReplay
 from services.ws_edge.history import HistoryReader
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.keepalive import Keepalive
@@ -52,6 +53,8 @@ class EdgeServer:
         self.deps: EdgeDeps | None = None
         self.connection: AbstractRobustConnection | None = None
         self._rebinding: asyncio.Future[None] | None = None  # after a new broker connection
+        self._reconnects = 0  # a rebind that a newer one follows leaves the replay to it
+        self._gap: GapReplay | None = None
 
     def is_ready(self) -> bool:
         """Consuming, and every held key bound (not while they are bound again after a
@@ -95,6 +98,7 @@ class EdgeServer:
             outage_alert_s=settings.common.broker_outage_alert_s,
         )
         life.push_async_callback(connection.close)
+        connection.close_callbacks.add(self._on_lost)
         connection.reconnect_callbacks.add(self._on_reconnect)
         history = settings.common.history
         publisher = await Publisher.open(connection, history)
@@ -112,6 +116,11 @@ class EdgeServer:
         bindings = BindingTable(consumer, on_change=lambda n: self.metrics.bindings.set(n + 1))
         life.push_async_callback(consumer.stop)
         await consumer.start()
+        self._gap = gap = GapReplay(
+            self.hub, reader, self.metrics, delivered=lambda: consumer.delivered_ts,
+            connected=connection.connected.is_set,
+        )
+        life.push_async_callback(gap.close)
         commands = await CommandGate.open(connection, settings, self.metrics.registry)
         life.push_async_callback(commands.close)
 
@@ -167,17 +176,37 @@ class EdgeServer:
                    "queue": consumer.queue_name},
         )
 
+    def _on_lost(self, *_args: object) -> None:
+        """The broker connection broke (or a reconnection failed): the events routed
+        until every key is bound again will not reach this edge's queue. Each open
+        socket holds its live events back from now on, for the replay (gap.py)."""
+        connection = self.connection
+        if connection is None or connection.close_called or self._lifecycle.closing:
+            return  # closed on purpose
+        if self._gap is None:
+            return
+        self._gap.hold()
+
     def _on_reconnect(self, *_args: object) -> None:
         log.info("broker connection restored")
-        if self.deps is not None:
+        if self.deps is not None and self._gap is not None:
+            # Sockets welcomed during the outage missed events too.
+            self._gap.hold()
+            self._reconnects += 1
             # The new exclusive queue holds only `broadcast`: not ready until it holds
             # every key a socket here needs.
-            self._rebinding = asyncio.ensure_future(self._rebind(self.deps.bindings))
+            self._rebinding = asyncio.ensure_future(
+                self._rebind(self.deps.bindings, self._gap, self._reconnects)
+            )
 
-    async def _rebind(self, bindings: BindingTable) -> None:
+    async def _rebind(self, bindings: BindingTable, gap: GapReplay, reconnect: int) -> None:
         outcomes = await bindings.rebind()
         failed = sum(1 for outcome in outcomes if outcome is not None)
         log.info("bindings restored", extra={"keys": len(outcomes) - failed, "failed": failed})
+        if reconnect != self._reconnects or self.consumer is None or not self.consumer.is_ready():
+            return  # the connection broke again: the next rebind replays
+        # Every event routed from now on reaches the queue: replay what came before.
+        gap.replay(bindings.unbound)
 
     async def _close_sockets(self) -> None:
         """Close every WebSocket with 1001 and wait for them, up to the shutdown deadline."""

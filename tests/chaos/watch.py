@@ -87,12 +87,20 @@ class Watcher:
         assert ack["type"] == "ack", ack
 
     def events(self, kind: str, **data: Any) -> list[Frame]:
-        """Event frames of one type whose ``data`` has every given value."""
-        return [
-            frame for frame in self.frames
-            if "v" in frame and frame.get("type") == kind
-            and all(frame["data"].get(key) == value for key, value in data.items())
-        ]
+        """Event frames of one type whose ``data`` has every given value, each id once, as
+        a client de-duplicates them: an edge that lost the broker replays in band from a
+        window before what it had delivered (docs/protocol.md 17.5)."""
+        seen: set[str] = set()
+        found = []
+        for frame in self.frames:
+            if "v" not in frame or frame["id"] in seen:
+                continue
+            seen.add(frame["id"])
+            if frame.get("type") == kind and all(
+                frame["data"].get(key) == value for key, value in data.items()
+            ):
+                found.append(frame)
+        return found
 
     async def close(self) -> None:
         self.client.close()

@@ -6,11 +6,14 @@ edge; the edge's node stops in order. Then:
 
 - the client's socket stays open;
 - the edge reconnects through HAProxy to a live node, declares its queue there again and
-  binds the client's keys again, and live delivery resumes: the time from the stop to
-  the first live event delivered after it is printed;
-- the events published while the edge was away reach the client when it reconnects with
-  the position it had before the stop (docs/protocol.md 17): the history stream has a
-  replica on every node, so the stop loses none of it.
+  binds the client's keys again, and delivery resumes: the time from the stop to the
+  first event delivered after it is printed;
+- the events published while the edge was away reach the open socket, replayed in band
+  by the edge from the history stream before the live events it held back meanwhile
+  (docs/protocol.md 17.5): every event once after de-duplication, in order per key. The
+  stream has a replica on every node, so the stop loses none of it;
+- a client that reconnects with the position it had before the stop gets them too
+  (17.3).
 
 Before the stop, the events' dead-letter queue (a classic queue, on the node of the
 first process that declared it) is placed on that node too, so that the test also
@@ -26,18 +29,18 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import orjson
 import pytest
 
 from shared.config import HistorySettings
 from shared.messaging import Address
 from shared.messaging.broker import Publisher, connect, declare_exchanges
 from shared.messaging.names import EVENTS_DEAD_LETTER_QUEUE, HISTORY_STREAM, edge_queue_name
+from tests.support.arrivals import Arrivals
 from tests.support.client import Client
 from tests.support.cluster import RabbitCluster
 from tests.support.history import Feed, delivery_problems, is_event, read_recovery, since
+from tests.support.inband import gap_problems
 from tests.support.system import System
 
 EDGE = "edge-1"
@@ -45,41 +48,6 @@ PUBLISH_EVERY_S = 0.02
 RESUME_S = 60.0
 WAIT_S = 30.0
 WINDOW_S = HistorySettings().window_s
-
-
-@dataclass
-class Arrivals:
-    """Every frame one socket receives, with the time it arrived, read in the background."""
-
-    client: Client
-    frames: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while (message := await self.client.connection.read_message()) is not None:
-            self.frames.append((time.monotonic(), orjson.loads(message)))
-            self.changed.set()
-        self.closed.set()
-        self.changed.set()
-
-    def events(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(at, frame) for at, frame in self.frames if is_event(frame)]
-
-    async def until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        async def wait() -> None:
-            while not condition():
-                assert not self.closed.is_set(), f"the socket closed waiting for {what}"
-                self.changed.clear()
-                await self.changed.wait()
-
-        try:
-            await asyncio.wait_for(wait(), timeout)
-        except asyncio.TimeoutError:
-            raise AssertionError(f"not within {timeout} s: {what}") from None
 
 
 @dataclass
@@ -151,26 +119,49 @@ async def test_the_node_an_edge_is_on_stops_mid_traffic(
         assert now_on != node
         bound = await asyncio.to_thread(cluster.bindings, vhost, edge_queue_name(instance))
         assert {alice.routing_key, team.routing_key} <= bound, bound
+        # The edge replays to the open socket, in band, what was routed during the switch
+        # (docs/protocol.md 17.5), then the live events it held back meanwhile.
+        await arrivals.until(lambda: bool(arrivals.of_type("replay.done")), WAIT_S,
+                             "the in-band replay.done")
         await arrivals.until(
             lambda: sum(1 for at, _ in arrivals.events() if at > resumed_at) >= 20,
             WAIT_S, "live events after the resumption",
         )
         flow.stop.set()
         await flowing
+        last = {key: flow.feed.last(key).id for key in keys}
+        await arrivals.until(lambda: set(last.values()) <= {f["id"] for _, f in arrivals.events()},
+                             WAIT_S, "the last event of each key on the open socket")
         assert not arrivals.closed.is_set(), client.connection.close_code
-        live = [frame for _at, frame in arrivals.events()]
+        frames = [frame for _at, frame in arrivals.frames]
+        (done,) = arrivals.of_type("replay.done")
+        assert done["data"]["recovered"] is True, done
+        problems = gap_problems(frames, flow.feed.published, keys, window=WINDOW_S)
+        assert problems == [], problems
+        # The events routed during the switch came with the replay, before replay.done: it
+        # begins with the first repeat (from the window before what the edge had fanned
+        # out), and what it brings that the socket never had is what it missed.
+        ids = [f["id"] for f in frames[:frames.index(done)] if is_event(f)]
+        had: set[str] = set()
+        start = len(ids)
+        for n, event_id in enumerate(ids):
+            if event_id in had:
+                start = n
+                break
+            had.add(event_id)
+        switch = set(ids[start:]) - had
+        assert switch, "no event was routed during the switch"
         client.close()
 
-        # The client reconnects with the position it had before the stop, and gets every
-        # event it missed from the stream, then live events again.
+        # A client that reconnects with the position it had before the stop gets those
+        # events from the stream as well, then live events again.
         position = before[-1]["ts"]
         again = await Client.connect(system.port(EDGE), token_for("alice", ("team",)),
                                      query=since(position))
         recovery = await read_recovery(again)
         assert recovery.recovered is True, recovery.welcome
-        missed = {e.id for e in flow.feed.published} - {frame["id"] for frame in live}
         replayed = {frame["id"] for frame in recovery.replayed}
-        assert missed <= replayed, f"{len(missed - replayed)} of {len(missed)} missed events lost"
+        assert switch <= replayed, f"{len(switch - replayed)} of {len(switch)} not replayed"
         flow.stop.clear()
         flowing = asyncio.create_task(flow.run())
         after = Arrivals(again)
@@ -194,9 +185,11 @@ async def test_the_node_an_edge_is_on_stops_mid_traffic(
             f"\nnode {node} stopped in {stopped - stop_began:.2f} s; live delivery to the "
             f"socket stopped for {gap:.2f} s at most, resuming {gap_end - stop_began:.2f} s "
             f"after the stop began; the edge logged its broker outage as {outage.group(1)} s; "
-            f"{len(flow.feed.published)} events published, {len(missed)} missed live and all "
-            f"recovered ({len(replayed)} replayed from the position before the stop); node "
-            f"back in {time.monotonic() - restart_began:.2f} s"
+            f"{len(flow.feed.published)} events published, {len(switch)} routed during the "
+            f"switch and replayed in band on the open socket ({done['data']['events']} "
+            f"replayed with the window's repeats), and again to a reconnect with the position "
+            f"before the stop ({len(replayed)} replayed); node back in "
+            f"{time.monotonic() - restart_began:.2f} s"
         )
     finally:
         flow.stop.set()

@@ -51,6 +51,10 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
         to_team = Envelope(type="test.event", to=Address.group("team"),
                            sender=Address.service("test"), data={})
         await publisher.publish_event(to_team)
+        # First the end of the in-band replay of what was routed while the edge was away
+        # (docs/protocol.md 17.5): nothing here.
+        done = await alice.recv()
+        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
         assert (await alice.recv())["id"] == to_team.id
 
     # Frames from clients are published again too, through the restored channel.

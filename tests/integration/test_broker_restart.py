@@ -45,6 +45,12 @@ async def test_edge_recovers_from_a_broker_restart(
     await asyncio.wait_for(edge.rebound(), 30)
     assert edge.is_ready()
 
+    # The edge replays in band what was routed while it was away (docs/protocol.md 17.5):
+    # nothing here, then replay.done.
+    for client in (alice, bob):
+        done = await client.recv()
+        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
+
     connection = await connect(private_amqp_url, name="warren-test-after-restart")
     async with connection:
         publisher = await Publisher.open(connection)

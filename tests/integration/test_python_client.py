@@ -1,6 +1,7 @@
 """warren.client against real edges (and, for what an edge never does, tiny servers):
 welcome, acks and errors, events, reconnecting by the close-code policy, token refresh,
-refusals before the upgrade, garbage frames, and ``warren listen``."""
+refusals before the upgrade, garbage frames, the in-band ``replay.done``, and ``warren
+listen``."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from warren.client import (
     Backoff,
     Client,
     Event,
+    Recovery,
     SeenIds,
     StateChange,
     Subscription,
@@ -676,3 +678,94 @@ async def test_warren_listen_prints_events_as_json_lines_until_interrupted(
         process.send_signal(signal.SIGINT)
         code = await within(process.wait())
     assert code == 0
+
+
+# -- the in-band replay.done (docs/protocol.md 17.5; real edges: tests/chaos/test_inband_replay.py)
+
+def in_band_done(**data: object) -> str:
+    return orjson.dumps({"type": "replay.done", "data": data}).decode()
+
+
+async def test_an_in_band_replay_is_told_after_it_with_its_position_and_repeats_dropped(
+    tiny: Callable[[tornado.web.Application], int], closing: list[Client]
+) -> None:
+    port = tiny(scripted([
+        welcome_frame(position=100.0, window=2.0),
+        event_frame("a", 101.0), event_frame("b", 102.0),
+        # The edge's broker connection broke and came back: its replay from since - window.
+        event_frame("b", 102.0), event_frame("c", 103.0),
+        in_band_done(events=2, position=110.0, since=102.5, recovered=True),
+        event_frame("d", 110.5),
+    ]))
+    client = Client(url(port), token="t")
+    closing.append(client)
+    recoveries: list[Recovery] = []
+    client.on_recovery(recoveries.append)
+    states: list[StateChange] = []
+    client.on_state(states.append)
+    errors: list[WarrenError] = []
+    client.on_error(errors.append)
+    events = client.events()
+    await within(client.connect())
+
+    assert [(await next_event(events)).id for _ in range(4)] == ["a", "b", "c", "d"]
+    assert recoveries == [
+        Recovery(None),
+        Recovery(True, None, None, 102.5, 2, in_band=True),
+    ]
+    assert client.recovery == recoveries[-1]
+    assert [change.state for change in states] == ["connecting", "connected"]
+    assert client.position == 110.5
+    assert (client.stats.duplicates, client.stats.replayed, client.stats.in_band_recovered,
+            client.stats.in_band_not_recovered, client.stats.garbage_frames) == (1, 2, 1, 0, 0)
+    assert errors == []
+
+
+async def test_an_in_band_recovered_false_says_why_and_the_position_is_the_edges(
+    tiny: Callable[[tornado.web.Application], int], closing: list[Client]
+) -> None:
+    port = tiny(scripted([
+        welcome_frame(position=200.0, window=2.0),
+        event_frame("x", 201.0),
+        in_band_done(events=0, position=250.0, since=201.0, recovered=False, reason="too_old",
+                     oldest=230.0),
+        in_band_done(events=0, position=260.0, since=250.0, recovered=False,
+                     reason="history_off", oldest=None),
+        event_frame("z", 260.5),
+    ]))
+    client = Client(url(port), token="t")
+    closing.append(client)
+    told: list[Recovery] = []
+    client.on_recovery(lambda recovery: told.append(recovery) if recovery.in_band else None)
+    events = client.events()
+    await within(client.connect())
+    assert (await next_event(events)).id == "x"
+    assert (await next_event(events)).id == "z"  # frames are handled in order: both came
+
+    assert told == [
+        Recovery(False, "too_old", 230.0, 201.0, 0, in_band=True),
+        Recovery(False, "history_off", None, 250.0, 0, in_band=True),
+    ]
+    assert client.position == 260.5
+    assert client.stats.in_band_not_recovered == 2
+
+
+async def test_a_replay_done_of_neither_form_is_garbage(
+    tiny: Callable[[tornado.web.Application], int], closing: list[Client]
+) -> None:
+    port = tiny(scripted([
+        welcome_frame(position=300.0),
+        replay_done_frame(3, 301.0),  # no replay going on, and not the in-band form
+        in_band_done(events=1, recovered=True),  # in band, without a position
+        event_frame("y", 300.5),
+    ]))
+    client = Client(url(port), token="t")
+    closing.append(client)
+    reported: list[WarrenError] = []
+    client.on_error(reported.append)
+    events = client.events()
+    await within(client.connect())
+    assert (await next_event(events)).id == "y"
+    assert [error.code for error in reported] == ["garbage_frame", "garbage_frame"]
+    assert client.position == 300.5
+    assert client.recovery == Recovery(None)

@@ -293,7 +293,7 @@ test("recovered false: a position the edge refuses, and an edge without history"
   const w = userClient(url, user, { position: future });
   const recovery = within(new Promise((resolve) => w.onRecovery(resolve)), "the recovery answer");
   await within(w.ready(), "welcome");
-  assert.deepEqual(await recovery, { recovered: false, reason: "invalid_position", oldest: null, since: future, replayed: null });
+  assert.deepEqual(await recovery, { recovered: false, reason: "invalid_position", oldest: null, since: future, replayed: null, inBand: false });
   assert.ok(w.position < future - 3000, "the edge's position replaces the refused one");
   const live = collect(w, "message", 1);
   await publish({ to: `user:${user}`, data: { n: 0 } });

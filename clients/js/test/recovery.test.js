@@ -65,7 +65,7 @@ test("the position follows events and the edge's positions; a reconnect sends it
     assert.equal(after[1].since, 1002.5);
     assert.equal(after[1].recovered, true);
     assert.equal(after[2].replayed, 2);
-    assert.deepEqual(w.recovery, { recovered: true, reason: null, oldest: null, since: 1002.5, replayed: 2 });
+    assert.deepEqual(w.recovery, { recovered: true, reason: null, oldest: null, since: 1002.5, replayed: 2, inBand: false });
     assert.deepEqual(w.stats, { events: 4, duplicates: 1, garbage: 0, reconnects: 1, replayed: 1 });
   } finally {
     await edge.close();
@@ -157,7 +157,7 @@ test("recovered: false says why; the edge's position is taken and nothing is rep
       w.onState((change) => states.push(change));
       await within(w.ready(), "open");
       assert.deepEqual(states.map((change) => [change.state, change.recovered]), [["open", false]]);
-      assert.deepEqual(recoveries, [{ recovered: false, reason: expected.reason, oldest: expected.oldest, since: 100, replayed: null }]);
+      assert.deepEqual(recoveries, [{ recovered: false, reason: expected.reason, oldest: expected.oldest, since: 100, replayed: null, inBand: false }]);
       assert.equal(w.position, expected.position);
       w.close();
     } finally {
@@ -250,6 +250,78 @@ test("history() sends a history frame and rejects with the edge's code", async (
     assert.equal(w.stats.events, 0, "history's events are answers, not deliveries");
   } finally {
     await edge.close();
+  }
+});
+
+// The in-band form (protocol.md 17.5): after the edge's broker connection came back.
+const inBandDone = (fields) => JSON.stringify({ type: "replay.done", data: fields });
+
+test("an in-band replay on the open socket: repeats dropped, in order, the edge's position, recovery reported, still open", async () => {
+  const edge = await fakeEdge((socket) => {
+    socket.send(welcome({ position: 1000 }));
+    socket.send(event("a", 1001));
+    socket.send(event("b", 1002));
+    // The broker connection broke and came back: the replay from its `since` - window.
+    socket.send(event("b", 1002));
+    socket.send(event("c", 1003, "group:team"));
+    socket.send(event("d", 1004, "broadcast"));
+    socket.send(inBandDone({ events: 3, position: 1010, since: 1002.5, recovered: true }));
+    socket.send(event("e", 1010.5));
+  });
+  try {
+    const w = client(edge.url);
+    const recoveries = [];
+    w.onRecovery((recovery) => recoveries.push(recovery));
+    const positions = [];
+    w.onPosition((position) => positions.push(position));
+    const states = [];
+    w.onState((change) => states.push(change.state));
+    const errors = [];
+    w.onError((error) => errors.push(error.code));
+    const seen = await collect(w, "*", 5);
+    assert.deepEqual(seen.map((e) => e.id), ["a", "b", "c", "d", "e"]);
+    assert.deepEqual(states, ["open"]);
+    assert.deepEqual(recoveries, [
+      { recovered: null, reason: null, oldest: null, since: null, replayed: null, inBand: false },
+      { recovered: true, reason: null, oldest: null, since: 1002.5, replayed: 3, inBand: true },
+    ]);
+    assert.deepEqual(w.recovery, recoveries[1]);
+    assert.ok(positions.includes(1010), `replay.done's position is told at once: ${positions}`);
+    assert.equal(w.position, 1010.5);
+    assert.deepEqual(errors, []);
+    assert.deepEqual(w.stats, { events: 5, duplicates: 1, garbage: 0, reconnects: 0, replayed: 0 });
+  } finally {
+    await edge.close();
+  }
+});
+
+test("an in-band recovered: false reaches onRecovery with the edge's reason; the position is the edge's", async () => {
+  const answers = [
+    { recovered: false, reason: "too_old", oldest: 1500, expected: 1500 },
+    { recovered: false, reason: "history_off", oldest: null, expected: null },
+  ];
+  for (const { expected, ...fields } of answers) {
+    const edge = await fakeEdge((socket) => {
+      socket.send(welcome({ position: 2000 }));
+      socket.send(event("x", 2001));
+      socket.send(inBandDone({ events: 0, position: 2050, since: 2001, ...fields }));
+      socket.send(event("y", 2050.5));
+    });
+    try {
+      const w = client(edge.url);
+      const told = new Promise((resolve) => w.onRecovery((recovery) => { if (recovery.inBand) resolve(recovery); }));
+      const positions = [];
+      w.onPosition((position) => positions.push(position));
+      await collect(w, "*", 2);
+      assert.deepEqual(await within(told, "the in-band recovery"),
+        { recovered: false, reason: fields.reason, oldest: expected, since: 2001, replayed: 0, inBand: true });
+      assert.equal(w.state, "open");
+      assert.ok(positions.includes(2050), `${positions}`);
+      assert.equal(w.position, 2050.5);
+      w.close();
+    } finally {
+      await edge.close();
+    }
   }
 });
 

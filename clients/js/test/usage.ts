@@ -26,6 +26,7 @@ void w.send("presence.set", { data: { away: true } });
 const saved = new Warren("wss://edge.example/ws", { getToken: () => "t", position: 1796000000.5 });
 saved.onPosition((position) => void (position === null ? 0 : position.toFixed(3)));
 saved.onRecovery(({ recovered, reason, oldest }) => void (recovered === false && reason === "too_old" && oldest));
+saved.onRecovery(({ inBand, replayed }) => void (inBand && replayed !== null && replayed.toFixed(0)));
 saved.onState((change) => void (change.state === "recovering" && change.since));
 async function recover(): Promise<void> {
   const { events, oldest } = await saved.history("group:team", { limit: 50, since: saved.position });

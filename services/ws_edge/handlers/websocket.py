@@ -54,7 +54,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
         "_pinged_at", "_pong_due", "_allowance", "_spent_at", "_holds_slot",
-        "_since", "_held", "_held_bytes", "_replayed", "_live_from", "_reading",
+        "_since", "_held", "_held_bytes", "_replayed", "_live_from", "_reading", "_gap_from",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -81,8 +81,11 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._held: list[tuple[str, bytes]] | None = None
         self._held_bytes = 0
         self._replayed: set[str] = set()
-        self._live_from = 0.0  # the edge's time when the socket's keys were bound
+        self._live_from = 0.0  # the edge's time when the socket's keys were (last) bound
         self._reading: asyncio.Task[None] | None = None  # the history request being read
+        # While the edge replays in band what was routed when its broker connection was
+        # away (docs/protocol.md 17.5): where the replay starts, before the window.
+        self._gap_from: float | None = None
 
     # -- handshake -------------------------------------------------------------
 
@@ -258,12 +261,24 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._held_bytes += len(frame)
         if self._held_bytes > self._deps.settings.max_outbound_buffer_bytes:
             self._held = None
+            if self._gap_from is not None:
+                self._deps.metrics.inband_recoveries.labels("failed").inc()
             self.close_with(CloseCode.TRY_AGAIN_LATER, "recovery took too long, retry later")
 
     def replay_begins(self, recovered: bool, oldest: float | None) -> bool:
         if self._held is None or self._closed:
             return False  # closed while it waited for the pass
         metrics = self._deps.metrics
+        if self._gap_from is not None:  # in band: no welcome, replay.done says it all
+            if recovered:
+                return True
+            metrics.inband_recoveries.labels("too_old").inc()
+            self._write(frames.replay_done(
+                len(self._replayed), self._live_from, since=self._gap_from,
+                recovery=frames.Recovered(False, "too_old", oldest),
+            ))
+            self._go_live()
+            return False
         if recovered:
             metrics.recoveries.labels("recovered").inc()
             self._write(self._welcome(frames.Recovered(recovered=True)))
@@ -282,7 +297,12 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     def replay_ends(self) -> None:
         if self._held is None:
             return
-        self._write(frames.replay_done(len(self._replayed), self._live_from))
+        if self._gap_from is None:
+            self._write(frames.replay_done(len(self._replayed), self._live_from))
+        else:
+            self._deps.metrics.inband_recoveries.labels("recovered").inc()
+            self._write(frames.replay_done(
+                len(self._replayed), self._live_from, since=self._gap_from))
         self._go_live()
 
     def _go_live(self) -> None:
@@ -290,12 +310,43 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         events as any socket does: in one step of the loop, so none falls between."""
         held, replayed = self._held, self._replayed
         self._held, self._replayed = None, set()
+        self._held_bytes, self._gap_from = 0, None
         if held:
             pending = [frame for event_id, frame in held if event_id not in replayed]
             if pending:
                 self.send_frame(b"".join(pending))
         if not self._closed:
             self._deps.hub.subscribe(self, (*self._retained, BROADCAST))
+
+    # -- in band, after the broker connection came back (services/ws_edge/gap.py) -----
+
+    def gap_begins(self, delivered: float | None) -> bool:
+        """The edge's broker connection broke: hold live events back from now on, to be
+        written after the replay of what was routed meanwhile (docs/protocol.md 17.5).
+        It starts at the later of ``delivered`` and the time the socket's keys were last
+        bound: every event routed before either has reached it, or was never for it."""
+        if self._closed or self._held is not None or self._identity is None:
+            return False
+        self._gap_from = self._live_from if delivered is None else max(delivered, self._live_from)
+        self._held, self._held_bytes = [], 0
+        self._deps.hub.hold(self, (*self._retained, BROADCAST))
+        return True
+
+    def gap_replay(self, rebound_at: float) -> Recovery | None:
+        """The socket's keys are bound again since ``rebound_at``, its new position: the
+        request that replays what it missed (None if there is none to make)."""
+        since = self._gap_from
+        if since is None or self._held is None or self._closed:
+            return None
+        self._live_from = rebound_at
+        history = self._deps.history.settings
+        if not history.enabled:
+            self._deps.metrics.inband_recoveries.labels("history_off").inc()
+            self._write(frames.replay_done(
+                0, rebound_at, since=since, recovery=frames.Recovered(False, "history_off")))
+            self._go_live()
+            return None
+        return Recovery(self, frozenset((*self._retained, BROADCAST)), since, history.window_s)
 
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None,
@@ -490,7 +541,11 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         connection = self.ws_connection
         if self._closed or connection is None or connection.is_closing():
             return {}  # on_close() releases what is held; nothing reads a reply
-        deps.hub.subscribe(self, (*keys, BROADCAST))
+        if self._held is not None:
+            # Held back for an in-band replay (17.5): the new keys are held back too.
+            deps.hub.hold(self, (*keys, BROADCAST))
+        else:
+            deps.hub.subscribe(self, (*keys, BROADCAST))
         deps.bindings.release(key for key in held if key not in keys)
         self._retained = keys
         self._identity = identity

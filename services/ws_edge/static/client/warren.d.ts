@@ -90,7 +90,9 @@ export interface StateChange {
   status?: number;
   error?: string | null;
   retryAfterMs?: number | null;
-  /** "reconnecting": the wait before the next attempt, and its number since the last welcome. */
+  /** "reconnecting": the wait before the next attempt, and the failed attempts in a row
+   *  since the last welcome (after a drain, 1001, which is no failure: the number of the
+   *  attempt about to be made). */
   delayMs?: number;
   attempt?: number;
   /** "recovering", "open": the edge's instance id. */
@@ -104,20 +106,24 @@ export interface StateChange {
 }
 
 /**
- * What the last welcome said of the position the client sent (protocol.md 17.3). When
- * `recovered` is false, events were missed: read recorded state again (the HTTP API).
+ * What the last welcome said of the position the client sent (protocol.md 17.3), or, with
+ * `inBand`, what the edge said after replaying on the open socket what was routed while
+ * its broker connection was away (17.5). When `recovered` is false, events were missed:
+ * read recorded state again (the HTTP API).
  */
 export interface Recovery {
-  /** true: the edge replays everything since `since`; false: it cannot; null: no position was sent. */
+  /** true: the edge replays (in band: replayed) everything since `since`; false: it cannot; null: no position was sent. */
   recovered: boolean | null;
   /** Why not: "too_old", "invalid_position", "history_off", or the client's "unsupported" (an edge without recovery). */
   reason: "too_old" | "invalid_position" | "history_off" | "unsupported" | (string & {}) | null;
   /** With "too_old": the position of the oldest event the edge still holds. */
   oldest: number | null;
-  /** The position sent, or null. */
+  /** The position sent, or null; in band, the position the edge replayed from (before its window). */
   since: number | null;
   /** The events replayed, once replay.done arrived; null before, and without a replay. */
   replayed: number | null;
+  /** false: the answer of a welcome, heard before its replay; true: of a replay.done on the open socket, after it. */
+  inBand: boolean;
 }
 
 /** The ack of a history request (protocol.md 17.4). */
@@ -252,7 +258,7 @@ export class Warren {
    * reload. null until the first welcome, unless given in the options.
    */
   readonly position: number | null;
-  /** What the last welcome said of the position sent; null before the first welcome. */
+  /** What the last welcome, or in-band replay.done, said of what was missed; null before the first welcome. */
   readonly recovery: Recovery | null;
   /** The last event id delivered per destination (`to`). */
   readonly lastEventIds: Map<string, string>;
@@ -266,7 +272,10 @@ export class Warren {
   onError(listener: Listener<WarrenError>): Unsubscribe;
   onWelcome(listener: Listener<Identity>): Unsubscribe;
   onRefresh(listener: Listener<Identity>): Unsubscribe;
-  /** After each welcome, before its replay: whether the client recovered what it missed. */
+  /**
+   * After each welcome, before its replay, and after each in-band replay (the edge's broker
+   * connection came back, `inBand` true): whether the client recovered what it missed.
+   */
   onRecovery(listener: Listener<Recovery>): Unsubscribe;
   /** The position, at most every positionIntervalMs, at once when the edge sets it and when the client stops. */
   onPosition(listener: Listener<number | null>): Unsubscribe;

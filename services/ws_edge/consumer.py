@@ -7,6 +7,14 @@ per event. Written events are acknowledged together too, with one ``basic.ack
 (multiple)`` at most every ``ACK_DELAY_S`` or every half prefetch window: the edge's
 queue is exclusive, so an acknowledgement only paces the broker, it protects nothing.
 
+Deliveries are taken from aiormq's channel as they come, not through aio-pika's
+``IncomingMessage``: the edge reads a delivery's body, routing key, tag and redelivered
+flag, and building the full message object (every property decoded, every attribute
+set through a locking ``__setattr__``) cost more than the rest of the edge's own work on
+a single-recipient event. The queue is still declared on aio-pika's robust channel, so
+aio-pika declares it again on a new connection; the consumer is started again from the
+channel's reopen callback (:meth:`EventConsumer._consume`).
+
 ``queue.bind`` and ``queue.unbind`` are synchronous AMQP methods, one at a time per
 channel, so the edge binds on a small pool of channels of its own: a storm of connects
 is not held to one broker round trip at a time, and binding never waits behind the
@@ -20,17 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, cast
 
 import aiormq.abc
 from aio_pika.abc import (
     AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from pamqp.commands import Basic
 
 from shared.logging import CONNECTION_LOSS
 from shared.messaging import BROADCAST, EnvelopeError, Kind, decode
@@ -52,7 +59,7 @@ class Pending(NamedTuple):
     event_id: str
     kind: Kind
     ts: float
-    message: AbstractIncomingMessage
+    delivery: aiormq.abc.DeliveredMessage
 
 
 class EventConsumer:
@@ -77,10 +84,10 @@ class EventConsumer:
         self._framer = TextFramer()
         self._channel: AbstractRobustChannel | None = None
         self._events: AbstractExchange | None = None
-        self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
+        self._consuming: aiormq.abc.AbstractChannel | None = None  # the tag's channel
         self._batch: list[Pending] = []
-        self._unacked: AbstractIncomingMessage | None = None  # the last one written
+        self._unacked: aiormq.abc.DeliveredMessage | None = None  # the last one written
         self._unacked_count = 0
         self._ack_timer: asyncio.TimerHandle | None = None
         self._acks: set[asyncio.Task[None]] = set()
@@ -102,12 +109,41 @@ class EventConsumer:
         )
         await queue.bind(events, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
-        self._channel, self._events, self._queue = channel, events, queue
+        self._channel, self._events = channel, events
         for _ in range(self._bind_channel_count):
             binder = await self._connection.channel()
             assert isinstance(binder, AbstractRobustChannel)
             self._bind_channels.append(binder)
-        self._consumer_tag = await queue.consume(self.on_message)
+        channel.reopen_callbacks.add(self._consume_again)
+        await self._consume()
+
+    async def _consume(self) -> None:
+        """Consume the queue on the robust channel's current aiormq channel."""
+        assert self._channel is not None
+        underlay = await self._channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._cancelled)
+        consume_ok = await underlay.basic_consume(self._queue_name, self.on_message)
+        self._consuming, self._consumer_tag = underlay, consume_ok.consumer_tag
+
+    async def _cancelled(self, frame: Basic.Cancel) -> None:
+        """The broker ended the consumer: the queue is gone (deleted by hand, say).
+
+        Only a new connection declares the queue again and has every held key bound
+        again (:meth:`BindingTable.rebind`), so the connection is closed for the robust
+        connection to make a new one, as aio-pika does for consumers it knows.
+        """
+        consuming = self._consuming
+        if frame.consumer_tag != self._consumer_tag or consuming is None:
+            return
+        log.warning("the broker cancelled the edge's consumer: reconnecting",
+                    extra={"queue": self._queue_name})
+        await consuming.connection.close(ConnectionError("the edge's consumer was cancelled"))
+
+    async def _consume_again(self, _channel: object) -> None:
+        # aio-pika has declared the queue again on the new connection (it knows the
+        # declaration, not this consumer); a stop() meanwhile leaves it stopped.
+        if self._consumer_tag is not None:
+            await self._consume()
 
     def is_ready(self) -> bool:
         channel = self._channel
@@ -116,17 +152,19 @@ class EventConsumer:
             and channel is not None
             and self._connection.connected.is_set()
             and not channel.is_closed
+            and self._consuming is not None
+            and not self._consuming.is_closed
         )
 
     async def stop(self) -> None:
         """Stop consuming; in-flight messages are requeued by the broker on close."""
-        queue, tag = self._queue, self._consumer_tag
+        consuming, tag = self._consuming, self._consumer_tag
         self._consumer_tag = None
         if self._ack_timer is not None:
             self._ack_timer.cancel()
         try:
-            if queue is not None and tag is not None and self._connection.connected.is_set():
-                await queue.cancel(tag)
+            if consuming is not None and tag is not None and not consuming.is_closed:
+                await consuming.basic_cancel(tag)
             for channel in (*self._bind_channels, self._channel):
                 if channel is not None and not channel.is_closed:
                     await channel.close()
@@ -154,29 +192,32 @@ class EventConsumer:
         await channel.ready()
         return await channel.get_underlay_channel()
 
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
+    async def on_message(self, message: aiormq.abc.DeliveredMessage) -> None:
         """One delivery from the queue: rejected (dead-lettered) now, or batched."""
-        if message.redelivered:
+        deliver = message.delivery
+        assert isinstance(deliver, Basic.Deliver)
+        if deliver.redelivered:
             # Requeued because this edge's channel failed, perhaps after the event was
             # written but before its (grouped) ack: dropped, so none is written twice.
-            log.info("redelivered event dropped", extra={"message_id": message.message_id})
-            await message.ack()
+            log.info("redelivered event dropped",
+                     extra={"message_id": message.header.properties.message_id})
+            await message.channel.basic_ack(_tag(deliver))
             return
         try:
             envelope = decode(message.body)
             key = envelope.to.routing_key
-            if key != message.routing_key:
+            if key != deliver.routing_key:
                 raise EnvelopeError(
-                    f"envelope to {envelope.to} arrived under routing key {message.routing_key!r}"
+                    f"envelope to {envelope.to} arrived under routing key {deliver.routing_key!r}"
                 )
         except EnvelopeError as exc:
             self._metrics.events_rejected.inc()
             log.warning(
                 "rejected event",
-                extra={"reason": str(exc), "routing_key": message.routing_key,
-                       "message_id": message.message_id},
+                extra={"reason": str(exc), "routing_key": deliver.routing_key,
+                       "message_id": message.header.properties.message_id},
             )
-            await message.reject(requeue=False)
+            await message.channel.basic_reject(_tag(deliver), requeue=False)
             return
         if not self._batch:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -195,9 +236,10 @@ class EventConsumer:
             traced = log.isEnabledFor(logging.DEBUG)
             for pending, count in zip(batch, delivered):
                 if traced:  # the way back of a correlation id (shared/logging.py)
+                    properties = pending.delivery.header.properties
                     log.debug("event delivered", extra={
-                        "correlation_id": pending.message.correlation_id,
-                        "message_id": pending.message.message_id,
+                        "correlation_id": properties.correlation_id,
+                        "message_id": properties.message_id,
                         "routing_key": pending.key, "sockets": count,
                     })
                 self._metrics.received[pending.kind].inc()
@@ -207,7 +249,7 @@ class EventConsumer:
         finally:
             # Messages are handled in delivery order, so the last one's tag covers all
             # written before it; rejected ones are settled already and not covered again.
-            self._unacked = batch[-1].message
+            self._unacked = batch[-1].delivery
             self._unacked_count += len(batch)
             if self._unacked_count * 2 >= self._prefetch:
                 self._ack_written()
@@ -226,10 +268,16 @@ class EventConsumer:
             self._acks.add(task)
             task.add_done_callback(self._acks.discard)
 
-    async def _ack(self, last: AbstractIncomingMessage) -> None:
+    async def _ack(self, last: aiormq.abc.DeliveredMessage) -> None:
+        assert isinstance(last.delivery, Basic.Deliver)
         try:
-            await last.ack(multiple=True)
+            await last.channel.basic_ack(_tag(last.delivery), multiple=True)
         except (AMQPError, ChannelInvalidStateError, ConnectionError) as exc:
             # The channel closed (the broker went away): its unacknowledged messages
             # went back to the broker with it, there is nothing left to acknowledge.
             log.info("batch not acknowledged: channel closed", extra={"error": repr(exc)})
+
+
+def _tag(deliver: Basic.Deliver) -> int:
+    # pamqp types every field optional; a Basic.Deliver always carries its tag.
+    return cast(int, deliver.delivery_tag)

@@ -63,6 +63,34 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
     assert (await alice.recv())["id"] == reply["data"]["id"]
 
 
+async def test_an_edge_whose_queue_is_deleted_reconnects_and_delivers_again(
+    edge: EdgeServer,
+    broker_admin: BrokerAdmin,
+    vhost: str,
+    amqp_url: str,
+    token_for: Callable[..., str],
+) -> None:
+    # The broker cancels the consumer of a deleted queue; only a new connection declares
+    # the queue and binds the held keys again.
+    alice = await Client.connect(edge.port, token_for("alice", ("team",)))
+    restored = reconnected(edge.connection)
+    broker_admin.delete_queue(vhost, edge.consumer.queue_name)  # type: ignore[union-attr]
+    await asyncio.wait_for(restored, 30)
+    await asyncio.wait_for(edge.rebound(), 30)
+    assert {"broadcast", "user.alice", "group.team"} <= broker_admin.bindings(
+        vhost, edge.consumer.queue_name  # type: ignore[union-attr]
+    )
+    connection = await connect(amqp_url, name="warren-test-after-delete")
+    async with connection:
+        publisher = await Publisher.open(connection)
+        to_alice = Envelope(type="test.event", to=Address.user("alice"),
+                            sender=Address.service("test"), data={})
+        await publisher.publish_event(to_alice)
+        done = await alice.recv()  # the in-band replay's end (docs/protocol.md 17.5)
+        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
+        assert (await alice.recv())["id"] == to_alice.id
+
+
 async def test_socket_opened_during_outage_binds_after_recovery(
     make_edge: Callable[..., EdgeServer],
     broker_admin: BrokerAdmin,

@@ -99,6 +99,11 @@ class BrokerAdmin:
             name = urllib.parse.quote(connection["name"], safe="")
             self._api("DELETE", f"/api/connections/{name}")
 
+    def delete_queue(self, vhost: str, queue: str) -> None:
+        """Delete a queue as an operator can, even an exclusive one (which the management
+        API refuses): with ``rabbitmqctl``, on the machine's broker."""
+        _ctl("delete_queue", "-p", vhost, queue)
+
     def bindings(self, vhost: str, queue: str) -> set[str]:
         """Routing keys bound to ``queue`` from non-default exchanges."""
         if not self.api_available:

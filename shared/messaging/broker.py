@@ -131,7 +131,8 @@ class ConnectionWatch:
         self._lost_at = self._loop.time()
         log.warning(
             "broker connection lost; reconnecting",
-            extra={"connection": self._name, "reason": _describe(reason)},
+            extra={"connection": self._name, "reason": _describe(reason),
+                   "broker": broker_address(self._connection)},
         )
         self._alert = self._loop.call_later(self._alert_after_s, self._still_away)
 
@@ -140,7 +141,7 @@ class ConnectionWatch:
         log.error(
             "broker unreachable for %g s; still reconnecting",
             self._alert_after_s,
-            extra={"connection": self._name},
+            extra={"connection": self._name, "brokers": broker_addresses(self._connection)},
         )
 
     def _on_reconnect(self, _connection: object) -> None:
@@ -152,13 +153,28 @@ class ConnectionWatch:
         log.info(
             "broker reconnected after %.1f s",
             outage_s,
-            extra={"connection": self._name, "outage_s": round(outage_s, 3)},
+            extra={"connection": self._name, "outage_s": round(outage_s, 3),
+                   "broker": broker_address(self._connection)},
         )
 
     def _cancel_alert(self) -> None:
         if self._alert is not None:
             self._alert.cancel()
             self._alert = None
+
+
+def broker_address(connection: AbstractRobustConnection) -> str | None:
+    """The address the connection is on, or was last on, as logs may show it: with a list
+    of addresses it says which node was lost and which one took over."""
+    url = getattr(connection, "url", None)
+    return None if url is None else without_password(str(url))
+
+
+def broker_addresses(connection: AbstractRobustConnection) -> str | None:
+    """Every address the connection tries in turn, as logs may show them."""
+    if isinstance(connection, FailoverConnection):
+        return ", ".join(without_password(str(url)) for url in connection.addresses)
+    return broker_address(connection)
 
 
 def _describe(reason: BaseException | None) -> str | None:

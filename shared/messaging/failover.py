@@ -22,11 +22,16 @@ an error at import, not a connection stuck on one address.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Final
 
 from aio_pika import RobustConnection
 from yarl import URL
+
+from shared.config import without_password
+
+log = logging.getLogger(__name__)
 
 MAX_RECONNECT_INTERVAL_S: Final = 5.0
 
@@ -94,6 +99,11 @@ class FailoverConnection(RobustConnection):
             except Exception as exc:  # noqa: BLE001 - the loop judges the round's last one
                 failures[address] = last = exc
                 self._next = (self._next + 1) % len(self._addresses)
+                # Each attempt at DEBUG, as aio-pika's own: an outage is logged once, by
+                # shared.messaging.broker.ConnectionWatch, with the address lost and the
+                # one that took over.
+                log.debug("broker address did not answer",
+                          extra={"broker": without_password(str(address)), "error": repr(exc)})
                 continue
             self._failed_rounds = 0
             self.failures = {}

@@ -24,11 +24,16 @@ from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient, make_client
 from services.cat_relay.dispatch import Dispatcher
 from services.cat_relay.metrics import RelayMetrics
+from services.cat_relay.migrate import drain_classic_sessions
 from services.cat_relay.relay import Relay
 from services.cat_relay.sessions import SessionTable
 from services.cat_relay.settings import RelaySettings
 
 log = logging.getLogger(__name__)
+
+# How long a starting relay waits for another to finish draining the classic chat queues
+# (or for the earlier relays to stop) before it gives up.
+CLASSIC_DRAIN_WAIT_S = 60.0
 
 
 class RelayServer:
@@ -91,6 +96,9 @@ class RelayServer:
         )
         life.push_async_callback(sessions.close)
         await sessions.start()
+        # Before taking asks: those the earlier relays left in their classic session
+        # queues come first (services/cat_relay/migrate.py).
+        await drain_classic_sessions(connection, sessions.forward, wait_s=CLASSIC_DRAIN_WAIT_S)
         asker = Asker(connection, publisher, settings.common.instance_id)
         await asker.start()  # its channel closes with the connection
         dispatcher = Dispatcher(sessions, self.metrics)

@@ -1,14 +1,15 @@
 """Who answers a user: the replica whose consumer on the user's session queue is active.
 
-Each user being answered has a session queue ``warren.chat.session.<user>`` with a
-single active consumer. The replica holding the active consumer *owns* the session:
-it alone answers that user's asks, one at a time and in order, and it alone holds the
-user's Cat socket (opened on the first ask, closed before the session is let go).
+Each user being answered has a session queue ``warren.chat.user.<user>``, a quorum
+queue with a single active consumer. The replica holding the active consumer *owns* the
+session: it alone answers that user's asks, one at a time and in order, and it alone
+holds the user's Cat socket (opened on the first ask, closed before the session is let
+go).
 
-Sessions are taken through *claims*: messages naming a user, in the durable queue
-``warren.chat.claims`` that every replica consumes. The dispatcher publishes a claim
-when it puts an ask into a session queue that nobody consumes; the broker hands it to
-one replica (round robin, so sessions spread over the replicas), which subscribes to
+Sessions are taken through *claims*: messages naming a user, in the quorum queue
+``warren.chat.session-claims`` that every replica consumes. The dispatcher publishes a
+claim when it puts an ask into a session queue that nobody consumes; the broker hands
+it to one replica (round robin, so sessions spread over the replicas), which subscribes to
 the session queue and keeps the claim unacknowledged for as long as it does. If that
 replica dies, the broker returns the claim and another replica takes the session over,
 with the ask the dead one was answering (which it answers ``interrupted``). If no
@@ -17,7 +18,7 @@ replica runs at all, the claim waits for the next one to start.
 A session is let go after ``idle_s`` without asks, once it is ``max_age_s`` old (so
 that no claim stays unacknowledged long enough to meet the broker's consumer timeout),
 and on shutdown. Letting go closes the Cat socket, cancels the consumer, then
-acknowledges the claims, or returns them when asks are waiting so that another replica
+acknowledges the claims, or hands them on when asks are waiting so that another replica
 answers those.
 
 Asks reach a session by two ways, kept in one queue of jobs per user:
@@ -64,6 +65,9 @@ FORWARD_MEMORY = 65536  # users whose last forwarded ask is remembered
 # A session's claim stays unacknowledged for the session's whole life, and RabbitMQ
 # closes a channel holding a delivery longer than its consumer_timeout (30 min by default).
 MAX_AGE_S = 600.0
+# Claims held at once by one replica, that is the sessions it can own. A quorum queue
+# reads "no limit" (0) as 2000 deliveries, so the limit is given, as high as AMQP allows.
+CLAIMS_PREFETCH = 65535
 
 
 @dataclass(slots=True, eq=False)
@@ -138,7 +142,7 @@ class SessionTable:
         self._channel = channel
         self._producer = Producer(channel)
         claims = await self._connection.channel()
-        await claims.set_qos(prefetch_count=0)  # no limit: each claim held is a session consumed
+        await claims.set_qos(prefetch_count=CLAIMS_PREFETCH)  # each claim held: a session owned
         claims.close_callbacks.add(self._on_claims_lost)
         self._claims_channel = claims
         self._claims_queue = await declare_chat_claims_queue(claims)
@@ -232,7 +236,7 @@ class SessionTable:
             await settle(claim.reject(requeue=False))
             return
         if not self._taking:
-            await settle(claim.nack(requeue=True))  # shutting down: for another replica
+            await self._hand_on(user, claim)  # shutting down: for another replica
             return
         try:
             await self._take(user, claim)
@@ -379,7 +383,7 @@ class SessionTable:
         elif claims:
             # Asks wait, or other replicas still consume: keep the session claimed.
             for claim in claims:
-                await settle(claim.nack(requeue=True))
+                await self._hand_on(session.user, claim)
         elif consumers == 0:
             try:
                 await self._claim(session.user)
@@ -520,6 +524,23 @@ class SessionTable:
             kind=MessageKind.COMMAND,
             mandatory=True,
         )
+
+    async def _hand_on(self, user: str, claim: AbstractIncomingMessage) -> None:
+        """Let another replica take a claim: a fresh copy, then the held one acknowledged.
+
+        Not returned with a nack: a quorum queue counts each return of a message, and a
+        broker with a default delivery limit (RabbitMQ 4) would drop a claim returned too
+        often. Only an owner that dies returns its claims that way. If the copy cannot be
+        published, the claim is returned after all.
+        """
+        try:
+            await self._claim(user)
+        except Exception:
+            log.warning("could not hand a session claim on; returning it", extra={"user": user},
+                        exc_info=True)
+            await settle(claim.nack(requeue=True))
+            return
+        await settle(claim.ack())
 
     def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(work)

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Final
 
 import aio_pika
+import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
-    AbstractRobustQueue,
 )
 
 from shared.config import (
@@ -245,21 +245,29 @@ async def declare_history_stream(
 async def _declare_dead_letter_queue(
     channel: AbstractChannel, dlx: AbstractExchange, name: str
 ) -> None:
-    """Declare a durable classic queue for dead letters, bound to ``warren.dlx``.
+    """Declare a durable classic queue for dead letters, bound to ``dlx``: best effort.
 
-    On a robust channel it is declared once, not again by aio-pika after a reconnect:
-    on a cluster that would fail while the queue's node is down, and take the whole
-    reconnection with it. The queue is durable, so nothing needs it declared again.
+    On a cluster the queue lives on one node, and while that node is down the broker
+    refuses to declare or bind it (``NOT_FOUND``), which closes the channel it was asked
+    on. So it is declared on a short-lived channel of the same connection, not the
+    caller's, and a refusal is logged, not raised: a service starts, and reconnects,
+    while that node is down, and what would be dead-lettered to the queue meanwhile is
+    dropped (docs/reliability.md 2.6). Once per process, not again by aio-pika after a
+    reconnect: the queue is durable, so nothing needs it declared again.
     """
-    queue: AbstractQueue
-    if isinstance(channel, AbstractRobustChannel):
-        queue = await channel.declare_queue(name, durable=True, robust=False)
-    else:
-        queue = await channel.declare_queue(name, durable=True)
-    if isinstance(queue, AbstractRobustQueue):
-        await queue.bind(dlx, routing_key=name, robust=False)
-    else:
-        await queue.bind(dlx, routing_key=name)
+    own = await (await channel.get_underlay_channel()).connection.channel()
+    try:
+        await own.queue_declare(name, durable=True)
+        await own.queue_bind(name, dlx.name, routing_key=name)
+    except aiormq.exceptions.ChannelNotFoundEntity as exc:
+        log.warning(
+            "a dead-letter queue is unavailable (its node is down?); its dead letters are "
+            "dropped until it is back",
+            extra={"queue": name, "error": str(exc)},
+        )
+    finally:
+        if not own.is_closed:
+            await own.close()
 
 
 def edge_queue_arguments() -> dict[str, str]:
@@ -320,18 +328,23 @@ async def declare_quorum_queue(
 
 
 async def declare_session_queue(channel: AbstractRobustChannel, user_id: str) -> AbstractQueue:
-    """Declare one user's chat session queue: durable, one active consumer at a time.
+    """Declare one user's chat session queue: a quorum queue, one active consumer at a time.
 
     Single active consumer makes one relay replica answer the user's asks, one by one
-    and in order (docs/cat_relay.md). The queue deletes itself after an hour without
-    consumers; rejected asks go to the ``chat.ask`` dead letters. Not re-declared by
-    aio-pika after a reconnect: the relay takes sessions again through claims.
+    and in order (docs/cat_relay.md). A quorum queue keeps the asks and the choice of
+    consumer on a cluster when one node stops. The queue deletes itself after an hour
+    without consumers; rejected asks go to the ``chat.ask`` dead letters. No delivery
+    limit: an ask that comes back is answered ``interrupted``, never asked again, so it
+    cannot loop, and one that cannot be answered while the broker is unsettled must not
+    be dropped. Not re-declared by aio-pika after a reconnect: the relay takes sessions
+    again through claims.
     """
     dead = dead_letter_queue_name(work_queue_name(Command.CHAT_ASK))
     return await channel.declare_queue(
         chat_session_queue_name(user_id),
         durable=True,
         arguments={
+            "x-queue-type": "quorum",
             "x-single-active-consumer": True,
             "x-expires": CHAT_SESSION_EXPIRES_MS,
             "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
@@ -342,12 +355,16 @@ async def declare_session_queue(channel: AbstractRobustChannel, user_id: str) ->
 
 
 async def declare_chat_claims_queue(channel: AbstractChannel) -> AbstractQueue:
-    """Declare the durable queue of chat session claims, which every relay replica consumes.
+    """Declare the quorum queue of chat session claims, which every relay replica consumes.
 
-    Classic, without a delivery limit: a claim is held unacknowledged by the replica
-    that owns the session and returns to the queue each time an owner stops.
+    Without a delivery limit: a claim is held unacknowledged by the replica that owns
+    the session and returns to the queue each time an owner stops, however often; a
+    claim dropped would leave its session's asks with nobody to take them. A quorum
+    queue, so that a relay reconnecting while one node is down can declare it again.
     """
-    return await channel.declare_queue(CHAT_CLAIMS_QUEUE, durable=True)
+    return await channel.declare_queue(
+        CHAT_CLAIMS_QUEUE, durable=True, arguments={"x-queue-type": "quorum"}
+    )
 
 
 class Publisher:

@@ -107,11 +107,22 @@ def dead_letter_queue_name(queue: str) -> str:
 
 # cat_relay: a user's session queue is consumed by the replica that answers that user;
 # a claim (a message naming the user) in the claims queue asks some replica to take it.
-CHAT_CLAIMS_QUEUE: Final = "warren.chat.claims"
+# Both are quorum queues. Their names differ from those of the classic queues that held
+# them before (a queue's type cannot change under its name); a relay drains what is left
+# in the classic ones once, at start-up (services/cat_relay/migrate.py).
+CHAT_CLAIMS_QUEUE: Final = "warren.chat.session-claims"
+CLASSIC_CHAT_CLAIMS_QUEUE: Final = "warren.chat.claims"
+#: An exclusive queue held by the one relay draining the classic chat queues.
+CHAT_DRAIN_LOCK_QUEUE: Final = "warren.chat.classic-drain"
 
 
 def chat_session_queue_name(user_id: str) -> str:
     """The per-user queue through which cat_relay replicas answer one user's asks in order."""
+    return f"warren.chat.user.{check_name(user_id, 'user id')}"
+
+
+def classic_chat_session_queue_name(user_id: str) -> str:
+    """A user's session queue as relays before the quorum chat queues named it."""
     return f"warren.chat.session.{check_name(user_id, 'user id')}"
 
 

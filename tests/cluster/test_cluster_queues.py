@@ -1,9 +1,10 @@
 """The cluster itself, and where Warren's durable queues live on it.
 
 Warren's own declarations (shared/messaging/broker.py, services/runner/dispatch.py),
-made through HAProxy, as services make them: work and runs queues are quorum queues
-with a replica on every node, the history stream too; and a connection whose node stops
-moves through HAProxy to a live one with its consumer.
+made through HAProxy, as services make them: work and runs queues, and the chat claims
+and session queues, are quorum queues with a replica on every node, the history stream
+too; a connection whose node stops moves through HAProxy to a live one with its
+consumer; and the dead letters, classic queues, never stop a service from starting.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from services.runner.dispatch import declare_runs_queue
 from shared.config import HistorySettings
 from shared.messaging.broker import (
     connect,
+    declare_chat_claims_queue,
     declare_history_stream,
     declare_quorum_queue,
+    declare_session_queue,
     declare_work_queue,
 )
 from shared.messaging.names import (
+    CHAT_CLAIMS_QUEUE,
     HISTORY_STREAM,
     RUNNER_RUNS_QUEUE,
     Command,
+    chat_session_queue_name,
     dead_letter_queue_name,
     work_queue_name,
 )
@@ -51,7 +56,7 @@ def test_three_nodes_of_its_own_behind_haproxy(rabbit_cluster: RabbitCluster) ->
     assert "{cluster_partition_handling,pause_minority}" in status
 
 
-async def test_work_queues_runs_and_history_are_replicated_on_every_node(
+async def test_work_runs_chat_queues_and_history_are_replicated_on_every_node(
     rabbit_cluster: RabbitCluster, cluster_vhost: str, cluster_url: str
 ) -> None:
     nodes = tuple(sorted(n.node for n in rabbit_cluster.nodes))
@@ -61,17 +66,23 @@ async def test_work_queues_runs_and_history_are_replicated_on_every_node(
         for command in Command:
             await declare_work_queue(channel, command)
         await declare_runs_queue(channel)
+        await declare_chat_claims_queue(channel)
+        assert isinstance(channel, AbstractRobustChannel)
+        await declare_session_queue(channel, "alice")
         await declare_history_stream(connection, HistorySettings())
     finally:
         await connection.close()
 
-    replicated = [work_queue_name(c) for c in Command] + [RUNNER_RUNS_QUEUE, HISTORY_STREAM]
-    for queue in replicated:
+    chat = [CHAT_CLAIMS_QUEUE, chat_session_queue_name("alice")]
+    replicated = [work_queue_name(c) for c in Command] + [RUNNER_RUNS_QUEUE, *chat]
+    for queue in [*replicated, HISTORY_STREAM]:
         replicas = rabbit_cluster.replicas(cluster_vhost, queue)
         assert replicas.members == nodes, replicas
         assert replicas.online == nodes, replicas
+    assert {rabbit_cluster.replicas(cluster_vhost, q).type for q in replicated} == {"quorum"}
     assert rabbit_cluster.replicas(cluster_vhost, HISTORY_STREAM).type == "stream"
-    # The dead letters are classic queues: on one node only (issue 18: still to do).
+    # The dead letters are classic queues, on one node only: best effort
+    # (docs/reliability.md 2.6).
     dead = rabbit_cluster.replicas(cluster_vhost, dead_letter_queue_name(RUNNER_RUNS_QUEUE))
     assert dead.type == "classic"
 
@@ -156,5 +167,38 @@ async def _moves_with_its_consumer(
         assert await asyncio.to_thread(cluster.node_of, vhost, name) != node
         await channel.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue.name)
         assert await asyncio.wait_for(received.get(), WAIT_S) == b"after"
+    finally:
+        await connection.close()
+
+
+async def test_a_work_queue_is_declared_while_the_node_of_its_dead_letters_is_down(
+    rabbit_cluster: RabbitCluster, cluster_vhost: str, cluster_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Dead letters are best effort on a cluster: a service that starts while the node of
+    its classic ``.dead`` queue is down starts all the same, and its work queue works."""
+    cluster, vhost, name = rabbit_cluster, cluster_vhost, "warren.test.work"
+    node = cluster.nodes[0].node
+    placer = await connect(cluster.node(node).vhost_url(vhost), name="warren-test-placer")
+    async with placer:
+        await declare_quorum_queue(await placer.channel(), name)
+    assert await asyncio.to_thread(cluster.home, vhost, dead_letter_queue_name(name)) == node
+    await asyncio.to_thread(cluster.stop, node)
+
+    connection = await connect(cluster_url, name="warren-test-starter")
+    try:
+        channel = await connection.channel()
+        queue = await declare_quorum_queue(channel, name)
+        assert "a dead-letter queue is unavailable" in caplog.text  # refused, and let be
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            async with message.process():
+                if not received.done():
+                    received.set_result(message.body)
+
+        await queue.consume(on_message)
+        await channel.default_exchange.publish(aio_pika.Message(b"work"), routing_key=name)
+        assert await asyncio.wait_for(received, WAIT_S) == b"work"
     finally:
         await connection.close()

@@ -9,8 +9,12 @@ pause_minority``, as production's three-node cluster is. HAProxy (``haproxy.py``
 gives them one address, as the Kubernetes Service does.
 
 Starting it takes a while (three nodes, two joins), so one cluster serves the whole
-session; each test gets its own vhost on it. A test that stops or kills a node starts
-it again before it ends (:meth:`RabbitCluster.heal` makes sure).
+session; each test gets its own vhost on it. A test that stops, kills or cuts off a
+node brings it back before it ends (:meth:`RabbitCluster.heal` makes sure).
+
+A network partition is made in Erlang's distribution, not with a packet filter: the test
+machines have none, and the nodes share the loopback interface, so no address or port
+tells one node's links from another's (:meth:`RabbitCluster.partition`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +39,8 @@ NODE_CONFIG = "cluster_partition_handling = pause_minority\n"
 # An Erlang pid as rabbitmqctl's table prints it names its node:
 # <warren-cluster-0ce7f3-1@localhost.1796599876.1239.0>
 PID_NODE = re.compile(r"^<(?P<node>[^@<>]+@[^.]+)\.\d+\.\d+\.\d+>$")
+# The cookie a node cut off from its peers holds for them: any atom but the cluster's.
+PARTITION_COOKIE = "warren_partitioned"
 
 
 @dataclass
@@ -53,6 +60,7 @@ class RabbitCluster:
     nodes: tuple[PrivateBroker, ...]
     proxy: HaProxy
     stopped: set[str] = field(default_factory=set)
+    partitioned: set[str] = field(default_factory=set)
 
     @classmethod
     def start(cls, directory: Path, size: int = CLUSTER_SIZE) -> RabbitCluster:
@@ -119,10 +127,11 @@ class RabbitCluster:
         raise LookupError(f"{name!r} is not a node of this cluster")
 
     def live_nodes(self) -> Iterator[PrivateBroker]:
-        return (n for n in self.nodes if n.node not in self.stopped)
+        return (n for n in self.nodes if n.node not in self.stopped | self.partitioned)
 
     def ctl(self, *args: str) -> str:
-        """rabbitmqctl on a node that is running (the cluster answers for all of them)."""
+        """rabbitmqctl on a node that is running and not cut off (the majority answers
+        for the cluster)."""
         return next(self.live_nodes()).ctl(*args)
 
     def running_nodes(self) -> set[str]:
@@ -145,18 +154,82 @@ class RabbitCluster:
         node.boot()
         node.ctl("await_startup", "--timeout", str(STARTUP_TIMEOUT_S))
         self.stopped.discard(name)
-        server = _server(node)
-        self.proxy.wait_until(lambda states: states.get(server) == "UP", 30, f"{server} UP")
+        self.await_proxy(name, "UP")
+
+    def partition(self, name: str) -> None:
+        """Cut ``name`` off from the other nodes, as a network partition would.
+
+        The node is given a wrong cookie for each of its peers and its links to them are
+        dropped: neither side can connect again, since each checks the other's handshake
+        with the cookie it holds for it. Everything else stays: clients' AMQP links to
+        the node (through HAProxy), and rabbitmqctl's to it (the CLI is no peer, and
+        gets the node's own cookie). With ``pause_minority`` the node, alone, sees no
+        majority and stops RabbitMQ on itself (its Erlang VM keeps running), pinging its
+        peers every second until it sees them again (:meth:`rejoin`).
+        """
+        peers = _atoms(n.node for n in self.nodes if n.node != name)
+        self.partitioned.add(name)
+        self.node(name).ctl("eval", (
+            f"[begin erlang:set_cookie(Peer, {PARTITION_COOKIE}), "
+            f"erlang:disconnect_node(Peer) end || Peer <- {peers}], ok."
+        ))
+
+    def rejoin(self, name: str) -> None:
+        """End :meth:`partition`: the node's peers' cookie back, and links to them. The
+        paused node sees a majority again and starts RabbitMQ (syncing from its peers);
+        back when HAProxy sends to it again."""
+        node = self.node(name)
+        peers = _atoms(n.node for n in self.nodes if n.node != name)
+        node.ctl("eval", (
+            "Cookie = erlang:get_cookie(), "
+            f"[erlang:set_cookie(Peer, Cookie) || Peer <- {peers}], "
+            f"[net_kernel:connect_node(Peer) || Peer <- {peers}], ok."
+        ))
+        # It starts RabbitMQ after its next ping round: until then there is no boot to await.
+        _wait(lambda: self.rabbit_running(name), STARTUP_TIMEOUT_S, f"RabbitMQ running on {name}")
+        self.partitioned.discard(name)
+        self.await_proxy(name, "UP")
+
+    def accepts_amqp(self, name: str) -> bool:
+        """Whether the node's own AMQP port takes a connection (a paused node's does not)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.node(name).port), timeout=2).close()
+        except OSError:
+            return False
+        return True
+
+    def await_proxy(self, name: str, state: str, timeout: float = 30) -> None:
+        """Wait until HAProxy's checks find the node in ``state`` (``UP``, ``DOWN``)."""
+        server = _server(self.node(name))
+        self.proxy.wait_until(lambda states: states.get(server) == state, timeout,
+                              f"{server} {state}")
+
+    def rabbit_running(self, name: str) -> bool:
+        """Whether RabbitMQ runs on the node, asked of the node itself (a paused node's VM
+        still answers the CLI)."""
+        return self.node(name).ctl("eval", "rabbit:is_running().").strip() == "true"
+
+    def partitions(self) -> dict[str, list[str]]:
+        """The partitions the running nodes have recorded (node -> the nodes it saw on
+        the other side): none once a paused node has rejoined and started again."""
+        status = json.loads(self.ctl("cluster_status", "--formatter", "json"))
+        return {str(k): [str(n) for n in v] for k, v in (status.get("partitions") or {}).items()}
+
+    def await_replicas_online(self, vhost: str, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        """Wait until every member of every quorum queue and stream of ``vhost`` is
+        online: a node started again has its replicas back, and catching up."""
+        _wait(lambda: all(r.online == r.members for r in self.replicated(vhost)), timeout,
+              f"every replica in {vhost} online")
 
     def heal(self) -> None:
-        """Every node running again and in the cluster (after a test that stopped one)."""
+        """Every node running again and in the cluster (after a test that stopped one or
+        cut one off)."""
+        for name in sorted(self.partitioned):
+            self.rejoin(name)
         for name in sorted(self.stopped):
             self.start_node(name)
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while self.running_nodes() != {n.node for n in self.nodes}:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the cluster did not heal: {sorted(self.running_nodes())}")
-            time.sleep(0.2)
+        _wait(lambda: self.running_nodes() == {n.node for n in self.nodes}, STARTUP_TIMEOUT_S,
+              "every node running in the cluster")
 
     def close(self) -> None:
         self.proxy.stop()
@@ -198,17 +271,42 @@ class RabbitCluster:
 
     def replicas(self, vhost: str, queue: str) -> QueueReplicas:
         """A quorum queue's or stream's leader and members, as the cluster sees them now."""
+        for found in self._queues(vhost):
+            if found.name == queue:
+                return found
+        raise LookupError(f"no queue {queue!r} in {vhost!r}")
+
+    def replicated(self, vhost: str) -> list[QueueReplicas]:
+        """Every quorum queue and stream of ``vhost``."""
+        return [q for q in self._queues(vhost) if q.type in {"quorum", "stream"}]
+
+    def _queues(self, vhost: str) -> list[QueueReplicas]:
         listed = json.loads(self.ctl(
             "list_queues", "-p", vhost, "name", "type", "leader", "members", "online",
             "--formatter", "json",
         ))
-        for row in listed:
-            if row["name"] == queue:
-                return QueueReplicas(
-                    name=queue, type=str(row["type"]), leader=str(row["leader"]),
-                    members=_nodes(row["members"]), online=_nodes(row["online"]),
-                )
-        raise LookupError(f"no queue {queue!r} in {vhost!r}")
+        return [
+            QueueReplicas(
+                name=str(row["name"]), type=str(row["type"]), leader=str(row["leader"]),
+                members=_nodes(row["members"]), online=_nodes(row["online"]),
+            )
+            for row in listed
+        ]
+
+    def lead(self, vhost: str, queue: str, name: str) -> None:
+        """Make ``name`` the leader of a quorum queue (Ra's leadership transfer), and wait
+        until the cluster lists it so."""
+        current = self.replicas(vhost, queue).leader
+        if current == name:
+            return
+        # Ra's name for a quorum queue: "<vhost>_<queue>" (RabbitMQ's
+        # rabbit_quorum_queue:qname_to_internal_name/1, for any vhost but "/").
+        ra_name = f"'{vhost}_{queue}'"
+        self.node(current).ctl("eval", (
+            f"ra:transfer_leadership({{{ra_name}, '{current}'}}, {{{ra_name}, '{name}'}})."
+        ))
+        _wait(lambda: self.replicas(vhost, queue).leader == name, 30,
+              f"{name} leading {queue}")
 
     def home(self, vhost: str, queue: str) -> str:
         """The node a classic queue lives on (the only one that holds it)."""
@@ -243,9 +341,23 @@ class RabbitCluster:
         return depths
 
 
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll the cluster's state (no event tells it) until ``condition`` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout} s: {what}")
+        time.sleep(0.2)
+
+
 def _server(node: PrivateBroker) -> str:
     """The node's name in HAProxy's configuration."""
     return node.node.split("@", 1)[0]
+
+
+def _atoms(nodes: Iterable[str]) -> str:
+    """Node names as an Erlang list of quoted atoms."""
+    return "[" + ", ".join(f"'{node}'" for node in nodes) + "]"
 
 
 def _nodes(value: Any) -> tuple[str, ...]:

@@ -59,6 +59,7 @@ class _Socket:
         self.closed = asyncio.Event()
         self._answer: asyncio.Future[str] | None = None
         self._on_token: OnToken | None = None
+        self._asked: str | None = None
 
     @property
     def open(self) -> bool:
@@ -72,7 +73,7 @@ class _Socket:
         """Send an ask; the final ``chat`` frame's text, or the ``error`` frame raised."""
         assert self.connection is not None
         answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._answer, self._on_token = answer, on_token
+        self._answer, self._on_token, self._asked = answer, on_token, text
         try:
             try:
                 await self.connection.write_message(orjson.dumps({"text": text}).decode())
@@ -80,7 +81,7 @@ class _Socket:
                 raise _NotSent(f"the Cat socket closed: {exc!r}") from exc
             return await answer
         finally:
-            self._answer = self._on_token = None
+            self._answer = self._on_token = self._asked = None
 
     def on_message(self, raw: str | bytes | None) -> None:
         if raw is None:
@@ -103,6 +104,15 @@ class _Socket:
             if isinstance(content, str) and content and self._on_token is not None:
                 self._on_token(content)
         elif kind == "chat":
+            why = frame.get("why")
+            answered = why.get("input") if isinstance(why, dict) else None
+            if isinstance(answered, str) and answered != self._asked:
+                # The end of an answer to another ask: the Cat writes a user's replies to
+                # the user's newest socket, and a replica that lost its broker connection
+                # mid-answer leaves one being written when the next owner connects. Ours
+                # comes after it (its tokens, already passed on, cannot be taken back).
+                log.info("ignored the Cat's reply to another ask of the same user")
+                return
             reply = frame.get("text")
             if not isinstance(reply, str):
                 reply = frame.get("content")

@@ -23,6 +23,20 @@ async def _readyz(port: int) -> int:
         return exc.code
 
 
+async def _delivered_after_replay(amqp_url: str, to: Address, client: Client) -> None:
+    """An event published to ``to`` now reaches ``client``, right after the end of the
+    in-band replay of what was routed while the edge was away (docs/protocol.md 17.5):
+    nothing, here."""
+    connection = await connect(amqp_url, name="warren-test-after-outage")
+    async with connection:
+        publisher = await Publisher.open(connection)
+        event = Envelope(type="test.event", to=to, sender=Address.service("test"), data={})
+        await publisher.publish_event(event)
+        done = await client.recv()
+        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
+        assert (await client.recv())["id"] == event.id
+
+
 async def test_connection_loss_is_recovered_without_dropping_sockets(
     edge: EdgeServer,
     broker_admin: BrokerAdmin,
@@ -45,17 +59,7 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
     assert {"broadcast", "user.alice", "group.team", "user.bob"} <= broker_admin.bindings(
         vhost, edge.consumer.queue_name  # type: ignore[union-attr]
     )
-    connection = await connect(amqp_url, name="warren-test-after-outage")
-    async with connection:
-        publisher = await Publisher.open(connection)
-        to_team = Envelope(type="test.event", to=Address.group("team"),
-                           sender=Address.service("test"), data={})
-        await publisher.publish_event(to_team)
-        # First the end of the in-band replay of what was routed while the edge was away
-        # (docs/protocol.md 17.5): nothing here.
-        done = await alice.recv()
-        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
-        assert (await alice.recv())["id"] == to_team.id
+    await _delivered_after_replay(amqp_url, Address.group("team"), alice)
 
     # Frames from clients are published again too, through the restored channel.
     reply = await bob.request({"type": "message.send", "ref": 1, "to": "user:alice", "data": {}})
@@ -80,15 +84,7 @@ async def test_an_edge_whose_queue_is_deleted_reconnects_and_delivers_again(
     assert {"broadcast", "user.alice", "group.team"} <= broker_admin.bindings(
         vhost, edge.consumer.queue_name  # type: ignore[union-attr]
     )
-    connection = await connect(amqp_url, name="warren-test-after-delete")
-    async with connection:
-        publisher = await Publisher.open(connection)
-        to_alice = Envelope(type="test.event", to=Address.user("alice"),
-                            sender=Address.service("test"), data={})
-        await publisher.publish_event(to_alice)
-        done = await alice.recv()  # the in-band replay's end (docs/protocol.md 17.5)
-        assert (done["type"], done["data"]["recovered"]) == ("replay.done", True), done
-        assert (await alice.recv())["id"] == to_alice.id
+    await _delivered_after_replay(amqp_url, Address.user("alice"), alice)
 
 
 async def test_socket_opened_during_outage_binds_after_recovery(

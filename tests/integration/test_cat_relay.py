@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import orjson
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
-from prometheus_client import CollectorRegistry
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 
 from shared.db import UserStore
@@ -21,36 +20,12 @@ from services.cat_relay.server import RelayServer
 from services.cat_relay.settings import RelaySettings
 from services.ws_edge.server import EdgeServer
 from tests.support.cat_v1 import CatV1Double, reply_for
-from tests.support.client import Client
 from tests.support.logs import LogSeen
 from tests.support.rabbit import BrokerAdmin, reconnected
-from tests.support.relay import SERVICE_KEY, Chat, RelayProcess, relay_env
+from tests.support.relay import (  # noqa: F401  (the fixtures cat and make_relay)
+    SERVICE_KEY, Chat, RelayProcess, cat, chat_for, make_relay, relay_env,
+)
 
-
-@pytest.fixture
-async def cat() -> AsyncIterator[CatV1Double]:
-    double = CatV1Double().start()
-    yield double
-    double.hold.set()
-    await double.stop()
-
-
-@pytest.fixture
-async def make_relay(
-    amqp_url: str, database_url: str, cat: CatV1Double
-) -> AsyncIterator[Callable[..., RelayServer]]:
-    built: list[RelayServer] = []
-
-    def build(**overrides: str) -> RelayServer:
-        settings = RelaySettings.from_env(relay_env(amqp_url, database_url, cat.url, **overrides))
-        server = RelayServer(settings, CollectorRegistry())
-        built.append(server)
-        return server
-
-    yield build
-    cat.hold.set()
-    for server in built:
-        await server.stop()
 
 
 @pytest.fixture
@@ -76,9 +51,6 @@ async def spawn_relay(
     for process in started:
         await process.kill()
 
-
-async def chat_for(edge: EdgeServer, token: str) -> Chat:
-    return Chat(await Client.connect(edge.port, token))
 
 
 def metric(relay: RelayServer, name: str, **labels: str) -> float:

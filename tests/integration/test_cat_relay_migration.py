@@ -28,8 +28,8 @@ from services.cat_relay.migrate import ClassicRelaysRunning
 from services.cat_relay.server import RelayServer
 from services.cat_relay.sessions import HANDED_BACK_HEADER
 from services.ws_edge.server import EdgeServer
-from tests.integration.test_cat_relay import cat, chat_for, make_relay  # noqa: F401 (fixtures)
 from tests.support.cat_v1 import CatV1Double, reply_for
+from tests.support.relay import cat, chat_for, make_relay  # noqa: F401  (fixtures)
 
 
 def alice_asks(text: str) -> Envelope:

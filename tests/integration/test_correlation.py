@@ -8,9 +8,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.test_up import PASSWORD, login, no_cat
 from tests.support.client import Client
-from tests.support.up import WarrenUp, up_env
+from tests.support.up import PASSWORD, WarrenUp, login, no_cat, up_env
 
 
 async def test_a_commands_id_is_logged_by_the_edge_the_runner_and_the_edge_again(

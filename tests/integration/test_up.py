@@ -17,30 +17,15 @@ from services.supervisor.ports import free_port
 from tests.support.cat_v1 import CatV1Double, reply_for
 from tests.support.cat_v2 import cat_python
 from tests.support.client import Client
-from tests.support.up import WarrenUp, up_env
+from tests.support.up import PASSWORD, WarrenUp, login, no_cat, up_env
 
 REPLICAS = ["--edges", "2", "--runners", "2", "--workers", "2", "--relays", "2"]
-PASSWORD = re.compile(r"^\[up\]\s+(alice|bob|carol)\s+password (\S+)", re.MULTILINE)
 RELAY_KEY = re.compile(r"^\[up\]\s+relay key (\S+)", re.MULTILINE)
 TRY_SEND = re.compile(
     r"^\[up\]\s+try\s+curl -X POST (\S+) -H \"Authorization: Bearer (\S+)\" -d '(.+)'$",
     re.MULTILINE,
 )
 
-
-def no_cat(tmp_path: Path) -> dict[str, str]:
-    """Nothing answers at the Cat's address, and no Cat is installed."""
-    return {
-        "WARREN_CAT_URL": f"http://127.0.0.1:{free_port('127.0.0.1')}",
-        "WARREN_CAT_VENV": str(tmp_path / "no-cat-here"),
-        "WARREN_CAT_CONNECT_TIMEOUT_S": "1",
-    }
-
-
-async def login(http: httpx.AsyncClient, base: str, user: str, password: str) -> str:
-    response = await http.post(f"{base}/auth/login", json={"username": user, "password": password})
-    assert response.status_code == 200, response.text
-    return str(response.json()["token"])
 
 
 async def test_replicas_of_every_service_start_serve_and_stop_in_order(

@@ -26,13 +26,12 @@ from shared.messaging.broker import WORK_QUEUE_DELIVERY_LIMIT, Publisher, connec
 from shared.messaging.names import dead_letter_queue_name, work_queue_name
 from services.ws_edge.server import EdgeServer
 from tests.support.catalogue import forgotten, known
-from tests.integration.test_up import PASSWORD, login, no_cat
 from tests.support.client import Client
 from tests.support.excel import http
 from tests.support.logs import LogSeen
 from tests.support.rabbit import depth
 from tests.support.service_process import ServiceProcess
-from tests.support.up import WarrenUp, up_env
+from tests.support.up import PASSWORD, WarrenUp, login, no_cat, up_env
 from warren.service import (
     CommandContext,
     CommandError,

@@ -1,10 +1,18 @@
-"""Relays for tests (in this process or as an OS process), and a chat client that
-follows one ask to its answer."""
+"""Relays for tests (in this process or as an OS process) with a Cat v1 double, and a chat
+client that follows one ask to its answer."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
+from prometheus_client import CollectorRegistry
+
+from services.cat_relay.server import RelayServer
+from services.cat_relay.settings import RelaySettings
+from services.ws_edge.server import EdgeServer
+from tests.support.cat_v1 import CatV1Double
 from tests.support.client import Client
 from tests.support.service_process import ServiceProcess
 
@@ -73,3 +81,33 @@ class RelayProcess(ServiceProcess):
 
     module = "services.cat_relay"
     ready_message = "cat_relay ready"
+
+
+@pytest.fixture
+async def cat() -> AsyncIterator[CatV1Double]:
+    double = CatV1Double().start()
+    yield double
+    double.hold.set()
+    await double.stop()
+
+
+@pytest.fixture
+async def make_relay(
+    amqp_url: str, database_url: str, cat: CatV1Double
+) -> AsyncIterator[Callable[..., RelayServer]]:
+    built: list[RelayServer] = []
+
+    def build(**overrides: str) -> RelayServer:
+        settings = RelaySettings.from_env(relay_env(amqp_url, database_url, cat.url, **overrides))
+        server = RelayServer(settings, CollectorRegistry())
+        built.append(server)
+        return server
+
+    yield build
+    cat.hold.set()
+    for server in built:
+        await server.stop()
+
+
+async def chat_for(edge: EdgeServer, token: str) -> Chat:
+    return Chat(await Client.connect(edge.port, token))

@@ -15,11 +15,31 @@ import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import httpx
+
+from services.supervisor.ports import free_port
+
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 60.0
 CONSOLE = re.compile(r"console\s+(http://\S+)")
 SUMMARY_END = re.compile(r"^\[up\] Ctrl-C stops everything\.$")
 STARTED = re.compile(r"started (\S+) \(pid (\d+), port (\d+)")
+PASSWORD = re.compile(r"^\[up\]\s+(alice|bob|carol)\s+password (\S+)", re.MULTILINE)
+
+
+def no_cat(tmp_path: Path) -> dict[str, str]:
+    """Nothing answers at the Cat's address, and no Cat is installed."""
+    return {
+        "WARREN_CAT_URL": f"http://127.0.0.1:{free_port('127.0.0.1')}",
+        "WARREN_CAT_VENV": str(tmp_path / "no-cat-here"),
+        "WARREN_CAT_CONNECT_TIMEOUT_S": "1",
+    }
+
+
+async def login(http: httpx.AsyncClient, base: str, user: str, password: str) -> str:
+    response = await http.post(f"{base}/auth/login", json={"username": user, "password": password})
+    assert response.status_code == 200, response.text
+    return str(response.json()["token"])
 
 
 def up_env(amqp_url: str, workdir: Path, **overrides: str) -> dict[str, str]:

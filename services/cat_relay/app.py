@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 import tornado.web
 
 from shared.auth import TokenService
-from shared.db import UserStore
+from shared.auth.current import KnownUsers
 from shared.web import HealthHandler, MetricsHandler, ReadyHandler, log_request
 from services.cat_relay.asker import Asker
 from services.cat_relay.cat import CatClient
@@ -22,14 +21,12 @@ def make_app(
     asker: Asker,
     cat: CatClient,
     tokens: TokenService,
-    users: UserStore,
-    blocking: Executor,
+    users: KnownUsers | None,
     metrics: RelayMetrics,
     is_ready: Callable[[], bool],
 ) -> tornado.web.Application:
     send = {
         "asker": asker, "tokens": tokens, "settings": settings, "users": users,
-        "blocking": blocking,
     }
     return tornado.web.Application(
         [

@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from tornado.httpserver import HTTPServer
 
 from shared.auth import TokenService
+from shared.auth.current import KnownUsers
 from shared.catalogue import CommandType, Offer, advertise
 from shared.db import ChatHistory, UserStore, create_schema, make_engine, session_factory
 from shared.lifecycle import Lifecycle
@@ -117,10 +118,8 @@ class RelayServer:
         ))
         life.push_async_callback(advertiser.stop)
         tokens = TokenService(settings.auth)
-        app = make_app(
-            settings, asker, cat, tokens, UserStore(sessions_db), executor, self.metrics,
-            self.is_ready,
-        )
+        users = KnownUsers(UserStore(sessions_db), executor) if settings.check_users else None
+        app = make_app(settings, asker, cat, tokens, users, self.metrics, self.is_ready)
         http, self.port = listen(app, settings.http)
         life.push_async_callback(http.close_all_connections)
         life.push_async_callback(self._drain, http, consumer, sessions, asker, bounded=False)

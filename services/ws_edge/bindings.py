@@ -47,7 +47,8 @@ class BindingTable:
         return self._counts.get(key, 0)
 
     def retain(self, keys: Iterable[str]) -> asyncio.Future[list[None]]:
-        """Count one more holder of each key; the result completes once all are bound.
+        """Count one more holder of each key; the result completes once all are bound
+        (at once, when they all are already).
 
         The counts are taken at once; cancelling the returned awaitable does not undo
         them, so every ``retain`` must be matched by one ``release``.
@@ -55,7 +56,11 @@ class BindingTable:
         tasks = []
         for key in keys:
             self._counts[key] = self._counts.get(key, 0) + 1
-            tasks.append(self._schedule(key))
+            # A key in _bound is bound on the broker, and stays so: an unbind takes it
+            # out of _bound before it starts, and any call still queued for it sees the
+            # count just taken. Only the others need a call (or one in flight) to wait on.
+            if key not in self._bound:
+                tasks.append(self._schedule(key))
         return asyncio.gather(*tasks)
 
     def release(self, keys: Iterable[str]) -> None:

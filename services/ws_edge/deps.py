@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +10,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.auth import TokenService
+from shared.auth.current import KnownUsers
 from shared.db import UserStore
+from shared.db.batching import Batched
 from shared.db.exports import ExportStore
 from shared.db.keys import KeyStore
-from shared.db.notifications import NotificationStore
+from shared.db.notifications import NotificationStore, PendingNotification
 from shared.db.runs import RunStore
 from shared.exports.settings import Limits
 from shared.locks import KeyedLocks
@@ -36,6 +38,7 @@ class ExportsDeps:
 
     store: ExportStore
     notifications: NotificationStore
+    pending: Batched[str, Sequence[PendingNotification]]  # notifications.pending, in batches
     directory: Path
     limits: Limits
     replay_locks: KeyedLocks = field(default_factory=KeyedLocks)
@@ -63,6 +66,7 @@ class EdgeDeps:
     settings: EdgeSettings
     tokens: TokenService
     users: UserStore
+    known_users: KnownUsers | None  # None: WARREN_EDGE_CHECK_USERS is off
     publisher: Publisher
     hub: Hub
     bindings: BindingTable

@@ -12,7 +12,9 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from shared.auth import TokenService
+from shared.auth.current import KnownUsers
 from shared.db import UserStore, create_schema, make_engine, session_factory
+from shared.db.batching import Batched
 from shared.db.exports import ExportStore
 from shared.db.runs import RunStore
 from shared.db.notifications import NotificationStore
@@ -88,8 +90,10 @@ class EdgeServer:
         await loop.run_in_executor(executor, create_schema, engine)
         sessions = session_factory(engine)
         users = UserStore(sessions)
+        notifications = NotificationStore(sessions)
         exports = ExportsDeps(
-            store=ExportStore(sessions), notifications=NotificationStore(sessions),
+            store=ExportStore(sessions), notifications=notifications,
+            pending=Batched(notifications.pending, (), executor),
             directory=settings.exports_dir, limits=settings.export_limits,
         )
 
@@ -128,6 +132,7 @@ class EdgeServer:
             settings=settings,
             tokens=TokenService(settings.auth),
             users=users,
+            known_users=KnownUsers(users, executor) if settings.check_users else None,
             publisher=publisher,
             hub=self.hub,
             bindings=bindings,

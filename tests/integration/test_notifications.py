@@ -66,7 +66,7 @@ async def test_offline_user_gets_the_completion_on_reconnect_once(
     again = await Client.connect(exports_edge.port, token)
     assert await probe(again, "alice") == "probe"  # the ack, not a replay
     store = NotificationStore(session_factory(make_engine(database_url)))
-    assert store.pending("alice") == []
+    assert store.pending(["alice"]) == {}
 
 
 async def test_online_user_gets_it_live_and_not_again_on_reconnect(

@@ -86,6 +86,19 @@ async def test_later_retains_do_not_bind_again() -> None:
     assert table.holders("user.a") == 3
 
 
+async def test_a_retain_of_bound_keys_is_complete_at_once() -> None:
+    # A reconnecting user's group keys are usually bound already: its socket then waits
+    # for its own key only, and a socket whose keys are all bound waits for nothing.
+    binder, table, _ = make()
+    await table.retain(["user.a", "group.g"])
+    assert table.retain(["user.a", "group.g"]).done()
+    pending = table.retain(["user.b", "group.g"])
+    assert not pending.done()
+    await pending
+    assert binder.calls.count(("bind", "group.g")) == 1
+    assert table.holders("group.g") == 3
+
+
 async def test_retain_of_several_keys_completes_once_all_are_bound() -> None:
     binder, table, _ = make()
     await table.retain(["user.a", "group.g", "broadcast"])

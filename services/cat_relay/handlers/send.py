@@ -10,15 +10,13 @@ order with the user's other asks, over the user's one Cat socket.
 from __future__ import annotations
 
 import hmac
-from concurrent.futures import Executor
 from typing import Any, Final
 
 import orjson
 from sqlalchemy.exc import SQLAlchemyError
 
 from shared.auth import TokenError, TokenService
-from shared.auth.current import verify_current
-from shared.db import UserStore
+from shared.auth.current import KnownUsers, verify_current
 from shared.db.outage import database_unavailable
 from shared.messaging.broker import BrokerUnavailable, Unroutable
 from shared.messaging.names import Event, valid_name
@@ -41,14 +39,13 @@ STATUS_BY_CODE: Final = {
 
 class SendHandler(JsonHandler):
     def initialize(
-        self, asker: Asker, tokens: TokenService, settings: RelaySettings, users: UserStore,
-        blocking: Executor,
+        self, asker: Asker, tokens: TokenService, settings: RelaySettings,
+        users: KnownUsers | None,
     ) -> None:
         self._asker = asker
         self._tokens = tokens
         self._settings = settings
-        self._users = users
-        self._blocking = blocking
+        self._users = users  # None: users are not checked
 
     async def post(self) -> None:
         scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
@@ -104,9 +101,8 @@ class SendHandler(JsonHandler):
         key = self._settings.service_api_key
         if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
             return True
-        users = self._users if self._settings.check_users else None
         try:
-            identity = await verify_current(self._tokens, credential, users, self._blocking)
+            identity = await verify_current(self._tokens, credential, self._users)
         except TokenError as exc:
             self.fail(401, exc.code, exc.message)
             return False

@@ -56,8 +56,7 @@ async def authenticate(deps: EdgeDeps, token: str) -> Identity:
     """Who ``token`` speaks for; :class:`TokenError` if it is refused. With
     ``WARREN_EDGE_CHECK_USERS`` its user must still exist (shared/auth/current.py).
     Database failures are raised as they are."""
-    users = deps.users if deps.settings.check_users else None
-    return await verify_current(deps.tokens, token, users, deps.blocking)
+    return await verify_current(deps.tokens, token, deps.known_users)
 
 
 def lookup_failed(exc: SQLAlchemyError) -> tuple[int, str, str]:

@@ -276,7 +276,7 @@ async def deliver_pending(deps: EdgeDeps, socket: Any, user_id: str) -> None:
         # One replay per user at a time in this edge: a socket opening while another one
         # of the same user replays sees the rows only after they are marked delivered.
         async with exports.replay_locks.hold(user_id):
-            pending = await _blocking(deps, exports.notifications.pending, user_id)
+            pending = await exports.pending.get(user_id)
             delivered = [n.id for n in pending if socket.send_frame(deps.framer.text(n.body))]
             if delivered:
                 await _blocking(deps, exports.notifications.mark_delivered, delivered)

@@ -196,7 +196,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._retained = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
         bound = deps.bindings.retain(self._retained)
         try:
-            await asyncio.wait_for(asyncio.shield(bound), deps.settings.bind_timeout_s)
+            if not bound.done():  # else every key was bound already: nothing to wait for
+                await asyncio.wait_for(asyncio.shield(bound), deps.settings.bind_timeout_s)
         except Exception:
             log.warning("binding failed", extra={"user": identity.user_id}, exc_info=True)
             self.close_with(CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry later")

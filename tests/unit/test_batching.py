@@ -113,7 +113,7 @@ async def test_a_caller_that_gives_up_does_not_disturb_the_others(
     await asyncio.sleep(0)
     gone.cancel()
     table.release.set()
-    assert await asyncio.wait_for(asyncio.gather(first, stays), WAIT) == [1, 2]
+    assert list(await asyncio.wait_for(asyncio.gather(first, stays), WAIT)) == [1, 2]
     assert gone.cancelled()
 
 

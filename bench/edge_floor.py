@@ -346,8 +346,8 @@ async def idle(plan: Plan, space: Workspace, rounds: list[RoundResult]) -> None:
             print(f"{side.name}: {side.connected} clients in "
                   f"{time.perf_counter() - started:.1f} s", flush=True)
         host = Host(bench_pids(sides), space.amqp_url)
-        # Every socket has had its first ping (Warren's come at random within the first
-        # interval) before the first window: the windows see the steady state.
+        # Warren's first heartbeats come at random within the first interval, so the
+        # windows see the steady state: a beat per socket per interval, spread evenly.
         await asyncio.sleep(5.0)  # settling: a pause of the host's work, not a wait for an event
         for number in range(1, plan.rounds + 1):
             clocks = {s.name: CpuClock(s.server.pid) for s in sides}

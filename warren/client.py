@@ -68,7 +68,7 @@ Action: TypeAlias = Literal["retry", "drain", "overload", "auth", "stop"]
 #: ``overload``: back off harder; ``auth``: get a new token first; ``stop``: reconnecting
 #: would only repeat the failure. Codes not listed stop the client.
 CLOSE_POLICY: Final[Mapping[int, Action]] = {
-    1000: "retry",  # the edge's ping timed out
+    1000: "retry",  # an edge from before the heartbeat: its ping timed out
     1001: "drain",
     1006: "retry",  # no close frame: the connection was lost
     1009: "retry",  # a frame of ours was too big; it is never sent again

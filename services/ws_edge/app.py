@@ -62,7 +62,7 @@ def make_app(deps: EdgeDeps) -> tornado.web.Application:
             *console_routes(deps),
             *client_routes(),
         ],
-        # Keepalive pings come from services/ws_edge/keepalive.py, not from a Tornado
+        # The heartbeat comes from services/ws_edge/keepalive.py, not from a Tornado
         # task per connection.
         websocket_max_message_size=settings.max_inbound_frame_bytes,
         log_function=log_request,

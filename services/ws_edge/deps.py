@@ -78,6 +78,6 @@ class EdgeDeps:
     commands: CommandGate  # the catalogue: which command types a user may send
     publishing: PublishDeps
     history: HistoryReader  # the history stream: recoveries and history frames
-    keepalive: Keepalive  # pings every socket
+    keepalive: Keepalive  # the heartbeat to every socket
     exports: ExportsDeps | None = None
     runs: RunStore | None = None  # the runner's runs table, for /api/runs

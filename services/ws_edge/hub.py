@@ -19,9 +19,9 @@ from wsproto.frame_protocol import FrameProtocol
 class Subscriber(Protocol):
     def send_frame(self, frame: bytes) -> bool: ...
     def close_with(self, code: int, reason: str) -> None: ...
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> float | None:
-        """Ping or give up as due (services/ws_edge/keepalive.py); return when to be
-        visited next, or None once closed."""
+    def keepalive(self, now: float, interval_s: float) -> float | None:
+        """Send the heartbeat (services/ws_edge/keepalive.py); return when to be visited
+        next, or None once closed."""
         ...
 
 

@@ -33,7 +33,11 @@ class EdgeSettings:
     host: str
     port: int
     allowed_origins: tuple[str, ...]
+    # seconds between heartbeats (unsolicited pongs) to each socket; 0: none, and no
+    # user timeout (services/ws_edge/keepalive.py)
     ping_interval_s: float
+    # how long data sent to a socket may wait for the peer's acknowledgement before the
+    # kernel drops the connection (TCP_USER_TIMEOUT); 0: the interval
     ping_timeout_s: float
     max_inbound_frame_bytes: int
     max_outbound_buffer_bytes: int
@@ -70,7 +74,7 @@ class EdgeSettings:
     @classmethod
     def from_env(cls, env: Env) -> EdgeSettings:
         common = CommonSettings.from_env(env, "edge")
-        ping_interval = env_float(env, "WARREN_EDGE_PING_INTERVAL_S", 20.0)
+        ping_interval = env_float(env, "WARREN_EDGE_PING_INTERVAL_S", 25.0)
         return cls(
             common=common,
             auth=AuthSettings.from_env(env, development=common.development),

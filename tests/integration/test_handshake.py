@@ -1,11 +1,18 @@
 """Every bad token is refused before the upgrade with 401 and a JSON body; an open
-socket is closed when its token expires or when it stops answering pings."""
+socket is closed when its token expires, and gets the edge's heartbeat without having to
+answer it.
+
+The heartbeat's other half, the kernel dropping a peer that stopped acknowledging
+(TCP_USER_TIMEOUT, services/ws_edge/keepalive.py), is checked only as far as the option
+set on the edge's socket: seeing the kernel act needs the peer's packets dropped (a
+firewall rule or a qdisc on loopback), which these tests may not do to the host."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import logging
+import socket
 import time
 from collections.abc import Callable
 
@@ -17,14 +24,16 @@ from tornado.websocket import websocket_connect
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
-    CloseConnection,
     Event,
     Ping,
+    Pong,
     Request,
     TextMessage,
 )
 
 from shared.auth.tokens import DEV_SECRET
+from services.ws_edge.handlers.websocket import EdgeSocket
+from services.ws_edge.keepalive import USER_TIMEOUT
 from services.ws_edge.server import EdgeServer
 from tests.support.client import UPGRADE, Client
 
@@ -184,7 +193,7 @@ async def test_token_expiry_closes_the_socket_with_4001(
 
 
 class PlainClient:
-    """A WebSocket client that answers pings only when told to (wsproto over a stream)."""
+    """A WebSocket client that answers nothing unless told to (wsproto over a stream)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
@@ -209,20 +218,79 @@ class PlainClient:
         return self.events.pop(0)
 
 
-async def test_pings_keep_an_answering_socket_and_close_a_silent_one(
-    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
-) -> None:
-    edge = make_edge(WARREN_EDGE_PING_INTERVAL_S="0.2", WARREN_EDGE_PING_TIMEOUT_S="0.1")
-    await edge.start()
-    client = await PlainClient.connect(edge.port, token_for("alice"))
+async def _welcomed(port: int, token: str) -> PlainClient:
+    """A connected client whose first frame was the welcome."""
+    client = await PlainClient.connect(port, token)
     welcome = await client.next_event()
     assert isinstance(welcome, TextMessage) and orjson.loads(welcome.data)["type"] == "welcome"
-    for _ in range(3):
-        ping = await client.next_event()
-        assert isinstance(ping, Ping)
-        client.send(ping.response())
-    assert isinstance(await client.next_event(), Ping)  # not answered
-    closed = await client.next_event()
-    assert isinstance(closed, CloseConnection)
-    assert (closed.code, closed.reason) == (1000, "ping timed out")
+    return client
+
+
+async def _round_trip(client: PlainClient, payload: bytes) -> list[Event]:
+    """Ping the edge and return what came before its answer. Tornado reads a client's
+    frames only once ``open()`` has returned, so the answer also says the edge's
+    ``_start()`` is done (the keepalive has admitted the socket, or would have)."""
+    client.send(Ping(payload))
+    before: list[Event] = []
+    while not isinstance(event := await client.next_event(), Pong) or event.payload != payload:
+        before.append(event)
+    return before
+
+
+def _edge_socket(edge: EdgeServer) -> socket.socket:
+    (handler,) = edge.hub.subscribed()
+    assert isinstance(handler, EdgeSocket) and handler.ws_connection is not None
+    stream = handler.ws_connection.stream
+    assert stream is not None and stream.socket is not None
+    return stream.socket
+
+
+async def test_an_idle_socket_gets_a_heartbeat_each_interval_and_need_not_answer(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    """Unsolicited empty pongs, none before the welcome, about one an interval; a client
+    that answers nothing stays, its own pings are answered and its pongs ignored."""
+    interval = 0.5
+    edge = make_edge(WARREN_EDGE_PING_INTERVAL_S=str(interval), WARREN_EDGE_PING_TIMEOUT_S="2")
+    await edge.start()
+    client = await _welcomed(edge.port, token_for("alice"))
+    beats: list[float] = []
+    loop = asyncio.get_running_loop()
+    for _ in range(4):
+        beat = await client.next_event()
+        assert isinstance(beat, Pong) and beat.payload == b""
+        beats.append(loop.time())
+    # The wheel sends each beat in its slot, one interval after the last; the loose lower
+    # bound leaves room for a late visit on a busy host.
+    assert all(b - a > interval / 2 for a, b in zip(beats, beats[1:]))
+    client.send(Pong(b"unasked"))  # ignored, as RFC 6455 allows
+    assert all(isinstance(e, Pong) and e.payload == b"" for e in await _round_trip(client, b"?"))
+    assert len(edge.hub) == 1  # still open: the round trip above was answered
+    client.writer.close()
+
+
+@pytest.mark.skipif(USER_TIMEOUT is None, reason="TCP_USER_TIMEOUT is Linux's")
+async def test_the_edge_sets_the_kernel_user_timeout_on_each_socket(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_PING_INTERVAL_S="20", WARREN_EDGE_PING_TIMEOUT_S="7.5")
+    await edge.start()
+    client = await _welcomed(edge.port, token_for("alice"))
+    assert await _round_trip(client, b"admitted?") == []
+    assert USER_TIMEOUT is not None
+    assert _edge_socket(edge).getsockopt(socket.IPPROTO_TCP, USER_TIMEOUT) == 7500
+    assert len(edge.keepalive) == 1
+    client.writer.close()
+
+
+async def test_no_interval_means_no_heartbeat_and_no_user_timeout(
+    make_edge: Callable[..., EdgeServer], token_for: Callable[..., str]
+) -> None:
+    edge = make_edge(WARREN_EDGE_PING_INTERVAL_S="0")
+    await edge.start()
+    client = await _welcomed(edge.port, token_for("alice"))
+    assert await _round_trip(client, b"admitted?") == []
+    if USER_TIMEOUT is not None:
+        assert _edge_socket(edge).getsockopt(socket.IPPROTO_TCP, USER_TIMEOUT) == 0
+    assert len(edge.keepalive) == 0
     client.writer.close()

@@ -52,7 +52,7 @@ class Socket:
     def close_with(self, code: int, reason: str) -> None:
         pass
 
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
+    def keepalive(self, now: float, interval_s: float) -> None:
         pass
 
 

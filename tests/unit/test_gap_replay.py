@@ -33,7 +33,7 @@ class Socket:
     def close_with(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> float | None:
+    def keepalive(self, now: float, interval_s: float) -> float | None:
         return None
 
     def hold_frame(self, event_id: str, frame: bytes) -> None:

@@ -25,8 +25,8 @@ class FakeSocket:
     def close_with(self, code: int, reason: str) -> None:
         self.closed.append((code, reason))
 
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> None:
-        """Pings are the keepalive's concern (tests/unit/test_keepalive.py)."""
+    def keepalive(self, now: float, interval_s: float) -> None:
+        """The heartbeat is the keepalive's concern (tests/unit/test_keepalive.py)."""
 
     def __repr__(self) -> str:
         return f"FakeSocket({self.name!r})"

@@ -43,8 +43,8 @@ def test_edge_defaults() -> None:
     assert s.host == "0.0.0.0"
     assert s.port == 8000
     assert s.allowed_origins == ()
-    assert s.ping_interval_s == 20.0
-    assert s.ping_timeout_s == 20.0
+    assert s.ping_interval_s == 25.0
+    assert s.ping_timeout_s == 25.0
     assert s.max_inbound_frame_bytes == 65536
     assert s.max_outbound_buffer_bytes == 1 << 20
     assert s.invalid_frame_limit == 10

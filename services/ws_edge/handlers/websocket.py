@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 from types import TracebackType
@@ -39,8 +38,8 @@ from services.ws_edge.policy import PolicyDenied
 
 log = logging.getLogger(__name__)
 
-#: An unmasked ping frame with no payload (RFC 6455 5.5.2).
-PING_FRAME: Final = b"\x89\x00"
+#: The heartbeat: an unmasked, unsolicited pong frame with no payload (RFC 6455 5.5.3).
+HEARTBEAT_FRAME: Final = b"\x8a\x00"
 #: The WebSocket subprotocol of this document's frames: the edge selects it when offered.
 #: A browser fails a handshake that offered subprotocols and got none back, so a client
 #: authenticating with ``warren.auth.<jwt>`` offers this one too (the token is never echoed).
@@ -53,8 +52,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     # the class) only up to 30 keys: a few more would cost every socket about 1.3 KB.
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
-        "_pinged_at", "_pong_due", "_allowance", "_spent_at", "_holds_slot",
-        "_since", "_held", "_held_bytes", "_replayed", "_live_from", "_reading", "_gap_from",
+        "_allowance", "_spent_at", "_holds_slot", "_since", "_held", "_held_bytes",
+        "_replayed", "_live_from", "_reading", "_gap_from",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -68,8 +67,6 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._closed = False
         self._expiry: asyncio.TimerHandle | None = None
         self._strikes: deque[float] | None = None  # made at the first invalid frame
-        self._pinged_at = 0.0  # loop time of the last ping (see open() for the first)
-        self._pong_due = False
         # The inbound frame bucket (services/ws_edge/frame_rate.py), full at the start;
         # an idle socket's holds shared objects until its first frame.
         self._allowance: float = deps.settings.frame_rate.burst
@@ -232,13 +229,10 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 return
         # Notifications stored while the user was offline (docs/exports.md).
         await deliver_pending(deps, self, identity.user_id)
-        # Pinged only from now on: Tornado reads the client's frames, pongs included,
-        # once open() returns, so a ping sent while it waited for its replay would seem
-        # unanswered. The first ping comes at a random point of the first interval.
-        interval = deps.settings.ping_interval_s
-        self._pinged_at = asyncio.get_running_loop().time() - random.random() * interval
+        # The heartbeat starts after the welcome, so no frame comes before it; from now
+        # on the kernel also gives up on a peer that stops acknowledging (keepalive.py).
         if not self._closed:
-            deps.keepalive.watch(self, self._pinged_at + interval)
+            deps.keepalive.admit(self, stream.socket)
 
     def _welcome(self, recovery: frames.Recovered | None) -> bytes:
         identity = self._identity
@@ -388,25 +382,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
 
     # -- keepalive (services/ws_edge/keepalive.py) --------------------------------
 
-    def keepalive(self, now: float, interval_s: float, timeout_s: float) -> float | None:
-        """Ping every ``interval_s``; close as Tornado's own keepalive does (1000) when a
-        pong has not come ``timeout_s`` after its ping. Returns when this is next due."""
-        if self._closed:
+    def keepalive(self, now: float, interval_s: float) -> float | None:
+        """Send the heartbeat; the next is due ``interval_s`` on. Nothing answers it, and
+        the client's own pongs are ignored (Tornado's ``on_pong``): a peer that is gone
+        is the kernel's to find (``Keepalive.admit`` set its timeout)."""
+        if self._closed or not self.send_frame(HEARTBEAT_FRAME):
             return None
-        if self._pong_due:
-            if now - self._pinged_at >= timeout_s:
-                self.close(reason="ping timed out")
-                return None
-            return self._pinged_at + timeout_s
-        if now - self._pinged_at >= interval_s:
-            self._pinged_at = now
-            self._pong_due = True
-            self.send_frame(PING_FRAME)
-            return now + timeout_s
-        return self._pinged_at + interval_s
-
-    def on_pong(self, data: bytes) -> None:
-        self._pong_due = False
+        return now + interval_s
 
     # -- outbound --------------------------------------------------------------
 
@@ -558,8 +540,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
 
     def _start_history(self, ref: frames.Ref, frame: frames.ClientFrame) -> None:
         """``history`` (docs/protocol.md 17.4) is answered when its read is done, without
-        holding up the connection's other frames: Tornado reads the next frame, and the
-        pongs that keep the socket open, only once this handler returns. One at a time."""
+        holding up the connection's other frames: Tornado reads the next frame only once
+        this handler returns. One at a time."""
         if self._reading is not None:
             raise HistoryBusy("one history request at a time: wait for the answer to the last")
         ask = frames.history_ask(frame)

@@ -128,10 +128,11 @@ class PrivateBroker:
         self.launch()
         self.await_boot()
 
-    def launch(self) -> None:
-        """Start the node's Erlang VM in the background; :meth:`await_boot` waits for it."""
+    def launch(self, prefix: Sequence[str] = ()) -> None:
+        """Start the node's Erlang VM in the background; :meth:`await_boot` waits for it.
+        ``prefix``: a command to start it through (``taskset -c 1``, say)."""
         subprocess.run(
-            ["rabbitmq-server", "-detached"], env=self._env, check=True,
+            [*prefix, "rabbitmq-server", "-detached"], env=self._env, check=True,
             capture_output=True, timeout=CTL_TIMEOUT_S,
         )
 

@@ -5,10 +5,9 @@ Every ``interval_s`` each socket gets an unsolicited pong with no payload (RFC 6
 5.5.3: "A Pong frame MAY be sent unsolicited. This serves as a unidirectional
 heartbeat. A response to an unsolicited Pong frame is not expected."). Browsers and
 WebSocket libraries ignore it; it keeps the idle timers of proxies and load balancers
-from closing a quiet connection. Nothing comes back, so the edge reads nothing: pinging
-and reading each pong through Tornado's frame reader cost about four times as much as
-writing the pong alone, and kept an idle edge of 10,000 sockets above 1 % of a core
-(bench/README.md, *The edge at the floor*).
+from closing a quiet connection. Nothing comes back, so the edge reads nothing: reading
+each pong through Tornado's frame reader cost several times as much as writing the
+heartbeat alone (bench/README.md, *The edge at the floor*).
 
 A peer that vanished (no FIN, no RST) is found by the kernel, at no cost to the loop:
 ``admit`` sets ``TCP_USER_TIMEOUT`` on the socket to ``timeout_s``. The heartbeat puts

@@ -37,7 +37,7 @@ class Notification(Base):
     )
 
 
-#: The table itself: the edge's lookups read columns, not ORM objects, at a third of the cost.
+#: The table itself: the edge's lookups read its columns, cheaper than loading ORM objects.
 _TABLE: Final = Notification.__table__
 
 

@@ -51,7 +51,7 @@ from shared.logging import correlated
 from shared.messaging import EnvelopeError, decode
 from shared.messaging.broker import declare_chat_claims_queue, declare_session_queue
 from shared.messaging.names import CHAT_CLAIMS_QUEUE, chat_session_queue_name, valid_name
-from shared.messaging.producer import PUBLISH_TIMEOUT_S, MessageKind, Producer
+from shared.messaging.producer import PUBLISH_TIMEOUT_S, BrokerUnavailable, MessageKind, Producer
 from shared.messaging.work import settle
 from services.cat_relay.cat import CatClient
 from shared.locks import KeyedLocks
@@ -62,6 +62,11 @@ log = logging.getLogger(__name__)
 HANDED_BACK_HEADER = "x-warren-handed-back"  # set on an ask forwarded after a redelivery
 ANSWERED_MEMORY = 4096  # ask ids remembered, to answer a redelivered copy only once
 FORWARD_MEMORY = 65536  # users whose last forwarded ask is remembered
+# A forward the broker does not confirm is tried again in place, waiting 0.05 s, doubling
+# to 1 s, for up to 30 s: long enough for a quorum queue to elect a leader or for the
+# connection to come back through the load balancer.
+FORWARD_RETRY_S = 30.0
+FORWARD_BACKOFF_S = (0.05, 1.0)
 # A session's claim stays unacknowledged for the session's whole life, and RabbitMQ
 # closes a channel holding a delivery longer than its consumer_timeout (30 min by default).
 MAX_AGE_S = 600.0
@@ -503,6 +508,26 @@ class SessionTable:
         return int(result.consumer_count or 0), int(result.message_count or 0)
 
     async def _forward(self, ask: Ask, body: bytes) -> None:
+        """Publish the ask to its session queue; while the broker refuses it (a node
+        lost: the queue electing a leader nacks, or the connection is being replaced),
+        try again in place, holding the user's ``_order`` lock so that the user's later
+        asks wait behind it. Returned to ``chat.ask`` instead, it would end after them,
+        and a few quick refusals would pass the queue's delivery limit and lose it."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + FORWARD_RETRY_S
+        delay, most = FORWARD_BACKOFF_S
+        while True:
+            try:
+                await self._forward_once(ask, body)
+                return
+            except BrokerUnavailable:
+                if loop.time() + delay > until:
+                    raise
+                log.warning("forward not confirmed; trying again", extra={"ask_id": ask.id})
+                await asyncio.sleep(delay)  # the backoff's pace, not a wait for an event
+                delay = min(delay * 2, most)
+
+    async def _forward_once(self, ask: Ask, body: bytes) -> None:
         assert self._producer is not None
         await self._producer.publish(
             ask.envelope,

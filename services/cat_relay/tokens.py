@@ -57,6 +57,7 @@ class TokenStream:
         self._parts, self._size = [], 0
         seq, self._seq = self._seq, self._seq + 1
         self._chain = asyncio.ensure_future(self._after(self._chain, seq, text))
+        self._chain.add_done_callback(_seen)
 
     async def _after(self, previous: asyncio.Future[None] | None, seq: int, text: str) -> None:
         if previous is not None:
@@ -77,3 +78,12 @@ class TokenStream:
             self._timer.cancel()
             self._timer = None
         self._parts, self._size = [], 0
+
+
+def _seen(batch: asyncio.Future[None]) -> None:
+    """Mark a failed send as seen. Each batch awaits the one before it, and ``close``
+    the last, raising the failure; but an ask abandoned first (the relay stopping at its
+    deadline) never closes its stream, and asyncio would log the last batch's failure as
+    an error "never retrieved" when it is collected."""
+    if not batch.cancelled():
+        batch.exception()

@@ -6,6 +6,8 @@
 - :class:`WorkLoad`: exports and runs (and chat asks, if asked for) submitted through
   both edges until stopped, over sockets and the HTTP API, each accepted or refused one
   recorded.
+- :class:`ChatLoad`: users asking the Cat over their own sockets until stopped, each
+  accepted ask recorded in the order asked; :func:`ask_endings` finds how each ended.
 - :func:`audit_work`: every accepted export and run done exactly once, counted in the
   database, the exports directory, the logs and the history stream; every ask ended
   once, in order; nothing dead-lettered; every refused export recorded as failed and
@@ -58,8 +60,27 @@ RUN_FINAL = {"completed", "failed", "stopped", "timeout"}
 WORK_SETTINGS = {"WARREN_RUNNER_MAX_CONCURRENT": "8", "WARREN_RUNNER_MAX_PER_USER": "100"}
 
 
+@dataclass(kw_only=True)
+class Background:
+    """Work a task of its own does until stopped: :meth:`stop` waits for the task and
+    raises what it raised; :meth:`close`, for clean-up, waits without raising."""
+
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
 @dataclass
-class EventFlow:
+class EventFlow(Background):
     """Rounds of one event to each address, ``every_s`` apart, until stopped; each event
     numbered per address from 0, as ``tests/support/history.py``'s ``Feed`` does.
 
@@ -80,9 +101,7 @@ class EventFlow:
     published_at: dict[str, float] = field(default_factory=dict)
     republished: set[str] = field(default_factory=set)
     _numbers: Counter[str] = field(default_factory=Counter)
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _turn: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _task: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(
@@ -133,15 +152,8 @@ class EventFlow:
             self.publisher = publisher
         await old.close()
 
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
     async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+        await super().close()
         await self.connection.close()
 
 
@@ -162,7 +174,7 @@ async def _publisher_connection(
 
 
 @dataclass
-class WorkLoad:
+class WorkLoad(Background):
     """An export and a run submitted each round until stopped, in turn over alice's
     socket, bob's socket (on the other edge) and that edge's HTTP API: alice's export
     and bob's run, then bob's export (HTTP) and alice's run. Each answer is kept:
@@ -182,8 +194,6 @@ class WorkLoad:
     asks: list[tuple[str, str]] = field(default_factory=list)  # (ask id, text), alice's
     refused: list[Any] = field(default_factory=list)
     _rounds: int = 0
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
 
     def start(self, every_s: float) -> None:
         """Submit a round every ``every_s`` until :meth:`stop`; again after a stop."""
@@ -247,15 +257,113 @@ class WorkLoad:
                 codes[str(refusal["data"].get("code"))] += 1
         return dict(codes)
 
-    async def stop(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await self._task
 
-    async def close(self) -> None:
-        self._stop.set()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
+CHAT_ENDINGS = frozenset({"chat.reply", "chat.error"})
+
+
+@dataclass
+class ChatLoad(Background):
+    """Users asking the Cat over their own sockets until stopped: each user an ask every
+    ``every_s`` while fewer than ``depth`` of theirs are unanswered (answers keep up, and
+    no backlog outlasts the load), one at a time per user, so that the asks are recorded
+    in the order the edge took them. Each text is unique (``"<user> <n>: <question>"``):
+    the v1 client tells the end of another ask's answer by its text (docs/cat_relay.md).
+    Accepted asks are kept per user as (ask id, text), refused ones as (text, error)."""
+
+    watchers: dict[str, Watcher]
+    every_s: float
+    depth: int
+    question: str = "is anyone there?"
+    asks: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    refused: list[tuple[str, Frame]] = field(default_factory=list)
+    _numbers: Counter[str] = field(default_factory=Counter)
+    _turns: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def start(self) -> None:
+        """Ask until :meth:`stop`; again after a stop."""
+        self._stop.clear()
+
+        async def asking(user: str) -> None:
+            while not self._stop.is_set():
+                if len(self.unanswered(user)) < self.depth:
+                    await self.ask(user)
+                await asyncio.sleep(self.every_s)  # the pace of the load, not a wait
+
+        async def everyone() -> None:
+            async with asyncio.TaskGroup() as group:
+                for user in self.watchers:
+                    group.create_task(asking(user))
+
+        self._task = asyncio.create_task(everyone())
+
+    async def ask(self, user: str, text: str | None = None) -> str | None:
+        """Ask now (after the user's ask being sent, if any): the ask id, or None if the
+        edge refused it. ``text`` defaults to the user's next numbered one."""
+        async with self._turns.setdefault(user, asyncio.Lock()):
+            if text is None:
+                text = f"{user} {self._numbers[user]}: {self.question}"
+                self._numbers[user] += 1
+            answer = await self.watchers[user].request(
+                {"type": "chat.ask", "data": {"text": text}})
+            if answer["type"] != "ack":
+                self.refused.append((text, answer))
+                return None
+            ask = str(answer["data"]["id"])
+            self.asks.setdefault(user, []).append((ask, text))
+            return ask
+
+    def endings(self, user: str) -> list[Frame]:
+        """How the user's asks ended on their open socket so far, in arrival order."""
+        return ask_endings(self.watchers[user].frames, self.asks.get(user, []))
+
+    def unanswered(self, user: str) -> list[str]:
+        """The user's accepted asks not ended on their socket yet, in the order asked."""
+        ended = {ending["data"]["ask_id"] for ending in self.endings(user)}
+        return [ask for ask, _text in self.asks.get(user, []) if ask not in ended]
+
+    async def all_ended(self, timeout: float) -> None:
+        """Wait until each user's last ask has ended on their socket (stop first). Asks
+        end in the order asked, so the earlier ones have too, unless one never does:
+        :meth:`problems` says."""
+        for user, watcher in self.watchers.items():
+            if asks := self.asks.get(user):
+                last = asks[-1][0]
+                try:
+                    await watcher.wait_for(lambda f: is_event(f) and f["type"] in CHAT_ENDINGS
+                                           and f["data"].get("ask_id") == last, timeout)
+                except TimeoutError:
+                    raise AssertionError(f"{user}'s last ask did not end within "
+                                         f"{timeout:g} s: {last}") from None
+
+    def problems(self, user: str, endings: Sequence[Frame], cat_asks: Sequence[str]) -> list[str]:
+        """What is wrong with how the user's asks ended (``endings``, each id once, in the
+        order published: live, or read back from the history stream): each ask ended
+        once, in the order asked, with its own reply or ``interrupted``; the Cat was asked
+        each at most once, in that order (``cat_asks``, the double's record). An ask the
+        edge refused may have been queued all the same (``unavailable`` says the broker
+        did not confirm it in time): see :meth:`refused_but_asked`."""
+        refused = {text for text, _error in self.refused}
+        return _chat_problems(self.asks.get(user, []), endings,
+                              [text for text in cat_asks if text not in refused])
+
+    def refused_but_asked(self, cat_asks: Sequence[str]) -> list[str]:
+        """The texts of refused asks that reached the Cat all the same."""
+        return [text for text, _error in self.refused if text in set(cat_asks)]
+
+
+def ask_endings(frames: Sequence[Frame], asks: Sequence[tuple[str, str]]) -> list[Frame]:
+    """The ``chat.reply`` and ``chat.error`` events of ``asks`` among ``frames``, each
+    envelope once (an edge that moved replays in band from a window before what it had
+    delivered: a client drops the repeats by ``id``), in the order received."""
+    wanted = {ask for ask, _text in asks}
+    seen: set[str] = set()
+    found = []
+    for frame in frames:
+        if (is_event(frame) and frame["type"] in CHAT_ENDINGS
+                and frame["data"].get("ask_id") in wanted and frame["id"] not in seen):
+            seen.add(frame["id"])
+            found.append(frame)
+    return found
 
 
 def work_done(ledger: Ledger, exports: Sequence[str], runs: Sequence[str]) -> bool:

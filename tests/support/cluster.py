@@ -54,6 +54,16 @@ class QueueReplicas:
     online: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class QueueConsumer:
+    """One consumer of a queue, and the node it consumes from (its channel's, which is
+    its connection's)."""
+
+    tag: str
+    node: str
+    active: bool  # with single active consumer: the one the queue delivers to
+
+
 @dataclass
 class RabbitCluster:
     directory: Path
@@ -268,6 +278,18 @@ class RabbitCluster:
         if len(nodes) != 1:
             raise LookupError(f"connections named {connection_prefix}* are on {sorted(nodes)}")
         return nodes.pop()
+
+    def consumers(self, vhost: str, queue: str) -> list[QueueConsumer]:
+        """The consumers of ``queue`` now, each with the node its connection is on."""
+        listed = self.ctl("list_consumers", "-p", vhost, "--no-table-headers",
+                          "queue_name", "channel_pid", "consumer_tag", "active")
+        found: list[QueueConsumer] = []
+        for line in listed.splitlines():
+            name, pid, tag, active = (line.split("\t") + ["", "", ""])[:4]
+            match = PID_NODE.match(pid)
+            if name == queue and match:
+                found.append(QueueConsumer(tag=tag, node=match["node"], active=active == "true"))
+        return found
 
     def replicas(self, vhost: str, queue: str) -> QueueReplicas:
         """A quorum queue's or stream's leader and members, as the cluster sees them now."""

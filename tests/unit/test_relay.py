@@ -4,6 +4,7 @@ the reconnect backoff, per-user locks and the POST /send error table."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,29 @@ async def test_a_failed_token_publish_is_raised_on_close() -> None:
     stream.add("x")
     with pytest.raises(ConnectionError):
         await stream.close()
+
+
+async def test_a_failed_send_of_a_stream_never_closed_is_not_logged_as_never_retrieved() -> None:
+    # The ask was abandoned (the relay stopped at its deadline) while a batch was sent.
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    try:
+        failed = asyncio.Event()
+
+        async def send(seq: int, text: str) -> None:
+            failed.set()
+            raise ConnectionError("broker gone")
+
+        stream = TokenStream(send, interval_s=10.0, max_chars=1)
+        stream.add("x")
+        await asyncio.wait_for(failed.wait(), 5)
+        await asyncio.sleep(0)  # the batch's task ends with the failure
+        del stream
+        gc.collect()
+        assert unhandled == []
+    finally:
+        loop.set_exception_handler(None)
 
 
 def test_cat_settings_defaults_and_refusals() -> None:

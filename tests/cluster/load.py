@@ -412,6 +412,19 @@ async def audit_work(
     lines = system.up.output().splitlines()
     audit = ledger.audit_exports(load.exports, lines)
     runs = {row["id"]: row for row in ledger.rows("SELECT id, status, reason FROM runs")}
+    # A completion whose live publish was not confirmed stays pending, for the owner's
+    # next socket (docs/exports.md): each owner opens one, on the other edge. That comes
+    # before the stream is read below, because the sockets opened for that read get the
+    # pending notifications too, after their replay, and would take them first.
+    again = [await Watcher.connect(system.port("edge-2"), alice_token),
+             await Watcher.connect(system.port("edge-1"), bob_token)]
+    for watcher in again:
+        await watcher.sync()
+    heard = {task: sum(len(w.events("excel.done", task_id=task))
+                       for w in (load.alice, load.bob, *again)) for task in load.exports}
+    pending = ledger.rows("SELECT id FROM notifications WHERE delivered_at IS NULL")
+    for watcher in again:
+        await watcher.close()
     # Distinct envelopes: the same one twice in the stream is one event to a client.
     envelopes: dict[tuple[str, str], set[str]] = defaultdict(set)
     endings: list[Frame] = []  # alice's chat replies and errors, in stream order
@@ -424,17 +437,6 @@ async def audit_work(
                     e["id"] for e in endings}:
                 endings.append(frame)
     published = Counter({key: len(ids) for key, ids in envelopes.items()})
-    # A completion whose live publish was not confirmed stays pending, for the owner's
-    # next socket (docs/exports.md): each owner opens one, on the other edge.
-    again = [await Watcher.connect(system.port("edge-2"), alice_token),
-             await Watcher.connect(system.port("edge-1"), bob_token)]
-    for watcher in again:
-        await watcher.sync()
-    heard = {task: sum(len(w.events("excel.done", task_id=task))
-                       for w in (load.alice, load.bob, *again)) for task in load.exports}
-    pending = ledger.rows("SELECT id FROM notifications WHERE delivered_at IS NULL")
-    for watcher in again:
-        await watcher.close()
     refused_tasks = [row for row in ledger.rows("SELECT id, status, error_code FROM export_tasks")
                      if row["id"] not in set(load.exports)]
     refused_builds = ledger.audit_exports([row["id"] for row in refused_tasks], lines).builds

@@ -23,6 +23,7 @@ from tests.deploy.manifests import (
     render,
 )
 from tests.support.cluster import CLUSTER_SIZE, NODE_CONFIG
+from tests.support.private_broker import ERL_ARGS, PrivateBroker
 
 CLUSTER = "warren-rabbitmq"
 SERVICES = ("edge", "cat-relay", "runner", "excel-worker")
@@ -62,7 +63,23 @@ def test_the_nodes_run_the_configuration_the_cluster_tests_run(overlay: str) -> 
     # advanced.config is where quorum_cluster_size and other Erlang terms would go: the
     # tested nodes have none, so their defaults are what was checked.
     assert not spec["rabbitmq"].get("advancedConfig"), "advanced.config is not what was tested"
-    assert not spec["rabbitmq"].get("envConfig"), "rabbitmq-env.conf is not what was tested"
+    # rabbitmq-env.conf: the Erlang VM's flags, as every tested node has them.
+    env = dict(
+        line.split("=", 1) for line in spec["rabbitmq"].get("envConfig", "").splitlines()
+        if line.strip()
+    )
+    assert env == {"SERVER_ADDITIONAL_ERL_ARGS": f'"{ERL_ARGS}"'}, env
+
+
+def test_compose_runs_the_broker_with_the_tested_vm_flags() -> None:
+    environment = compose()["services"]["rabbitmq"]["environment"]
+    assert environment["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] == ERL_ARGS
+
+
+def test_the_tested_nodes_clock_follows_the_system_clock(private_broker: PrivateBroker) -> None:
+    # The flags reach the VM through the Debian wrapper's environment.
+    mode = private_broker.ctl("eval", "erlang:system_info(time_warp_mode).").strip()
+    assert mode == "multi_time_warp"
 
 
 def test_production_runs_as_many_nodes_as_the_tested_cluster() -> None:

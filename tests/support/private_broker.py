@@ -23,6 +23,13 @@ from pathlib import Path
 
 STARTUP_TIMEOUT_S = 90
 CTL_TIMEOUT_S = 120
+#: The Erlang VM's flags of every node Warren runs, here and deployed (docker-compose.yml,
+#: k8s/base/rabbitmq.yaml; tests/deploy/test_broker_config.py checks them). In Erlang's
+#: default time mode a step of the system clock (a VM resumed, NTP correcting a boot
+#: clock) reaches the node's own clock only at 1 % of the time that passes, so for minutes
+#: the stream's timestamps lag the edges' positions and a recovery seeks past what it
+#: should replay (docs/protocol.md 17.2). Multi-time-warp mode follows the step at once.
+ERL_ARGS = "+C multi_time_warp"
 
 
 class PrivateBrokerUnavailable(RuntimeError):
@@ -116,6 +123,7 @@ class PrivateBroker:
             "RABBITMQ_CONFIG_FILE": str(self.directory / "rabbitmq"),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.directory / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.directory / "node.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": ERL_ARGS,
         }
         # The Debian wrapper runs the node and rabbitmqctl through su, which keeps the
         # environment but sets HOME to the rabbitmq user's: a cookie file of our own is

@@ -37,11 +37,15 @@ from playwright.sync_api import Browser, Page, expect  # noqa: E402
 
 T = TypeVar("T")
 LOOP_TIMEOUT_S = 60.0
-RATE_EVENTS = 200_000
+# The suite checks delivery at these rates with short floods; the figures of
+# bench/README.md ("JavaScript client in Chromium") come from the full sizes, with
+# WARREN_BROWSER_FULL_FLOOD=1.
+FULL_FLOOD = os.environ.get("WARREN_BROWSER_FULL_FLOOD") == "1"
+RATE_EVENTS = 200_000 if FULL_FLOOD else 50_000
 RATE_PAYLOAD_BYTES = 100
 FLOOD_CHUNK_BYTES = 1 << 20
 PACED_RATES = (10_000, 20_000)  # events a second; issue 17 asks for 20k in the page
-PACED_SECONDS = 6.0
+PACED_SECONDS = 6.0 if FULL_FLOOD else 2.0
 PACED_TICK_S = 0.005
 
 # Every change of the top bar's status, as "<data-state> <text>", recorded in the page.

@@ -20,14 +20,15 @@ in the log and only the heartbeat runs: such a connection then lasts until the s
 own retransmissions give up. Not tested end to end: that needs a peer whose packets are
 dropped (tests/integration/test_handshake.py says why).
 
-A socket's first beat comes at a random point of its first interval, so that sockets
-opened together (after a restart, say) do not all get theirs at the same moment. The
-wheel has a slot per tick (a twentieth of the interval), and a socket waits in the slot
-of its next beat, which it names itself when visited: a tick visits only the sockets due
-in it, about one interval's share of them, and each socket once per interval. No more
-than ``VISITS_PER_TURN`` sockets are visited in one turn of the event loop: a slot
-larger than that is worked through over several turns, so a delivery never waits behind
-the whole slot. A beat is at most one tick late, plus however long a busy loop delays it.
+A socket's first beat comes at a random point of its first interval (on the wheel's
+clock), so that sockets opened together (after a restart, say) do not all get theirs at
+the same moment. The wheel has a slot per tick (a twentieth of the interval), and a
+socket waits in the slot of its next beat, which it names itself when visited: a tick
+visits only the sockets due in it, about one interval's share of them, and each socket
+once per interval. No more than ``VISITS_PER_TURN`` sockets are visited in one turn of
+the event loop: a slot larger than that is worked through over several turns, so a
+delivery never waits behind the whole slot. A beat is at most one tick late, plus
+however long a busy loop delays it.
 """
 
 from __future__ import annotations
@@ -113,7 +114,12 @@ class Keepalive:
                 # Already reset by the peer (the read side closes the handler), or not a
                 # TCP socket: the heartbeat alone still serves it.
                 log.debug("TCP_USER_TIMEOUT not set", exc_info=True)
-        self.watch(subscriber, self._loop.time() + random.random() * self.interval_s)
+        # On the wheel's clock, not the loop's: while the loop is too busy for the ticks
+        # to keep up, the wheel lags behind, and a first beat drawn from the loop's time
+        # could fall past its last slot, where it would be put together with every other
+        # socket opened meanwhile.
+        now = self._origin + self._ticks * self.tick_s
+        self.watch(subscriber, now + random.random() * self.interval_s)
 
     def watch(self, subscriber: Subscriber, due: float) -> None:
         """Visit ``subscriber`` at loop time ``due`` (or the first tick after it)."""

@@ -186,6 +186,27 @@ async def test_admitted_sockets_get_their_first_beat_spread_over_the_first_inter
     assert max(keepalive.taken) < len(storm) // 4
 
 
+async def test_sockets_admitted_while_the_wheel_lags_behind_the_loop_are_spread_too() -> None:
+    """A busy loop delays the ticks, so the wheel falls behind the loop's clock; sockets
+    opened meanwhile still get their first beats spread over an interval of the wheel,
+    not all put in its last slot."""
+    keepalive = CountedKeepalive(interval_s=0.4, timeout_s=0.4)
+    keepalive.start()
+    # As if the loop had been busy for 0.5 s, longer than the interval: the wheel's
+    # ticks are due since then, and come one turn after another to catch up.
+    keepalive._origin -= 0.5
+    storm = [VisitedSocket() for _ in range(2000)]
+    for visited in storm:
+        keepalive.admit(visited, None)
+    try:
+        for visited in storm:
+            await asyncio.wait_for(visited.done.wait(), WAIT)
+    finally:
+        keepalive.stop()
+    assert len({visited.visits[0] for visited in storm}) >= TICKS_PER_INTERVAL // 2
+    assert max(keepalive.taken) < len(storm) // 4
+
+
 @contextmanager
 def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     """Both ends of a loopback TCP connection: (the accepted one, the connecting one)."""

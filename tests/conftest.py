@@ -8,8 +8,10 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any, Final
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -24,6 +26,32 @@ from tests.support.edge import edge_env
 from tests.support.private_broker import PrivateBroker, PrivateBrokerUnavailable
 from tests.support.rabbit import BrokerAdmin
 from tests.support.tcp_proxy import TcpProxy
+
+
+CLUSTER_TESTS: Final = "tests/cluster"
+
+
+class ModuleScheduling(LoadScopeScheduling):  # type: ignore[misc]  # xdist has no types
+    """The suite runs on two workers (pyproject.toml). A module's tests stay on one, so
+    that its module-scoped servers and browser start once; so do all of tests/cluster,
+    so that only one three-node cluster ever runs. (xdist's own ``--dist loadgroup``
+    would do this from marks, but loses them on pytest 9.2: pytest-xdist issue 1386.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return CLUSTER_TESTS if module.startswith(f"{CLUSTER_TESTS}/") else module
+
+    def _assign_work_unit(self, node: Any) -> None:
+        # The cluster's tests are the longest unit by far (minutes): they go first, so
+        # that the other worker runs the rest meanwhile and they never end the run alone.
+        if CLUSTER_TESTS in self.workqueue:
+            self.workqueue.move_to_end(CLUSTER_TESTS, last=False)
+        super()._assign_work_unit(node)
+
+
+@pytest.hookimpl(optionalhook=True)  # known only while xdist is loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> ModuleScheduling:
+    return ModuleScheduling(config, log)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-from xdist.scheduler import LoadScopeScheduling
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from xdist.scheduler import LoadScopeScheduling
 
 from shared.auth import AuthSettings, TokenService
 from shared.config import DEFAULT_AMQP_URL

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import (
-    CursorResult, DateTime, String, Text, bindparam, func, select, update,
-)
+from sqlalchemy import CursorResult, DateTime, String, Text, bindparam, func, select, update
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.db.models import Base, utcnow

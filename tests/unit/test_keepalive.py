@@ -167,12 +167,9 @@ async def test_a_crowded_tick_is_worked_through_over_several_turns() -> None:
     assert len(per_turn) >= 11
 
 
-async def test_admitted_sockets_get_their_first_beat_spread_over_the_first_interval() -> None:
-    """Sockets opened together (a reconnect storm) do not all get their beat at once."""
-    keepalive = CountedKeepalive(interval_s=0.4, timeout_s=0.4)
-    keepalive.start()
-    start = asyncio.get_running_loop().time()
-    storm = [VisitedSocket() for _ in range(2000)]
+async def admit_storm(keepalive: Keepalive, sockets: int = 2000) -> list[VisitedSocket]:
+    """Admit ``sockets`` at once, as a reconnect storm opens them; each once visited."""
+    storm = [VisitedSocket() for _ in range(sockets)]
     for visited in storm:
         keepalive.admit(visited, None)
     try:
@@ -180,6 +177,15 @@ async def test_admitted_sockets_get_their_first_beat_spread_over_the_first_inter
             await asyncio.wait_for(visited.done.wait(), WAIT)
     finally:
         keepalive.stop()
+    return storm
+
+
+async def test_admitted_sockets_get_their_first_beat_spread_over_the_first_interval() -> None:
+    """Sockets opened together (a reconnect storm) do not all get their beat at once."""
+    keepalive = CountedKeepalive(interval_s=0.4, timeout_s=0.4)
+    keepalive.start()
+    start = asyncio.get_running_loop().time()
+    storm = await admit_storm(keepalive)
     firsts = [visited.visits[0] for visited in storm]
     assert all(start < first <= start + 0.4 + keepalive.tick_s + 1e-9 for first in firsts)
     assert len(set(firsts)) >= TICKS_PER_INTERVAL // 2
@@ -195,14 +201,7 @@ async def test_sockets_admitted_while_the_wheel_lags_behind_the_loop_are_spread_
     # As if the loop had been busy for 0.5 s, longer than the interval: the wheel's
     # ticks are due since then, and come one turn after another to catch up.
     keepalive._origin -= 0.5
-    storm = [VisitedSocket() for _ in range(2000)]
-    for visited in storm:
-        keepalive.admit(visited, None)
-    try:
-        for visited in storm:
-            await asyncio.wait_for(visited.done.wait(), WAIT)
-    finally:
-        keepalive.stop()
+    storm = await admit_storm(keepalive)
     assert len({visited.visits[0] for visited in storm}) >= TICKS_PER_INTERVAL // 2
     assert max(keepalive.taken) < len(storm) // 4
 

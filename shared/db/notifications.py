@@ -39,11 +39,12 @@ class Notification(Base):
 
 #: The table itself: the edge's lookups read its columns, cheaper than loading ORM objects.
 _TABLE: Final = Notification.__table__
+_UNDELIVERED: Final = _TABLE.c.delivered_at.is_(None)
 #: Which of the users ``ids`` have notifications pending: asked on every connect, so
 #: built once.
 _WAITING: Final = (
     select(_TABLE.c.user_id)
-    .where(_TABLE.c.user_id.in_(bindparam("ids", expanding=True)), _TABLE.c.delivered_at.is_(None))
+    .where(_TABLE.c.user_id.in_(bindparam("ids", expanding=True)), _UNDELIVERED)
     .distinct()
 )
 
@@ -76,7 +77,6 @@ class NotificationStore:
         users connecting at that moment, and nearly always finds none: so first one
         cheap indexed query for who has any, and the rows only for those."""
         table = _TABLE
-        undelivered = table.c.delivered_at.is_(None)
         with self._sessions() as session:
             # Core statements on the session's connection: the ORM's execution path
             # around them costs more than the query itself (as in UserStore.existing).
@@ -92,7 +92,7 @@ class NotificationStore:
                         order_by=(table.c.created_at, table.c.id),
                     ).label("n"),
                 )
-                .where(table.c.user_id.in_(waiting), undelivered)
+                .where(table.c.user_id.in_(waiting), _UNDELIVERED)
                 .subquery()
             )
             rows = connection.execute(

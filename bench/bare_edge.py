@@ -1,7 +1,7 @@
 """``python -m bench.bare_edge``: issue 19's reference B, the bare edge.
 
 The least an edge can do and still do Warren's job: a Tornado WebSocket server and an
-aio-pika consumer of its own exclusive queue on ``warren.events``, on uvloop like the
+aio-pika consumer of its own exclusive queue on ``warren.edges``, on uvloop like the
 edge. A client connects as to the edge (``GET /ws?token=<jwt>``); the user and groups
 are read from the token's claims without checking its signature (no auth: the cheapest
 way to learn the user, as the edge would); its routing keys (``user.<id>``,
@@ -44,8 +44,8 @@ from tornado.netutil import bind_sockets
 
 from shared.locks import KeyedLocks
 from shared.messaging import BROADCAST, group_key, user_key
-from shared.messaging.broker import declare_exchanges
-from shared.messaging.names import EVENTS_EXCHANGE, AddressError
+from shared.messaging.broker import declare_edge_exchange, declare_exchanges
+from shared.messaging.names import EDGE_EXCHANGE, AddressError
 
 log = logging.getLogger("bench.bare_edge")
 
@@ -129,8 +129,9 @@ class BareEdge:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=PREFETCH)
         events, _commands = await declare_exchanges(channel)
+        edges = await declare_edge_exchange(channel, events)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(events, routing_key=BROADCAST)
+        await queue.bind(edges, routing_key=BROADCAST)
         binder = await (await connection.channel()).get_underlay_channel()
         edge = cls(channel, binder, queue)
         await queue.consume(edge.on_message)
@@ -176,11 +177,11 @@ class BareEdge:
         async with self._locks.hold(key):
             wanted = key in self._holders
             if wanted and key not in self._bound:
-                await self._binder.queue_bind(self._queue.name, EVENTS_EXCHANGE, key)
+                await self._binder.queue_bind(self._queue.name, EDGE_EXCHANGE, key)
                 self._bound.add(key)
             elif not wanted and key in self._bound:
                 self._bound.discard(key)
-                await self._binder.queue_unbind(self._queue.name, EVENTS_EXCHANGE, key)
+                await self._binder.queue_unbind(self._queue.name, EDGE_EXCHANGE, key)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -16,7 +16,7 @@ collection of every Erlang process, divided by the items added:
    edge holds (one consuming, ``WARREN_EDGE_BIND_CHANNELS`` = 4 binding);
 2. ``exclusive queues``: ``--queues`` queues declared as an edge declares its own
    (exclusive, auto-delete, the edge's dead-letter arguments), spread over them;
-3. ``bindings``: ``--bindings`` distinct user keys bound from ``warren.events`` (declared
+3. ``bindings``: ``--bindings`` distinct user keys bound from ``warren.edges`` (declared
    by Warren's own code) to those queues, on as many channels at once as the largest
    ``--parallel``: a socket's user key, as the edge binds it.
 
@@ -64,8 +64,18 @@ from pamqp.common import FieldValue
 from bench.meter import cpu_seconds
 from bench.report import format_table
 from bench.stream_floor import FLOOR_BODY, publish_floor
-from shared.messaging.broker import declare_exchanges, edge_queue_arguments
-from shared.messaging.names import EVENTS_EXCHANGE, edge_queue_name, group_key, user_key
+from shared.messaging.broker import (
+    declare_edge_exchange,
+    declare_exchanges,
+    edge_queue_arguments,
+)
+from shared.messaging.names import (
+    EDGE_EXCHANGE,
+    EVENTS_EXCHANGE,
+    edge_queue_name,
+    group_key,
+    user_key,
+)
 from tests.support.cluster import RabbitCluster
 from tests.support.private_broker import PrivateBroker
 
@@ -281,11 +291,11 @@ async def run_lanes(lanes: Sequence[Sequence[Binding]],
 
 
 async def bind(binding: Binding) -> None:
-    await binding.channel.queue_bind(binding.queue, EVENTS_EXCHANGE, routing_key=binding.key)
+    await binding.channel.queue_bind(binding.queue, EDGE_EXCHANGE, routing_key=binding.key)
 
 
 async def unbind(binding: Binding) -> None:
-    await binding.channel.queue_unbind(binding.queue, EVENTS_EXCHANGE, routing_key=binding.key)
+    await binding.channel.queue_unbind(binding.queue, EDGE_EXCHANGE, routing_key=binding.key)
 
 
 def keys(prefix: str, count: int) -> list[str]:
@@ -341,7 +351,9 @@ async def measure(nodes: Nodes, sizes: Sizes, report: Report) -> None:
     await nodes.measure_idle()
     setup = await aio_pika.connect(nodes.url(0))
     try:
-        await declare_exchanges(await setup.channel())
+        channel = await setup.channel()
+        events, _commands = await declare_exchanges(channel)
+        await declare_edge_exchange(channel, events)
     finally:
         await setup.close()
 
@@ -435,7 +447,7 @@ async def routing(nodes: Nodes, edges: Sequence[EdgeLike], sizes: Sizes,
     fanout_key = group_key("benchfanout")
     counter = Counter()
     for edge, queue in holders:
-        await edge.channel.queue_bind(queue, EVENTS_EXCHANGE, routing_key=fanout_key)
+        await edge.channel.queue_bind(queue, EDGE_EXCHANGE, routing_key=fanout_key)
         # Consumed until the connection closes: the queues are auto-delete, as an edge's,
         # so cancelling the last consumer would delete them.
         await edge.channel.basic_consume(queue, counter.on_message, no_ack=True)
@@ -446,7 +458,7 @@ async def routing(nodes: Nodes, edges: Sequence[EdgeLike], sizes: Sizes,
     await routed(nodes, f"group key: {len(holders)} queues", fanout_key, len(holders),
                  counter, sizes.messages, report)
     for edge, queue in holders:
-        await edge.channel.queue_unbind(queue, EVENTS_EXCHANGE, routing_key=fanout_key)
+        await edge.channel.queue_unbind(queue, EDGE_EXCHANGE, routing_key=fanout_key)
 
     # The stream's share, through bench/stream_floor.py's publish floor (its own
     # exchanges and stream, in the same vhost).

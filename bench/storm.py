@@ -55,7 +55,7 @@ from bench.storm_driver import CLOSE_TIMEOUT_S, worker_main
 from bench.storm_report import ReadyPoll, Result, Round, print_report, round_cells
 from bench.workspace import Workspace, workspace
 from shared.auth import AuthSettings, TokenService
-from shared.messaging.names import EVENTS_EXCHANGE, edge_queue_name
+from shared.messaging.names import EDGE_EXCHANGE, edge_queue_name
 
 SETTLE_TIMEOUT_S: Final = 120.0  # longest wait for the edge's gauge to come back to 0
 RSS_PERIOD_S: Final = 0.1
@@ -191,7 +191,7 @@ class Storm:
         result.broker_bindings_after = await asyncio.to_thread(self._broker_bindings)
 
     def _broker_bindings(self) -> int | None:
-        """Bindings of ``warren.events`` to edge queues in the vhost, as the broker says."""
+        """Bindings of ``warren.edges`` to edge queues in the vhost, as the broker says."""
         plan = self.plan
         parsed = urllib.parse.urlsplit(plan.amqp_url)
         credentials = f"{parsed.username or 'guest'}:{parsed.password or 'guest'}"
@@ -205,7 +205,7 @@ class Storm:
         except OSError:
             return None
         prefix = edge_queue_name("")
-        return sum(1 for b in bindings if b["source"] == EVENTS_EXCHANGE
+        return sum(1 for b in bindings if b["source"] == EDGE_EXCHANGE
                    and b["destination"].startswith(prefix))
 
     async def _poll_ready(self, result: Round, t0: float, stop: asyncio.Event) -> None:

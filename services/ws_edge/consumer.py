@@ -41,8 +41,12 @@ from pamqp.commands import Basic
 
 from shared.logging import CONNECTION_LOSS
 from shared.messaging import BROADCAST, EnvelopeError, Kind, decode
-from shared.messaging.broker import declare_exchanges, edge_queue_arguments
-from shared.messaging.names import EVENTS_EXCHANGE, edge_queue_name
+from shared.messaging.broker import (
+    declare_edge_exchange,
+    declare_exchanges,
+    edge_queue_arguments,
+)
+from shared.messaging.names import EDGE_EXCHANGE, edge_queue_name
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 
@@ -104,10 +108,11 @@ class EventConsumer:
         assert isinstance(channel, AbstractRobustChannel)
         await channel.set_qos(prefetch_count=self._prefetch)
         events, _commands = await declare_exchanges(channel)
+        edges = await declare_edge_exchange(channel, events)
         queue = await channel.declare_queue(
             self._queue_name, exclusive=True, auto_delete=True, arguments=edge_queue_arguments()
         )
-        await queue.bind(events, routing_key=BROADCAST)
+        await queue.bind(edges, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
         self._channel, self._events = channel, events
         for _ in range(self._bind_channel_count):
@@ -176,11 +181,11 @@ class EventConsumer:
 
     async def bind(self, key: str) -> None:
         channel = await self._bind_channel(key)
-        await channel.queue_bind(self._queue_name, EVENTS_EXCHANGE, routing_key=key)
+        await channel.queue_bind(self._queue_name, EDGE_EXCHANGE, routing_key=key)
 
     async def unbind(self, key: str) -> None:
         channel = await self._bind_channel(key)
-        await channel.queue_unbind(self._queue_name, EVENTS_EXCHANGE, routing_key=key)
+        await channel.queue_unbind(self._queue_name, EDGE_EXCHANGE, routing_key=key)
 
     async def _bind_channel(self, key: str) -> aiormq.abc.AbstractChannel:
         """A pool channel for ``key``, once the queue exists on the current connection."""

@@ -35,6 +35,7 @@ from shared.messaging.names import (
     CHAT_CLAIMS_QUEUE,
     COMMANDS_EXCHANGE,
     DEAD_LETTER_EXCHANGE,
+    EDGE_EXCHANGE,
     EVENTS_DEAD_LETTER_QUEUE,
     EVENTS_EXCHANGE,
     HISTORY_EXCHANGE,
@@ -201,6 +202,17 @@ async def declare_exchanges(channel: AbstractChannel) -> tuple[AbstractExchange,
     )
     await _declare_dead_letter_queue(channel, dlx, EVENTS_DEAD_LETTER_QUEUE)
     return events, commands
+
+
+async def declare_edge_exchange(
+    channel: AbstractChannel, events: AbstractExchange
+) -> AbstractExchange:
+    """Declare the exchange edges bind their queues to, fed all of ``events``."""
+    edges = await channel.declare_exchange(
+        EDGE_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+    )
+    await edges.bind(events, routing_key="#")
+    return edges
 
 
 async def declare_history_stream(

@@ -18,6 +18,12 @@ EVENTS_DEAD_LETTER_QUEUE: Final = "warren.events.dead"
 # Events of kept types are published to HISTORY_EXCHANGE, which forwards them all to
 # EVENTS_EXCHANGE and to the HISTORY_STREAM (docs/protocol.md 17.1).
 HISTORY_EXCHANGE: Final = "warren.events.kept"
+# Edges bind their queues here, one exact key per held user or group, and EVENTS_EXCHANGE
+# forwards everything to it with one "#" binding. A direct exchange, because edges bind
+# and unbind on every connect and close: the broker's cost of a topic binding (its trie
+# updated in a transaction) is about twice a direct one's, and keys are never patterns
+# (docs/protocol.md 3.3).
+EDGE_EXCHANGE: Final = "warren.edges"
 HISTORY_STREAM: Final = "warren.history"
 #: The header that marks an edge's read marker in the stream (not an event).
 HISTORY_MARKER_HEADER: Final = "x-warren-marker"

@@ -35,7 +35,12 @@ import pytest
 from shared.config import HistorySettings
 from shared.messaging import Address
 from shared.messaging.broker import Publisher, connect, declare_exchanges
-from shared.messaging.names import EVENTS_DEAD_LETTER_QUEUE, HISTORY_STREAM, edge_queue_name
+from shared.messaging.names import (
+    EDGE_EXCHANGE,
+    EVENTS_DEAD_LETTER_QUEUE,
+    HISTORY_STREAM,
+    edge_queue_name,
+)
 from tests.support.arrivals import Arrivals
 from tests.support.client import Client
 from tests.support.cluster import RabbitCluster
@@ -117,7 +122,9 @@ async def test_the_node_an_edge_is_on_stops_mid_traffic(
         # The edge is on a live node now, its queue declared there and bound again.
         now_on = await asyncio.to_thread(cluster.node_of, vhost, f"warren-{instance}")
         assert now_on != node
-        bound = await asyncio.to_thread(cluster.bindings, vhost, edge_queue_name(instance))
+        bound = await asyncio.to_thread(
+            cluster.bindings, vhost, edge_queue_name(instance), EDGE_EXCHANGE
+        )
         assert {alice.routing_key, team.routing_key} <= bound, bound
         # The edge replays to the open socket, in band, what was routed during the switch
         # (docs/protocol.md 17.5), then the live events it held back meanwhile.

@@ -10,6 +10,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from shared.messaging import Address, Envelope
 from shared.messaging.broker import Publisher, connect
+from shared.messaging.names import EDGE_EXCHANGE
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
 from tests.support.rabbit import BrokerAdmin, reconnected
@@ -57,7 +58,7 @@ async def test_connection_loss_is_recovered_without_dropping_sockets(
     # The sockets never noticed, and the edge is ready again with its bindings back.
     assert await _readyz(edge.port) == 200
     assert {"broadcast", "user.alice", "group.team", "user.bob"} <= broker_admin.bindings(
-        vhost, edge.consumer.queue_name  # type: ignore[union-attr]
+        vhost, edge.consumer.queue_name, EDGE_EXCHANGE  # type: ignore[union-attr]
     )
     await _delivered_after_replay(amqp_url, Address.group("team"), alice)
 
@@ -82,7 +83,7 @@ async def test_an_edge_whose_queue_is_deleted_reconnects_and_delivers_again(
     await asyncio.wait_for(restored, 30)
     await asyncio.wait_for(edge.rebound(), 30)
     assert {"broadcast", "user.alice", "group.team"} <= broker_admin.bindings(
-        vhost, edge.consumer.queue_name  # type: ignore[union-attr]
+        vhost, edge.consumer.queue_name, EDGE_EXCHANGE  # type: ignore[union-attr]
     )
     await _delivered_after_replay(amqp_url, Address.user("alice"), alice)
 
@@ -100,7 +101,8 @@ async def test_socket_opened_during_outage_binds_after_recovery(
     carol = await Client.connect(edge.port, token_for("carol"))
     await asyncio.wait_for(restored, 30)
     await asyncio.wait_for(edge.rebound(), 30)
-    assert "user.carol" in broker_admin.bindings(vhost, edge.consumer.queue_name)  # type: ignore[union-attr]
+    queue = edge.consumer.queue_name  # type: ignore[union-attr]
+    assert "user.carol" in broker_admin.bindings(vhost, queue, EDGE_EXCHANGE)
     assert carol.welcome["data"]["user"] == "carol"
 
 

@@ -8,7 +8,7 @@ import aio_pika
 
 from shared.messaging import ADDRESS_BROADCAST, Address, Envelope, encode, user_key
 from shared.messaging.broker import Publisher, connect, declare_exchanges
-from shared.messaging.names import EVENTS_DEAD_LETTER_QUEUE
+from shared.messaging.names import EDGE_EXCHANGE, EVENTS_DEAD_LETTER_QUEUE
 from services.ws_edge.server import EdgeServer
 from tests.support.client import Client
 from tests.support.rabbit import BrokerAdmin
@@ -91,11 +91,11 @@ async def test_bindings_follow_held_sockets(
     publisher: Publisher,
 ) -> None:
     queue = edge.consumer.queue_name  # type: ignore[union-attr]
-    assert broker_admin.bindings(vhost, queue) == {"broadcast"}
+    assert broker_admin.bindings(vhost, queue, EDGE_EXCHANGE) == {"broadcast"}
 
     tab1 = await Client.connect(edge.port, token_for("alice", ("team",)))
     tab2 = await Client.connect(edge.port, token_for("alice", ("team",)))
-    assert broker_admin.bindings(vhost, queue) == {"broadcast", "user.alice", "group.team"}
+    assert broker_admin.bindings(vhost, queue, EDGE_EXCHANGE) == {"broadcast", "user.alice", "group.team"}
 
     tab1.close()
     await tab1.closed()
@@ -103,12 +103,12 @@ async def test_bindings_follow_held_sockets(
     sent = event(Address.user("alice"))
     await publisher.publish_event(sent)
     assert (await tab2.recv())["id"] == sent.id
-    assert {"user.alice", "group.team"} <= broker_admin.bindings(vhost, queue)
+    assert {"user.alice", "group.team"} <= broker_admin.bindings(vhost, queue, EDGE_EXCHANGE)
 
     tab2.close()
     await tab2.closed()
     await _until_no_holders(edge)
-    assert broker_admin.bindings(vhost, queue) == {"broadcast"}
+    assert broker_admin.bindings(vhost, queue, EDGE_EXCHANGE) == {"broadcast"}
 
 
 async def test_edge_receives_no_traffic_for_users_it_does_not_hold(

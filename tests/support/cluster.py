@@ -340,14 +340,14 @@ class RabbitCluster:
                 return match["node"]
         raise LookupError(f"no classic queue {queue!r} in {vhost!r}")
 
-    def bindings(self, vhost: str, queue: str) -> set[str]:
-        """The routing keys ``queue`` is bound with from exchanges (the default one aside)."""
+    def bindings(self, vhost: str, queue: str, source: str) -> set[str]:
+        """The routing keys ``queue`` is bound with from the exchange ``source``."""
         listed = self.ctl("list_bindings", "-p", vhost, "--no-table-headers",
                           "source_name", "destination_name", "routing_key")
         keys: set[str] = set()
         for line in listed.splitlines():
-            source, destination, key = (line.split("\t") + ["", ""])[:3]
-            if source and destination == queue:
+            bound_from, destination, key = (line.split("\t") + ["", ""])[:3]
+            if bound_from == source and destination == queue:
                 keys.add(key)
         return keys
 

@@ -104,12 +104,13 @@ class BrokerAdmin:
         API refuses): with ``rabbitmqctl``, on the machine's broker."""
         _ctl("delete_queue", "-p", vhost, queue)
 
-    def bindings(self, vhost: str, queue: str) -> set[str]:
-        """Routing keys bound to ``queue`` from non-default exchanges."""
+    def bindings(self, vhost: str, queue: str, source: str) -> set[str]:
+        """Routing keys ``queue`` is bound with from the exchange ``source``."""
         if not self.api_available:
             raise RuntimeError("the management API is needed to list bindings")
         path = f"/api/queues/{urllib.parse.quote(vhost, safe='')}/{urllib.parse.quote(queue, safe='')}/bindings"
-        return {b["routing_key"] for b in json.loads(self._api("GET", path)) if b["source"]}
+        return {b["routing_key"] for b in json.loads(self._api("GET", path))
+                if b["source"] == source}
 
 
 def _ctl(*args: str) -> str:

@@ -6,6 +6,7 @@ task a row, a final status, one stored file and one notification; every run an e
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -15,7 +16,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
+from tests.support.up import WarrenUp
+
 BUILT = re.compile(r"^(excel-\d+)\s+\|.*\bexport built\b.*\btask_id=(\S+)")
+LOG_LAG_S = 30.0  # the longest wait for a done task's "export built" line
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,24 @@ class Ledger:
         if not self.exports_dir.exists():
             return []
         return sorted(path.name for path in self.exports_dir.glob("*.xlsx"))
+
+    async def build_log(self, task_ids: Iterable[str], up: WarrenUp) -> list[str]:
+        """``warren up``'s output lines once they hold the ``export built`` line of each of
+        ``task_ids`` that is done, or after ``LOG_LAG_S`` (the audit then tells which is
+        missing). A worker logs that line after marking its task done and before it
+        publishes ``excel.done``, but the line reaches the test through two pipes (the
+        worker's, then ``warren up``'s) and the event through the broker and an edge: a
+        test that has heard every ``excel.done`` can still be ahead of the lines."""
+        status = self.export_status()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOG_LAG_S
+        for task in (task for task in task_ids if status.get(task) == "done"):
+            line = rf"^excel-\d+\s+\|.*\bexport built\b.*\btask_id={re.escape(task)}\b"
+            try:
+                await asyncio.to_thread(up.wait_for, line, max(0.0, deadline - loop.time()))
+            except AssertionError:
+                break
+        return up.output().splitlines()
 
     def audit_exports(self, task_ids: Iterable[str], log_lines: Iterable[str]) -> ExportAudit:
         """Exactly once: a ``done`` row, one stored file, one ``-done`` notification and

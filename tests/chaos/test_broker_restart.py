@@ -120,7 +120,7 @@ async def test_a_broker_restart_loses_no_durable_work(
     depths = await until(lambda: _settled(private_broker, vhost_of(private_amqp_url)),
                          SETTLE_S, "work queues empty")
 
-    audit = ledger.audit_exports(tasks, system.up.output().splitlines())
+    audit = ledger.audit_exports(tasks, await ledger.build_log(tasks, system.up))
     lost = {
         "exports not done": audit.lost,
         "exports done twice": audit.duplicated,

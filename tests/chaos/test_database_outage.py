@@ -117,7 +117,7 @@ async def test_a_database_outage_gives_clear_errors_then_recovers_losing_nothing
     assert dead == {}
     assert len(alice.events("run.finished", run_id=early_run)) == 1
     tasks = [early_task, ack["data"]["id"], body["task_id"]]
-    audit = ledger.audit_exports(tasks, system.up.output().splitlines())
+    audit = ledger.audit_exports(tasks, await ledger.build_log(tasks, system.up))
     assert not audit.lost and not audit.duplicated, audit.report()
     assert sorted(ledger.export_status()) == sorted(tasks)  # the two refused left no row
     await alice.close()

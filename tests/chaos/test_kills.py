@@ -68,7 +68,7 @@ async def test_an_excel_worker_killed_mid_build_leaves_each_export_done_once(
 
     for task in tasks:
         await alice.wait_for(is_event("excel.done", task_id=task), SETTLE_S)
-    audit = ledger.audit_exports(tasks, system.up.output().splitlines())
+    audit = ledger.audit_exports(tasks, await ledger.build_log(tasks, system.up))
     assert not audit.lost and not audit.duplicated, audit.report()
     attempts = {row["id"]: row["attempts"] for row in ledger.rows(
         "SELECT id, attempts FROM export_tasks")}
@@ -135,7 +135,7 @@ async def test_an_edge_killed_its_clients_reconnect_to_the_other_and_get_what_th
     third = await Watcher.connect(system.port("edge-2"), token)
     await third.sync()
     assert not third.events("excel.done")
-    audit = ledger.audit_exports([task], system.up.output().splitlines())
+    audit = ledger.audit_exports([task], await ledger.build_log([task], system.up))
     assert not audit.lost and not audit.duplicated, audit.report()
     for watcher in (again, third):
         await watcher.close()

@@ -409,7 +409,7 @@ async def audit_work(
         SETTLE_S, "alice's last ask ended")
     depths = await until(lambda: asyncio.to_thread(_settled, cluster, vhost), SETTLE_S,
                          "work queues empty")
-    lines = system.up.output().splitlines()
+    lines = await ledger.build_log(load.exports, system.up)
     audit = ledger.audit_exports(load.exports, lines)
     runs = {row["id"]: row for row in ledger.rows("SELECT id, status, reason FROM runs")}
     # A completion whose live publish was not confirmed stays pending, for the owner's

@@ -178,7 +178,7 @@ async def _stop_the_leader(
         print(f"\nchat endings: {seen}; the Cat was asked {dict(system.cat.asks)}")
     chats_done = time.monotonic()
 
-    audit = ledger.audit_exports(tasks, system.up.output().splitlines())
+    audit = ledger.audit_exports(tasks, await ledger.build_log(tasks, system.up))
     assert (audit.lost, audit.duplicated) == ([], []), audit.report()
     heard = {task: len(alice.events("excel.done", task_id=task))
              + len(bob.events("excel.done", task_id=task)) for task in tasks}

@@ -32,7 +32,6 @@ from typing import Final, NamedTuple, cast
 
 import aiormq.abc
 from aio_pika.abc import (
-    AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -87,7 +86,6 @@ class EventConsumer:
         self._bind_channels: list[AbstractRobustChannel] = []
         self._framer = TextFramer()
         self._channel: AbstractRobustChannel | None = None
-        self._events: AbstractExchange | None = None
         self._consumer_tag: str | None = None
         self._consuming: aiormq.abc.AbstractChannel | None = None  # the tag's channel
         self._batch: list[Pending] = []
@@ -114,7 +112,7 @@ class EventConsumer:
         )
         await queue.bind(edges, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
-        self._channel, self._events = channel, events
+        self._channel = channel
         for _ in range(self._bind_channel_count):
             binder = await self._connection.channel()
             assert isinstance(binder, AbstractRobustChannel)

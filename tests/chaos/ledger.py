@@ -18,7 +18,8 @@ from sqlalchemy import create_engine, text
 
 from tests.support.up import WarrenUp
 
-BUILT = re.compile(r"^(excel-\d+)\s+\|.*\bexport built\b.*\btask_id=(\S+)")
+_BUILT_LINE = r"^(excel-\d+)\s+\|.*\bexport built\b.*\btask_id="  # a worker's log line
+BUILT = re.compile(_BUILT_LINE + r"(\S+)")
 LOG_LAG_S = 30.0  # the longest wait for a done task's "export built" line
 
 
@@ -78,7 +79,7 @@ class Ledger:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOG_LAG_S
         for task in (task for task in task_ids if status.get(task) == "done"):
-            line = rf"^excel-\d+\s+\|.*\bexport built\b.*\btask_id={re.escape(task)}\b"
+            line = rf"{_BUILT_LINE}{re.escape(task)}\b"
             try:
                 await asyncio.to_thread(up.wait_for, line, max(0.0, deadline - loop.time()))
             except AssertionError:

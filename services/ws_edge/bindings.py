@@ -43,6 +43,21 @@ class BindingTable:
         """Keys held but not bound now: a bind pending, or one that failed."""
         return frozenset(key for key in self._counts if key not in self._bound)
 
+    @property
+    def generation(self) -> int:
+        """Bumped by every :meth:`rebind`: keys bound in one generation missed the events
+        routed between the loss of its queue and their binding in a later one."""
+        return self._generation
+
+    def are_bound(self, keys: Iterable[str]) -> bool:
+        """Whether every one of ``keys`` is bound to the current queue now."""
+        return all(key in self._bound for key in keys)
+
+    def settle(self, keys: Iterable[str]) -> asyncio.Future[list[None]]:
+        """Complete once every one of ``keys``, all held, is bound (at once, when they all
+        are already); as :meth:`retain`, without counting a holder."""
+        return asyncio.gather(*(self._schedule(key) for key in keys if key not in self._bound))
+
     def holders(self, key: str) -> int:
         return self._counts.get(key, 0)
 

@@ -20,6 +20,7 @@ from shared.db.runs import RunStore
 from shared.exports.settings import Limits
 from shared.locks import KeyedLocks
 from shared.messaging.broker import Publisher
+from services.ws_edge.admission import AdmissionLookup
 from services.ws_edge.bindings import BindingTable
 from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.history import HistoryReader
@@ -67,6 +68,7 @@ class EdgeDeps:
     tokens: TokenService
     users: UserStore
     known_users: KnownUsers | None  # None: WARREN_EDGE_CHECK_USERS is off
+    admission: AdmissionLookup  # what a socket's upgrade reads of its user
     publisher: Publisher
     hub: Hub
     bindings: BindingTable

@@ -47,6 +47,10 @@ class TooManySockets(Exception):
     """The user already holds ``WARREN_EDGE_MAX_SOCKETS_PER_USER`` sockets on this edge."""
 
 
+class Overloaded(Exception):
+    """The edge cannot take this socket now; the client retries shortly."""
+
+
 class BadRequest(ValueError):
     """An HTTP body that is not what the endpoint takes."""
 
@@ -88,6 +92,7 @@ ERROR_TABLE: dict[type[Exception], ErrorSpec] = {
     LoginThrottled: ErrorSpec(429, "rate_limited"),
     FramesThrottled: ErrorSpec(429, "rate_limited"),
     TooManySockets: ErrorSpec(429, "too_many_sockets"),
+    Overloaded: ErrorSpec(503, "overloaded"),
     Unroutable: ErrorSpec(503, "no_service"),
     BrokerUnavailable: ErrorSpec(503, "unavailable"),
     HistoryUnavailable: ErrorSpec(503, "unavailable"),

@@ -10,7 +10,8 @@ share one joined buffer; frames are only ever concatenated, never built per sock
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol, cast
 
 from wsproto.frame_protocol import FrameProtocol
@@ -56,16 +57,25 @@ class Hub:
         self._held_keys: dict[Subscriber, tuple[str, ...]] = {}
         self._empty = asyncio.Event()
         self._empty.set()
+        self._opening = 0
 
     def __len__(self) -> int:
         return len(self._open)
 
     @property
     def opening(self) -> int:
-        """Connections opened but not subscribed yet: waiting for their keys to be bound.
+        """Upgrades waiting for their keys to be bound and their user to be read
+        (:meth:`admitting`)."""
+        return self._opening
 
-        (Every subscribed connection was tracked first, so the difference counts them.)"""
-        return max(0, len(self._open) - len(self._keys) - len(self._held_keys))
+    @contextlib.contextmanager
+    def admitting(self) -> Iterator[None]:
+        """Count one upgrade in :attr:`opening` for as long as the block runs."""
+        self._opening += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
 
     def take_slot(self, user_id: str, limit: int) -> bool:
         """Count one more socket of ``user_id`` unless it holds ``limit`` already (0: no

@@ -23,6 +23,7 @@ from shared.messaging.broker import Publisher, connect, declare_history_stream
 from shared.messaging.producer import Producer
 from shared.service import run_until_signalled
 from services.ws_edge.app import make_app
+from services.ws_edge.admission import AdmissionLookup
 from services.ws_edge.bindings import BindingTable
 from services.ws_edge.command_gate import CommandGate
 from services.ws_edge.consumer import EventConsumer
@@ -133,6 +134,7 @@ class EdgeServer:
             tokens=TokenService(settings.auth),
             users=users,
             known_users=KnownUsers(users, executor) if settings.check_users else None,
+            admission=AdmissionLookup(engine, executor, check_users=settings.check_users),
             publisher=publisher,
             hub=self.hub,
             bindings=bindings,

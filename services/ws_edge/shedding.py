@@ -1,13 +1,14 @@
-"""Refusing WebSocket upgrades at once while too many sockets wait for their bindings.
+"""Refusing WebSocket upgrades at once while too many wait for their bindings.
 
 A connect storm (every client of a lost edge reconnecting at once) brings more upgrades
-than the broker binds keys for: sockets would queue for their ``welcome``, holding memory,
-while their clients give up. Past ``WARREN_EDGE_MAX_OPENING`` sockets opening at once,
-``GET /ws`` is answered ``503 overloaded`` with ``Retry-After: 1`` (docs/protocol.md 5.1)
-straight from the HTTP connection, as soon as its headers are read: before Tornado routes
-the request, builds a handler or writes an access-log line. In a storm such refusals are
-most of what the edge does, so their cost decides how much of the edge is left for the
-sockets it accepts. They are counted in ``warren_edge_handshakes_refused_total``.
+than the broker binds keys for: they would queue for their bindings, holding memory, while
+their clients give up. Past ``WARREN_EDGE_MAX_OPENING`` upgrades waiting at once
+(``Hub.admitting``), ``GET /ws`` is answered ``503 overloaded`` with ``Retry-After: 1``
+(docs/protocol.md 5.1) straight from the HTTP connection, as soon as its headers are read:
+before Tornado routes the request, builds a handler or writes an access-log line. In a
+storm such refusals are most of what the edge does, so their cost decides how much of the
+edge is left for the sockets it accepts. They are counted in
+``warren_edge_handshakes_refused_total``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Lookups by key, asked of the database together: one query for many callers.
 
-A reconnect storm brings hundreds of sockets a second, each needing the same two reads
-(does its user still exist, has it notifications pending). One query each would cost more
-than the rest of the handshake, and each would take one of the blocking executor's
-threads. :class:`Batched` runs one query at a time: the keys asked for while it runs wait
-for it to end and then go together in the next one. A lone lookup costs one query, as
-before, and waits for no timer; under a storm the batches grow by themselves.
+A reconnect storm brings hundreds of sockets a second, each needing the same read (does
+its user still exist, has it notifications pending: services/ws_edge/admission.py). One
+read each would cost more than the rest of the handshake, and each would take one of the
+blocking executor's threads. :class:`Batched` runs one fetch at a time: the keys asked
+for while it runs wait for it to end and then go together in the next one. A lone lookup
+costs one fetch and waits for no timer; under a storm the batches grow by themselves.
 """
 
 from __future__ import annotations

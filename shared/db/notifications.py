@@ -18,7 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import CursorResult, DateTime, String, Text, bindparam, func, select, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    DateTime,
+    String,
+    Text,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from shared.db.models import Base, utcnow
@@ -41,7 +51,7 @@ class Notification(Base):
 _TABLE: Final = Notification.__table__
 _UNDELIVERED: Final = _TABLE.c.delivered_at.is_(None)
 #: Which of the users ``ids`` have notifications pending: asked on every connect, so
-#: built once.
+#: built once (:func:`waiting_users`).
 _WAITING: Final = (
     select(_TABLE.c.user_id)
     .where(_TABLE.c.user_id.in_(bindparam("ids", expanding=True)), _UNDELIVERED)
@@ -54,6 +64,13 @@ class PendingNotification:
     id: str
     type: str
     body: bytes
+
+
+def waiting_users(connection: Connection, user_ids: Sequence[str]) -> set[str]:
+    """Which of ``user_ids`` have notifications pending: one indexed query, on a
+    connection the caller holds (the edge asks it with its other read of each connect,
+    services/ws_edge/admission.py). It nearly always finds none."""
+    return set(connection.scalars(_WAITING, {"ids": list(user_ids)}))
 
 
 def make_notification(envelope_id: str, user_id: str, type_: str, body: bytes) -> Notification:
@@ -73,29 +90,22 @@ class NotificationStore:
         self, user_ids: Sequence[str], limit: int = 100
     ) -> dict[str, list[PendingNotification]]:
         """Each user's undelivered notifications, oldest first, at most ``limit`` each; a
-        user with none is left out. The edge asks this on every connect, for all the
-        users connecting at that moment, and nearly always finds none: so first one
-        cheap indexed query for who has any, and the rows only for those."""
+        user with none is left out. The edge asks this for the users that
+        :func:`waiting_users` found waiting when their socket opened."""
         table = _TABLE
-        with self._sessions() as session:
-            # Core statements on the session's connection: the ORM's execution path
-            # around them costs more than the query itself (as in UserStore.existing).
-            connection = session.connection()
-            waiting = connection.scalars(_WAITING, {"ids": list(user_ids)}).all()
-            if not waiting:
-                return {}
-            numbered = (
-                select(
-                    table.c.id, table.c.user_id, table.c.type, table.c.body,
-                    func.row_number().over(
-                        partition_by=table.c.user_id,
-                        order_by=(table.c.created_at, table.c.id),
-                    ).label("n"),
-                )
-                .where(table.c.user_id.in_(waiting), _UNDELIVERED)
-                .subquery()
+        numbered = (
+            select(
+                table.c.id, table.c.user_id, table.c.type, table.c.body,
+                func.row_number().over(
+                    partition_by=table.c.user_id,
+                    order_by=(table.c.created_at, table.c.id),
+                ).label("n"),
             )
-            rows = connection.execute(
+            .where(table.c.user_id.in_(list(user_ids)), _UNDELIVERED)
+            .subquery()
+        )
+        with self._sessions() as session:
+            rows = session.connection().execute(
                 select(numbered.c.id, numbered.c.user_id, numbered.c.type, numbered.c.body)
                 .where(numbered.c.n <= limit)
                 .order_by(numbered.c.user_id, numbered.c.n)

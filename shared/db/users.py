@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.auth.passwords import hash_password, verify_password
@@ -29,6 +29,14 @@ class UserRecord:
 _EXISTING: Final = select(User.__table__.c.id).where(
     User.__table__.c.id.in_(bindparam("ids", expanding=True))
 )
+
+
+def existing_users(connection: Connection, user_ids: Sequence[str]) -> set[str]:
+    """Which of ``user_ids`` are in the users table: one primary-key lookup for them all,
+    on a connection the caller holds (the edge asks it with its other read of each
+    connect, services/ws_edge/admission.py). A Core statement built once: the ORM's
+    execution path around it would cost more than the query itself."""
+    return set(connection.scalars(_EXISTING, {"ids": list(user_ids)}))
 
 
 def _record(user: User) -> UserRecord:
@@ -78,10 +86,7 @@ class UserStore:
         """Which of the users are (still) there: one primary-key lookup for them all,
         nothing else loaded."""
         with self._sessions() as session:
-            # Asked on every connect: a Core statement built once, run on the session's
-            # connection rather than through the ORM's execution path, which costs more
-            # than the query itself.
-            return set(session.connection().scalars(_EXISTING, {"ids": list(user_ids)}))
+            return existing_users(session.connection(), user_ids)
 
     def authenticate(self, user_id: str, password: str) -> UserRecord | None:
         """Return the user if the password matches; cost is the same for unknown users."""

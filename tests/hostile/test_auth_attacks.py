@@ -282,6 +282,10 @@ async def test_a_user_deleted_while_holding_a_token_is_refused_from_then_on(
     status, body = await handshake(edge.port, token)
     assert (status, body["error"]) == (401, "unknown_user")
     assert "dave" in body["message"]
+    # The refused upgrade let go of what it took before the user was read: its keys
+    # and its place among the user's sockets. The open socket holds its own.
+    assert edge.deps is not None
+    assert (edge.deps.bindings.holders("user.dave"), edge.hub.slots("dave")) == (1, 1)
     status, body = await api(edge.port, token, "/api/exports")
     assert (status, body["error"]) == (401, "unknown_user")
     # Only new connections are checked: the socket opened before stays open until its
@@ -318,6 +322,9 @@ async def test_an_unreadable_user_table_is_a_json_error_then_recovers(
         for status, body in (await handshake(edge.port, token), await api(edge.port, token)):
             assert (status, body["error"]) == (503, "database_unavailable"), body
             assert "users" not in body["message"]  # no SQL, no table names
+        # The refused upgrade bound its keys before the read: it let go of them.
+        assert edge.deps is not None and edge.deps.bindings.holders("user.alice") == 0
+        assert edge.hub.slots("alice") == 0
     finally:
         with engine.begin() as connection:
             connection.execute(text("ALTER TABLE users_away RENAME TO users"))

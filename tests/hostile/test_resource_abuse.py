@@ -9,7 +9,8 @@ connections that never finish their handshake.
   meanwhile the edge stays ready and a real client connects and gets its messages.
 - A user holds at most ``WARREN_EDGE_MAX_SOCKETS_PER_USER`` sockets on an edge; past it
   upgrades are refused ``429 too_many_sockets``, even when they all come at once, and
-  every socket that goes (closed, or failed while waiting for its bindings) frees its slot.
+  every socket that goes (closed, or refused because its keys could not be bound) frees
+  its slot.
 """
 
 from __future__ import annotations
@@ -438,51 +439,13 @@ async def test_concurrent_upgrades_of_one_user_get_exactly_the_limit(
     assert all(c.welcome["type"] == "welcome" for c in again)
 
 
-class RawSocket:
-    """A WebSocket client (wsproto over a stream) that finishes the close handshake and
-    waits for the edge to close the TCP connection: the edge closes it in the same step
-    as it lets go of the socket (on_close)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.ws = WSConnection(ConnectionType.CLIENT)
-
-    @classmethod
-    async def connect(cls, port: int, token: str) -> RawSocket:
-        client = cls(*await asyncio.open_connection("127.0.0.1", port))
-        client.writer.write(client.ws.send(Request(host=f"127.0.0.1:{port}", target=f"/ws?token={token}")))
-        assert any(isinstance(e, AcceptConnection) for e in await client._read_until(AcceptConnection))
-        return client
-
-    async def _read_until(self, kind: type) -> list[Any]:
-        events: list[Any] = []
-        async with asyncio.timeout(TIMEOUT):
-            while not any(isinstance(e, kind) for e in events):
-                data = await self.reader.read(65536)
-                assert data, f"connection closed before {kind.__name__}: {events}"
-                self.ws.receive_data(data)
-                events.extend(self.ws.events())
-        return events
-
-    async def closed_by_edge(self) -> CloseConnection:
-        """The edge's close frame (no welcome before it), answered; then the edge's EOF."""
-        events = await self._read_until(CloseConnection)
-        assert not any(isinstance(e, TextMessage) for e in events), events
-        closed = next(e for e in events if isinstance(e, CloseConnection))
-        self.writer.write(self.ws.send(closed.response()))
-        async with asyncio.timeout(TIMEOUT):
-            assert await self.reader.read() == b""
-        self.writer.close()
-        return closed
-
-
 def through(proxy: TcpProxy, amqp_url: str) -> str:
     """``amqp_url`` by way of ``proxy``."""
     url = urlsplit(amqp_url)
     return urlunsplit(url._replace(netloc=f"{url.username}:{url.password}@127.0.0.1:{proxy.port}"))
 
 
-async def test_a_socket_that_fails_while_waiting_for_its_bindings_frees_its_slot(
+async def test_an_upgrade_whose_keys_cannot_be_bound_is_refused_and_frees_its_slot(
     make_edge: Callable[..., EdgeServer], amqp_url: str, token_for: Callable[..., str]
 ) -> None:
     url = urlsplit(amqp_url)
@@ -497,11 +460,12 @@ async def test_a_socket_that_fails_while_waiting_for_its_bindings_frees_its_slot
         restored = reconnected(edge.connection)
         proxy.cut()  # the broker is out of reach: no key can be bound
 
-        stuck = await RawSocket.connect(edge.port, token_for("alice"))
-        closed = await stuck.closed_by_edge()
-        assert (closed.code, closed.reason) == (1013, "broker unavailable, retry later")
-        assert sample(edge, "warren_edge_closes_total", code="1013") == 1
-        assert edge.hub.slots("alice") == 0
+        assert await refusal(edge.port, token_for("alice")) == (
+            503, {"error": "unavailable", "message": "the broker is unavailable; retry later"}
+        )
+        assert sample(edge, "warren_edge_handshakes_refused_total", reason="unavailable") == 1
+        assert (edge.hub.slots("alice"), edge.hub.opening, len(edge.hub)) == (0, 0, 0)
+        assert edge.deps is not None and edge.deps.bindings.holders("user.alice") == 0
 
         proxy.restore()
         await asyncio.wait_for(restored, TIMEOUT)

@@ -22,7 +22,7 @@ from shared.messaging.broker import Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
 from tests.support.client import UPGRADE, Client
-from tests.support.edge import edge_env, edge_on_private  # noqa: F401  (a fixture)
+from tests.support.edge import edge_env, edge_on_private, until  # noqa: F401  (a fixture)
 from tests.support.private_broker import PrivateBroker
 from tests.support.rabbit import reconnected
 
@@ -80,8 +80,11 @@ async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
         restored = reconnected(edge.connection)
         await asyncio.to_thread(private_broker.stop_app)
         url = f"ws://127.0.0.1:{edge.port}/ws?token="
-        waiting = [await websocket_connect(url + token_for(user)) for user in ("ann", "ben")]
-        assert edge.hub.opening == 2
+        # Their upgrades are answered once their keys are bound: not before the restart.
+        waiting = [asyncio.ensure_future(websocket_connect(url + token_for(user)))
+                   for user in ("ann", "ben")]
+        await until(lambda: edge.hub.opening == 2, "two upgrades waiting for their bindings")
+        assert not any(upgrade.done() for upgrade in waiting)
 
         request = HTTPRequest(f"http://127.0.0.1:{edge.port}/ws?token={token_for('cat')}",
                               headers=UPGRADE)
@@ -100,7 +103,8 @@ async def test_a_connect_storm_beyond_the_opening_bound_is_refused_at_once(
 
         await asyncio.to_thread(private_broker.start_app)
         await asyncio.wait_for(restored, 60)
-        for socket in waiting:  # welcomed once their keys are bound
+        for upgrade in waiting:  # upgraded and welcomed once their keys are bound
+            socket = await asyncio.wait_for(upgrade, 30)
             message = await asyncio.wait_for(socket.read_message(), 30)
             assert message is not None
             welcome = orjson.loads(message)

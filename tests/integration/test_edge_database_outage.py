@@ -1,9 +1,11 @@
 """The edge with its database unreachable (PostgreSQL behind a TCP proxy that is cut):
 ``503 database_unavailable`` over HTTP and on the socket, then service again once it is
-back, without a restart. The whole system under the same fault: tests/chaos."""
+back, without a restart. Without the user check, sockets still open meanwhile. The whole
+system under the same fault: tests/chaos."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,8 @@ import orjson
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from shared.db import make_engine, session_factory
+from shared.db.notifications import make_notification
 from shared.messaging import Command
 from services.ws_edge.server import EdgeServer
 from tests.support.catalogue import declared, known
@@ -40,6 +44,16 @@ async def call(port: int, token: str, path: str, body: Any = None) -> tuple[int,
         assert exc.response is not None
         response = exc.response
     return response.code, orjson.loads(response.body)
+
+
+def store_notification(database_url: str, envelope_id: str, user: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        with session_factory(engine).begin() as session:
+            body = orjson.dumps({"id": envelope_id})
+            session.add(make_notification(envelope_id, user, "excel.done", body))
+    finally:
+        engine.dispose()
 
 
 async def test_the_http_api_answers_503_while_the_database_is_away_then_recovers(
@@ -85,3 +99,23 @@ async def test_a_frame_that_needs_the_database_gets_a_clear_error_and_the_socket
         # Recorded again; no excel worker runs in this test, so the command finds no queue.
         again = await alice.request({**export, "ref": 3})
     assert again["type"] == "error" and again["data"]["code"] == "no_service", again
+
+
+async def test_without_the_user_check_sockets_open_and_notifications_wait_for_the_database(
+    edge: EdgeServer, postgres_proxy: TcpProxy, database_url: str,
+    token_for: Callable[..., str],
+) -> None:
+    assert not edge.settings.check_users
+    # Off the loop: the proxy in front of the database runs on it.
+    await asyncio.to_thread(store_notification, database_url, "t1-done", "alice")
+    postgres_proxy.cut()
+    # Whether notifications wait cannot be read: the socket opens without them.
+    alice = await Client.connect(edge.port, token_for("alice"))
+    sent = await alice.request({"type": "message.send", "ref": 1, "to": "user:bob", "data": {}})
+    assert sent["type"] == "ack"
+    assert not alice.pending  # nothing came before the ack: nothing was replayed
+    alice.close()
+
+    postgres_proxy.restore()
+    again = await Client.connect(edge.port, token_for("alice"))
+    assert (await again.recv())["id"] == "t1-done"

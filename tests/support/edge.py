@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -24,6 +25,17 @@ def edge_env(amqp_url: str, database_url: str, **overrides: str) -> dict[str, st
     }
     env.update(overrides)
     return env
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll an in-process edge's state, where no event tells it, until ``condition``
+    holds; ``TimeoutError`` naming ``what`` after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"not within {timeout_s} s: {what}")
+        await asyncio.sleep(0.01)
 
 
 class EdgeProcess(ServiceProcess):

@@ -434,6 +434,34 @@ async def test_rebind_binds_every_held_key_again() -> None:
     assert changes[-1] == 2
 
 
+async def test_keys_are_bound_again_in_a_new_generation_after_a_rebind() -> None:
+    binder, table, _ = make()
+    await table.retain(["user.a", "group.g"])
+    first = table.generation
+    assert table.are_bound(["user.a", "group.g"]) and not table.are_bound(["user.a", "user.b"])
+    binder.bound.clear()
+    rebound = table.rebind()
+    assert table.generation == first + 1
+    assert not table.are_bound(["user.a"])  # until bound to the new queue
+    await table.settle(["user.a"])
+    assert table.are_bound(["user.a"])
+    await rebound
+    assert table.are_bound(["user.a", "group.g"]) and table.generation == first + 1
+    assert binder.calls.count(("bind", "user.a")) == 2  # settle waited, it bound nothing more
+
+
+async def test_settle_binds_a_held_key_whose_bind_failed_without_counting_a_holder() -> None:
+    binder, table, _ = make()
+    binder.fail_bind.add("user.a")
+    with pytest.raises(BindFailed):
+        await table.retain(["user.a"])
+    binder.fail_bind.clear()
+    await table.settle(["user.a"])
+    assert table.are_bound(["user.a"]) and table.holders("user.a") == 1
+    await table.settle(["user.a"])  # bound: nothing to do
+    assert binder.calls.count(("bind", "user.a")) == 2
+
+
 async def test_a_key_released_while_its_bind_straddles_a_new_connection_ends_unbound() -> None:
     binder, table, _ = make(yields=5)
     retained = asyncio.ensure_future(table.retain(["user.a"]))

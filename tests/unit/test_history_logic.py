@@ -227,7 +227,6 @@ def test_a_held_socket_gets_its_events_to_hold_until_it_subscribes() -> None:
     hub.subscribe(live, ("k",))
     hub.track(holding)
     hub.hold(holding, ("k",))
-    assert hub.opening == 0
     assert hub.dispatch("k", b"a", "id-a") == 1
     assert hub.dispatch_batch([("k", b"b", "id-b"), ("j", b"c", "id-c")]) == [1, 0]
     assert holding.held == [("id-a", b"a"), ("id-b", b"b")] and holding.frames == []

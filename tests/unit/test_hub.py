@@ -173,17 +173,27 @@ def test_len_counts_tracked_connections() -> None:
     assert len(hub) == 2
 
 
-def test_opening_counts_tracked_connections_not_yet_subscribed() -> None:
+def test_opening_counts_the_upgrades_being_admitted_whatever_ends_them() -> None:
     hub = Hub()
-    a, b = FakeSocket("a"), FakeSocket("b")
-    hub.track(a)
-    hub.track(b)
-    assert hub.opening == 2
-    hub.subscribe(a, ["k"])
-    assert hub.opening == 1
-    hub.forget(b)
+    with hub.admitting():
+        with hub.admitting():
+            assert hub.opening == 2
+        assert hub.opening == 1
+        with pytest.raises(RuntimeError), hub.admitting():
+            assert hub.opening == 2
+            raise RuntimeError("refused")
+        assert hub.opening == 1
     assert hub.opening == 0
+
+
+def test_open_connections_are_not_opening() -> None:
+    hub = Hub()
+    a = opened(hub, FakeSocket("a"), "k")
+    handshaking = FakeSocket("handshaking")
+    hub.track(handshaking)
+    assert (len(hub), hub.opening) == (2, 0)
     hub.forget(a)
+    hub.forget(handshaking)
     assert (len(hub), hub.opening) == (0, 0)
 
 
@@ -255,17 +265,6 @@ def test_batch_with_subscribers_leaving_during_the_writes() -> None:
     assert leaver.frames == [b"xy"]
     assert hub.dispatch_batch(with_ids([("k", b"z"), ("k", b"w")])) == [3, 3]
     assert leaver.frames == [b"xy"]
-
-
-def test_opening_counts_the_connections_not_yet_subscribed() -> None:
-    hub = Hub()
-    a = opened(hub, FakeSocket("a"), "k")
-    handshaking = FakeSocket("handshaking")
-    hub.track(handshaking)
-    assert hub.opening == 1
-    hub.forget(a)
-    hub.forget(handshaking)
-    assert hub.opening == 0
 
 
 # --- close_all and wait_empty ---------------------------------------------------------

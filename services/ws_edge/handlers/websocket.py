@@ -30,7 +30,7 @@ from shared.messaging.broker import BrokerUnavailable
 from shared.web import log_uncaught
 from services.ws_edge import frames, tornado_fast
 from services.ws_edge.deps import EdgeDeps
-from services.ws_edge.errors import CloseCode, FrameError, TooManySockets, describe
+from services.ws_edge.errors import CloseCode, FrameError, Overloaded, TooManySockets, describe
 from services.ws_edge.handlers.api import authenticate, lookup_failed, request_token
 from services.ws_edge.handlers.exports import deliver_pending, submit_from_socket
 from services.ws_edge.history import HistoryBusy, HistoryUnavailable, Query, Recovery
@@ -53,7 +53,7 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
     __slots__ = (
         "_deps", "_identity", "_retained", "_opened", "_closed", "_expiry", "_strikes",
         "_allowance", "_spent_at", "_holds_slot", "_since", "_held", "_held_bytes",
-        "_replayed", "_live_from", "_reading", "_gap_from",
+        "_replayed", "_live_from", "_reading", "_gap_from", "_waiting",
     )
     # A successful upgrade is logged at DEBUG (app.log_request): a reconnect storm
     # would otherwise write thousands of lines a second; warren_edge_connections counts them.
@@ -73,7 +73,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         self._spent_at = 0.0
         self._holds_slot = False  # one of the user's WARREN_EDGE_MAX_SOCKETS_PER_USER
         # Recovery (docs/protocol.md 17.3): the position asked for (or why it is refused),
-        # and, while replaying, the live events held back, their size, and the ids replayed.
+        # and, until the socket is live (its welcome, or a replay, is written), the live
+        # events held back, their size, and the ids replayed.
         self._since: float | str | None = None
         self._held: list[tuple[str, bytes]] | None = None
         self._held_bytes = 0
@@ -83,13 +84,15 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # While the edge replays in band what was routed when its broker connection was
         # away (docs/protocol.md 17.5): where the replay starts, before the window.
         self._gap_from: float | None = None
+        self._waiting = False  # notifications wait for the user (read as it connects)
 
     # -- handshake -------------------------------------------------------------
 
     async def prepare(self) -> None:
         """Refuse before the upgrade, with a JSON body: wrong upgrade, origin, token or
-        user, or a user who holds all the sockets it may. (Overload is refused before
-        this handler exists: shedding.py.)"""
+        user, a user who holds all the sockets it may, or a broker or database out of
+        reach. (A connect storm is refused before this handler exists: shedding.py.) The
+        upgrade is answered once the socket's keys are bound and its user is read."""
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             self._refuse(426, "upgrade_required", "GET /ws takes a WebSocket upgrade")
             return
@@ -104,33 +107,98 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 "a token is required (?token=, Bearer, subprotocol warren.auth.<jwt> or cookie)",
             )
             return
+        deps = self._deps
         try:
-            identity = await authenticate(self._deps, token)
+            identity = deps.tokens.verify(token)
         except TokenError as exc:
             self._refuse(401, exc.code, exc.message)
             return
-        except SQLAlchemyError as exc:
-            self._refuse(*lookup_failed(exc))
-            return
         # Checked and taken in one step (no await between), so concurrent upgrades of one
-        # user cannot all pass. Given back once (_free_slot): by on_finish() if there is
-        # no upgrade, else by on_close(), or by open() if the client left during the
-        # handshake or open() fails (Tornado then calls no on_close).
-        limit = self._deps.settings.max_sockets_per_user
-        if not self._deps.hub.take_slot(identity.user_id, limit):
-            refusal = TooManySockets(
+        # user cannot all pass. Given back once (_let_go): by on_finish() if there is no
+        # upgrade, else by on_close(), or by open() if it fails (Tornado then calls no
+        # on_close).
+        limit = deps.settings.max_sockets_per_user
+        if not deps.hub.take_slot(identity.user_id, limit):
+            self._refuse_with(TooManySockets(
                 f"this user has {limit} sockets open on this edge, the most allowed; "
                 "close one first"
-            )
-            spec = describe(refusal)
-            self._refuse(spec.status, spec.code, str(refusal))
+            ))
             return
         self._identity = identity
         self._holds_slot = True
         self._since = frames.position_of(
-            self.get_query_arguments("since"), time.time(),
-            self._deps.settings.common.history.window_s,
+            self.get_query_arguments("since"), time.time(), deps.settings.common.history.window_s,
         )
+        with deps.hub.admitting():
+            await self._admit(identity)
+
+    async def _admit(self, identity: Identity) -> None:
+        """Bind the socket's keys, then read its user (admission.py); refuse the upgrade if
+        either fails. The read comes after the binding: a notification stored after the
+        read is published after the binding, so it reaches the edge, which holds it back
+        for the socket's welcome."""
+        deps = self._deps
+        # Held at once, so that on_close() releases them too if the client leaves while
+        # they are being bound.
+        self._retained = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
+        generation = await self._bound(deps.bindings.retain(self._retained))
+        if generation is None:
+            return
+        # From now on the socket's live events are held back, to follow its welcome.
+        self._live_from = time.time()
+        self._held = []
+        deps.hub.hold(self, (*self._retained, BROADCAST))
+        try:
+            admission = await deps.admission.look_up(identity.user_id)
+        except SQLAlchemyError as exc:
+            if not self._closed:
+                self._refuse(*lookup_failed(exc))
+            return
+        if self._closed:
+            return
+        if not admission.known:
+            self._refuse(401, "unknown_user", f"user {identity.user_id!r} does not exist")
+            return
+        if deps.bindings.generation != generation:
+            # The broker connection was replaced meanwhile: what was routed to the lost
+            # queue after its loss never reached the edge. The socket starts once its keys
+            # are bound to the new one.
+            if await self._bound(deps.bindings.settle(self._retained)) is None:
+                return
+            self._live_from = time.time()
+        if self._held is None:
+            self._refuse_with(Overloaded(
+                "more events came for this socket than it may hold back before its welcome; "
+                "retry shortly"
+            ))
+            return
+        self._waiting = admission.waiting
+
+    async def _bound(self, binding: asyncio.Future[list[None]]) -> int | None:
+        """Wait for ``binding`` of the socket's keys, and again while a new broker
+        connection leaves them unbound; then the bindings' generation, which they are
+        bound in. None if the client left meanwhile, or if they could not be bound within
+        ``WARREN_EDGE_BIND_TIMEOUT_S`` (the upgrade is then refused)."""
+        deps = self._deps
+        bindings = deps.bindings
+        while True:
+            try:
+                if binding.done():  # every key was bound already: nothing to wait for
+                    binding.result()
+                else:
+                    await asyncio.wait_for(asyncio.shield(binding), deps.settings.bind_timeout_s)
+            except Exception:
+                if not self._closed:
+                    assert self._identity is not None
+                    log.warning("binding failed", extra={"user": self._identity.user_id},
+                                exc_info=True)
+                    self._refuse_with(BrokerUnavailable("the broker is unavailable; retry later"))
+                return None
+            if self._closed:
+                return None  # the client left: on_close() let go of what the socket held
+            if bindings.are_bound(self._retained):
+                return bindings.generation
+            binding = bindings.settle(self._retained)
 
     def check_origin(self, origin: str) -> bool:
         return True  # checked in prepare(), where the refusal can carry a JSON body
@@ -148,6 +216,10 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         allowed = self._deps.settings.allowed_origins
         return "*" in allowed or origin in allowed
 
+    def _refuse_with(self, refusal: Exception) -> None:
+        spec = describe(refusal)
+        self._refuse(spec.status, spec.code, str(refusal))
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         self._deps.metrics.handshakes_refused.labels(code).inc()
         self.set_status(status)
@@ -158,21 +230,13 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         # Called once the response is written: the 101 of an upgrade, or a refusal
         # (ours or Tornado's own, such as a bad Sec-WebSocket-Version).
         if self.get_status() != 101:
-            self._free_slot()
-
-    def _free_slot(self) -> None:
-        if self._holds_slot:
-            self._holds_slot = False
-            assert self._identity is not None
-            self._deps.hub.free_slot(self._identity.user_id)
+            self._let_go()
 
     # -- lifecycle -------------------------------------------------------------
 
     async def open(self, *args: Any, **kwargs: Any) -> None:
         if self._closed:
-            # The client left during the handshake: on_close has run, and will not again.
-            self._free_slot()
-            return
+            return  # the client left during the handshake: on_close() let go of all
         try:
             await self._start()
         except BaseException:
@@ -190,34 +254,21 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         deps.hub.track(self)
         deps.metrics.connections.inc()
         stream.max_write_buffer_size = deps.settings.max_outbound_buffer_bytes
-        self._retained = (user_key(identity.user_id), *(group_key(g) for g in identity.groups))
-        bound = deps.bindings.retain(self._retained)
-        try:
-            if not bound.done():  # else every key was bound already: nothing to wait for
-                await asyncio.wait_for(asyncio.shield(bound), deps.settings.bind_timeout_s)
-        except Exception:
-            log.warning("binding failed", extra={"user": identity.user_id}, exc_info=True)
-            self.close_with(CloseCode.TRY_AGAIN_LATER, "broker unavailable, retry later")
-            return
-        if self._closed:
-            return
-        self._live_from = time.time()
         self._expire_at(identity.expires_at)
         since, history = self._since, deps.history
         if since is None or isinstance(since, str) or not history.settings.enabled:
-            # Subscribing and writing the welcome happen in one step of the loop, so the
-            # welcome is always the first frame the client sees.
-            deps.hub.subscribe(self, (*self._retained, BROADCAST))
             recovery = None
             if since is not None:
                 reason = since if isinstance(since, str) else "history_off"
                 deps.metrics.recoveries.labels(reason).inc()
                 recovery = frames.Recovered(recovered=False, reason=reason)
+            # The welcome, what was held back since the keys were bound, then live
+            # events: in one step of the loop (the step of the upgrade, as prepare()
+            # ended), so the welcome is the first frame and no event falls between.
             self._write(self._welcome(recovery))
+            self._go_live()
         else:
-            # Live events are held back from now on; the pass writes the welcome.
-            self._held = []
-            deps.hub.hold(self, (*self._retained, BROADCAST))
+            # The pass writes the welcome, the replay and what was held back.
             keys = frozenset((*self._retained, BROADCAST))
             try:
                 await history.read(Recovery(self, keys, since, history.settings.window_s))
@@ -227,8 +278,9 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 return
             if self._closed:
                 return
-        # Notifications stored while the user was offline (docs/exports.md).
-        await deliver_pending(deps, self, identity.user_id)
+        if self._waiting:
+            # Notifications stored while the user was offline (docs/exports.md).
+            await deliver_pending(deps, self, identity.user_id)
         # The heartbeat starts after the welcome, so no frame comes before it; from now
         # on the kernel also gives up on a peer that stops acknowledging (keepalive.py).
         if not self._closed:
@@ -359,16 +411,27 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
         if self._closed:
             return
         self._closed = True
-        self._free_slot()
-        if not self._opened:
-            return
-        if self._expiry is not None:
-            self._expiry.cancel()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Give back what the socket holds (each thing once, so calling again is
+        harmless): its place among its user's sockets, its keys, its place in the hub,
+        and once open its heartbeat and expiry."""
         deps = self._deps
-        deps.keepalive.unwatch(self)
+        if self._holds_slot:
+            self._holds_slot = False
+            assert self._identity is not None
+            deps.hub.free_slot(self._identity.user_id)
+        if self._retained:
+            deps.bindings.release(self._retained)
+            self._retained = ()
         deps.hub.forget(self)
-        deps.bindings.release(self._retained)
-        deps.metrics.connections.dec()
+        if self._opened:
+            self._opened = False
+            if self._expiry is not None:
+                self._expiry.cancel()
+            deps.keepalive.unwatch(self)
+            deps.metrics.connections.dec()
 
     def _expire_at(self, expires_at: float) -> None:
         """Close with 4001 at ``expires_at`` (Unix time), instead of any time set before."""

@@ -143,6 +143,9 @@ class HistorySettings:
     # broker and edges must agree within it (docs/protocol.md 17.2)
     window_s: float = 2.0
     read_timeout_s: float = 30.0
+    # how long a pass waits for writes the stream held back while it elected a leader
+    # (docs/protocol.md 17.3, "A stream electing a leader")
+    settle_s: float = 1.0
 
     def keeps(self, event_type: str) -> bool:
         return self.enabled and event_type not in self.not_kept
@@ -162,6 +165,7 @@ class HistorySettings:
             read_timeout_s=env_float(
                 env, "WARREN_HISTORY_READ_TIMEOUT_S", default.read_timeout_s, minimum=0.1
             ),
+            settle_s=env_float(env, "WARREN_HISTORY_SETTLE_S", default.settle_s),
         )
 
 

@@ -3,7 +3,9 @@
 Requests that reach the edge together share one *pass* over the stream. A pass:
 
 1. appends a marker of its own to the stream, so that it knows where to stop: every
-   event routed before the marker was published is before it in the stream;
+   event routed before the marker was published is before it in the stream, unless the
+   stream held its write back while electing a leader; a pass that may have met such a
+   write appends a second marker a moment later, and stops there instead (:meth:`_settle`);
 2. reads the stream's first message (the *head*): whether the stream still holds what
    a request needs, and the oldest position it holds;
 3. reads from the earliest position its requests need up to its marker, handing each
@@ -54,6 +56,9 @@ READ_PREFETCH: Final = 2000
 HEAD_PREFETCH: Final = 64
 #: Where a request that wants the whole retained stream starts.
 FIRST: Final = "first"
+#: A marker confirmed later than this was most likely held back by a stream electing a
+#: new leader, as other publishers' writes were: the pass settles (:meth:`_settle`).
+SLOW_MARKER_S: Final = 0.25
 
 Seek = float | str  # a position, or FIRST
 
@@ -104,6 +109,8 @@ class Request:
 
     keys: frozenset[str]
     done: asyncio.Future[None]
+    #: Whether the pass that serves it always settles (:meth:`HistoryReader._settle`).
+    settles: bool = False
 
     def seek(self, head: Head) -> Seek | None:
         """Where this request needs the pass to start reading, given the stream's head;
@@ -120,11 +127,13 @@ class Request:
 
 class Recovery(Request):
     """A socket that reconnected with ``since``: every event of its keys whose ``ts`` is
-    at least ``since - window``."""
+    at least ``since - window``. ``in_band``: an open socket's replay after its edge's
+    broker connection broke (docs/protocol.md 17.5); its pass settles."""
 
     def __init__(self, target: ReplayTarget, keys: frozenset[str], since: float,
-                 window_s: float) -> None:
+                 window_s: float, *, in_band: bool = False) -> None:
         self.keys = keys
+        self.settles = in_band
         self.done = asyncio.get_running_loop().create_future()
         self._target = target
         self._from = since - window_s
@@ -293,10 +302,9 @@ class HistoryReader:
 
     async def _pass(self, run: _Pass) -> None:
         marked_at = time.time()
-        await self._producer.publish_body(
-            orjson.dumps({"ts": marked_at}), self._producer.default_exchange, HISTORY_STREAM,
-            kind=MessageKind.EVENT, mandatory=False, headers={HISTORY_MARKER_HEADER: run.marker},
-        )
+        await self._mark(run.marker, marked_at)
+        if time.time() - marked_at > SLOW_MARKER_S or any(r.settles for r in run.requests):
+            await self._settle(run)
         channel = await self._connection.channel()
         channel.close_callbacks.add(run.channel_closed)
         try:
@@ -328,6 +336,29 @@ class HistoryReader:
                 pass
         for request in run.requests:
             request.finish()
+
+    async def _mark(self, marker: str, at: float) -> None:
+        await self._producer.publish_body(
+            orjson.dumps({"ts": at}), self._producer.default_exchange, HISTORY_STREAM,
+            kind=MessageKind.EVENT, mandatory=False, headers={HISTORY_MARKER_HEADER: marker},
+        )
+
+    async def _settle(self, run: _Pass) -> None:
+        """Give the stream's held-back writes time to land, then end the pass at a new
+        marker.
+
+        A stream whose leader's node stops holds back the writes sent to that leader until
+        it has elected another; each publisher's channel sends its own again once it learns
+        of the new leader, which can be after this pass's marker was written. An event
+        routed before the sockets' keys were bound would then be after the marker: in
+        neither the replay nor the live events held back. So a pass whose marker was
+        confirmed late (the stream was electing), or that replays in band (its edge's
+        broker connection just broke, most likely with a node), waits
+        ``WARREN_HISTORY_SETTLE_S`` and reads up to a second marker."""
+        self._metrics.history_settled_passes.inc()
+        await asyncio.sleep(self._settings.settle_s)
+        run.marker = new_id()
+        await self._mark(run.marker, time.time())
 
     async def _head(self, stream: Any, run: _Pass) -> Head:
         """The start of the stream, read up to its first event or the pass's own marker

@@ -97,6 +97,12 @@ class EdgeMetrics:
             "request that was waiting when it started.",
             registry=registry,
         )
+        self.history_settled_passes = Counter(
+            "warren_edge_history_settled_passes_total",
+            "Passes over the history stream that waited for writes the stream may have "
+            "held back while electing a leader, and read up to a second marker.",
+            registry=registry,
+        )
         self.history_pass_seconds = Histogram(
             "warren_edge_history_pass_seconds",
             "How long a pass over the history stream took, marker to marker.",

@@ -12,6 +12,12 @@ The connection is broken two ways: a TCP proxy between the edge and the machine'
 is cut and restored (the test's publisher, connected straight to the broker, publishes
 meanwhile, so events are certainly routed while the edge has no queue), and a private
 RabbitMQ node is restarted while events flow.
+
+A stream electing a new leader writes an event its publisher's channel sent to the old
+one only when that channel sends it again, possibly after a pass's marker (docs/protocol.md
+17.3, "The switch from replay to live"). The test's own writer plays that late write; the
+pass of an in-band replay, and of a recovery whose marker the broker confirmed late (the
+proxy slowed down), reads up to a second marker, and replays it.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from shared.config import HistorySettings
-from shared.messaging import ADDRESS_BROADCAST, Address
+from shared.messaging import ADDRESS_BROADCAST, Address, Envelope
 from shared.messaging.broker import BrokerUnavailable, Publisher, connect
 from services.ws_edge.server import EdgeServer
 from services.ws_edge.settings import EdgeSettings
@@ -32,7 +38,15 @@ from tests.support.arrivals import Arrivals
 from tests.support.client import Client
 from tests.support.edge import edge_env, edge_on_private  # noqa: F401  (a fixture)
 from tests.chaos.watch import until
-from tests.support.history import Feed, is_event, stream_head
+from tests.support.history import (
+    SERVICE,
+    Feed,
+    StreamWriter,
+    is_event,
+    read_recovery,
+    since,
+    stream_head,
+)
 from tests.support.inband import client_problems, gap_problems
 from tests.support.private_broker import PrivateBroker
 from tests.support.tcp_proxy import TcpProxy
@@ -306,6 +320,79 @@ async def test_a_gap_the_stream_no_longer_holds_is_told_too_old_with_its_oldest_
     assert isinstance(data["oldest"], float) and data["oldest"] > welcomed_at, data
     assert [f.get("id") for _at, f in arrivals.frames] == [None, after.id]
     assert sample(edge, "warren_edge_inband_recoveries_total", outcome="too_old") == 1
+
+
+def late_event(to: Address) -> Envelope:
+    """An event routed while no queue of the edge was bound for ``to``, whose write the
+    stream held back: the test writes it to the stream alone, after a pass's marker."""
+    return Envelope(type="test.event", to=to, sender=SERVICE, data={"late": True})
+
+
+async def test_an_event_the_stream_writes_after_an_in_band_passs_marker_is_replayed(
+    edge_behind_proxy: Build, amqp_url: str, token_for: Callable[..., str],
+) -> None:
+    edge, proxy = await edge_behind_proxy(WARREN_HISTORY_SETTLE_S="3")
+    socket = await Client.connect(edge.port, token_for("alice"))
+    arrivals = Arrivals(socket)
+    connection = await connect(amqp_url, name="warren-test-publisher")
+    try:
+        feed = Feed(await Publisher.open(connection))
+        before = await feed.publish(ALICE)
+        await arrivals.until(received(arrivals, {before.id}), WAIT_S, "an event before the cut")
+        stream = await StreamWriter.open(connection)
+        settled = sample(edge, "warren_edge_history_settled_passes_total")
+        gone = lost(edge)
+        proxy.cut()
+        await asyncio.wait_for(gone, WAIT_S)
+        late = late_event(ALICE)
+        proxy.restore()
+        await stream.marker(WAIT_S)  # the in-band pass's first marker is in the stream
+        await stream.write(late)
+        await arrivals.until(replayed(arrivals), WAIT_S, "the in-band replay.done")
+        after = await feed.publish(ALICE)
+        await arrivals.until(received(arrivals, {after.id}), WAIT_S, "a live event after it")
+    finally:
+        await connection.close()
+
+    assert not arrivals.closed.is_set()
+    frames = [frame for _at, frame in arrivals.frames]
+    (done,) = arrivals.of_type("replay.done")
+    assert done["data"]["recovered"] is True, done
+    index = frames.index(done)
+    assert late.id in [f["id"] for f in frames[:index] if is_event(f)], frames
+    assert [f["id"] for f in frames[index + 1:]] == [after.id]
+    assert sample(edge, "warren_edge_history_settled_passes_total") - settled == 1
+
+
+async def test_a_recovery_whose_marker_is_confirmed_late_replays_what_the_stream_wrote_late(
+    edge_behind_proxy: Build, amqp_url: str, token_for: Callable[..., str],
+) -> None:
+    edge, proxy = await edge_behind_proxy(WARREN_HISTORY_SETTLE_S="3")
+    token = token_for("alice")
+    # Alice's first socket keeps her keys bound: her second one needs no broker answer
+    # before its recovery's pass.
+    first = await Client.connect(edge.port, token)
+    arrivals = Arrivals(first)
+    connection = await connect(amqp_url, name="warren-test-publisher")
+    try:
+        feed = Feed(await Publisher.open(connection))
+        before = await feed.publish(ALICE)
+        await arrivals.until(received(arrivals, {before.id}), WAIT_S, "an event, live")
+        stream = await StreamWriter.open(connection)
+        settled = sample(edge, "warren_edge_history_settled_passes_total")
+        proxy.slow_down(0.5)  # every answer of the broker to the edge comes half a second late
+        second = asyncio.create_task(Client.connect(edge.port, token, query=since(before.ts)))
+        await stream.marker(WAIT_S)  # the recovery's marker, its confirm still on its way
+        late = late_event(ALICE)
+        await stream.write(late)
+        recovery = await read_recovery(await second, WAIT_S)
+        proxy.slow_down(0)
+    finally:
+        await connection.close()
+
+    assert recovery.recovered is True, recovery.welcome
+    assert late.id in {frame["id"] for frame in recovery.replayed}, recovery.replayed
+    assert sample(edge, "warren_edge_history_settled_passes_total") - settled == 1
 
 
 async def test_a_broker_restart_while_events_flow_is_replayed_on_the_open_socket(

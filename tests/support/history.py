@@ -22,7 +22,7 @@ from typing import Any
 
 import aio_pika
 
-from shared.messaging import Address, Envelope, decode
+from shared.messaging import Address, Envelope, decode, encode
 from shared.messaging.broker import Publisher
 from shared.messaging.names import HISTORY_MARKER_HEADER, HISTORY_STREAM
 from tests.support.client import Client
@@ -220,3 +220,41 @@ async def stream_head(amqp_url: str, timeout: float = READ_TIMEOUT_S) -> StreamH
 
         await queue.consume(on_message, arguments={"x-stream-offset": "first"})
         return await asyncio.wait_for(found, timeout)
+
+
+class StreamWriter:
+    """Writes to ``warren.history`` alone, as a publisher's channel does when it sends a
+    write again to a stream's new leader: the event was routed to queues long before,
+    or never reached them. Also watches for the edges' markers."""
+
+    def __init__(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        self._channel = channel
+        self._marker: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def open(cls, connection: aio_pika.abc.AbstractConnection) -> StreamWriter:
+        """Watch from the stream's end on: :meth:`marker` is the next marker written."""
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=100)
+        writer = cls(channel)
+        queue = await channel.declare_queue(HISTORY_STREAM, passive=True)
+        await queue.consume(writer._on_message, arguments={"x-stream-offset": "next"})
+        return writer
+
+    async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await message.ack()
+        marker = (message.headers or {}).get(HISTORY_MARKER_HEADER)
+        if isinstance(marker, str) and not self._marker.done():
+            self._marker.set_result(marker)
+
+    async def marker(self, timeout: float = READ_TIMEOUT_S) -> str:
+        """The id of the first marker written since :meth:`open`."""
+        return await asyncio.wait_for(asyncio.shield(self._marker), timeout)
+
+    async def write(self, envelope: Envelope) -> None:
+        """Append ``envelope`` to the stream, confirmed."""
+        await self._channel.default_exchange.publish(
+            aio_pika.Message(encode(envelope), content_type="application/json",
+                             message_id=envelope.id, type=envelope.type),
+            routing_key=HISTORY_STREAM,
+        )

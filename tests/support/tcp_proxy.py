@@ -1,4 +1,5 @@
-"""A TCP proxy on loopback that a test can cut and restore, to make a server unreachable.
+"""A TCP proxy on loopback that a test can cut and restore, to make a server unreachable,
+or slow down, to make it answer late.
 
 While cut, open connections are reset and new ones are accepted then closed at once,
 which is what a client sees of a database or broker that went away. Restoring lets new
@@ -24,6 +25,7 @@ class TcpProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._open = True
+        self._latency_s = 0.0
         self.port = 0
 
     async def start(self) -> TcpProxy:
@@ -46,6 +48,11 @@ class TcpProxy:
     def restore(self) -> None:
         self._open = True
 
+    def slow_down(self, latency_s: float) -> None:
+        """From now on, hold each chunk the server sends for ``latency_s`` before passing
+        it on, as a congested link does; 0 passes them on at once again."""
+        self._latency_s = latency_s
+
     async def close(self) -> None:
         self.cut()
         if self._server is not None:
@@ -67,7 +74,7 @@ class TcpProxy:
         self._writers |= {writer, upstream_writer}
         pipes = (
             asyncio.create_task(self._pipe(reader, upstream_writer)),
-            asyncio.create_task(self._pipe(upstream_reader, writer)),
+            asyncio.create_task(self._pipe(upstream_reader, writer, answers=True)),
         )
         self._pipes.update(pipes)
         try:
@@ -78,10 +85,13 @@ class TcpProxy:
                 self._writers.discard(end)
                 end.close()
 
-    @staticmethod
-    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, answers: bool = False
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await source.read(CHUNK):
+                if answers and self._latency_s:
+                    await asyncio.sleep(self._latency_s)  # the fault itself, not a wait
                 sink.write(data)
                 await sink.drain()
         with contextlib.suppress(ConnectionError, OSError, RuntimeError):

@@ -393,7 +393,8 @@ class EdgeSocket(tornado.websocket.WebSocketHandler):
                 0, rebound_at, since=since, recovery=frames.Recovered(False, "history_off")))
             self._go_live()
             return None
-        return Recovery(self, frozenset((*self._retained, BROADCAST)), since, history.window_s)
+        return Recovery(self, frozenset((*self._retained, BROADCAST)), since, history.window_s,
+                        in_band=True)
 
     def log_exception(
         self, typ: type[BaseException] | None, value: BaseException | None,

@@ -111,6 +111,8 @@ class Request:
     done: asyncio.Future[None]
     #: Whether the pass that serves it always settles (:meth:`HistoryReader._settle`).
     settles: bool = False
+    #: The broker connection losses the reader had counted when it was asked.
+    losses: int = 0
 
     def seek(self, head: Head) -> Seek | None:
         """Where this request needs the pass to start reading, given the stream's head;
@@ -247,6 +249,8 @@ class HistoryReader:
         self._recoveries = _Lane(self._serve)
         self._queries = _Lane(self._serve)
         self._closed = False
+        self._losses = 0
+        connection.close_callbacks.add(self._lost)
 
     @property
     def settings(self) -> HistorySettings:
@@ -257,7 +261,7 @@ class HistoryReader:
         if it could not be."""
         if self._closed or not self._settings.enabled:
             raise HistoryUnavailable("history is off")
-        (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
+        self._enqueue(request)
         await asyncio.shield(request.done)
 
     async def read_all(self, requests: Sequence[Request]) -> list[BaseException | None]:
@@ -267,11 +271,18 @@ class HistoryReader:
         if self._closed or not self._settings.enabled:
             raise HistoryUnavailable("history is off")
         for request in requests:
-            (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
+            self._enqueue(request)
         outcomes = await asyncio.gather(
             *(asyncio.shield(request.done) for request in requests), return_exceptions=True
         )
         return [outcome if isinstance(outcome, BaseException) else None for outcome in outcomes]
+
+    def _enqueue(self, request: Request) -> None:
+        request.losses = self._losses
+        (self._recoveries if isinstance(request, Recovery) else self._queries).add(request)
+
+    def _lost(self, *_args: object) -> None:
+        self._losses += 1
 
     async def close(self) -> None:
         """Fail the requests waiting and stop after the passes that run."""
@@ -335,7 +346,13 @@ class HistoryReader:
             except (AMQPError, ChannelInvalidStateError, ConnectionError):
                 pass
         for request in run.requests:
-            request.finish()
+            if isinstance(request, Recovery) and request.losses != self._losses:
+                # Its keys were bound to a queue that has gone since, and this marker may
+                # have been written before they were bound to the new one: what was routed
+                # in between is in neither the replay nor the live events.
+                _fail(request, HistoryUnavailable("the broker connection broke meanwhile"))
+            else:
+                request.finish()
 
     async def _mark(self, marker: str, at: float) -> None:
         await self._producer.publish_body(

@@ -395,6 +395,48 @@ async def test_a_recovery_whose_marker_is_confirmed_late_replays_what_the_stream
     assert sample(edge, "warren_edge_history_settled_passes_total") - settled == 1
 
 
+async def test_a_recovery_whose_pass_outlives_the_broker_connection_is_closed_to_retry(
+    edge_behind_proxy: Build, amqp_url: str, token_for: Callable[..., str],
+) -> None:
+    # The pass settles (its marker is confirmed late), and the edge's connection breaks and
+    # comes back meanwhile: the pass ends on the new connection, maybe before the keys
+    # are bound there again, so its end tells nothing of what the socket would miss.
+    edge, proxy = await edge_behind_proxy(WARREN_HISTORY_SETTLE_S="4")
+    token = token_for("alice")
+    first = await Client.connect(edge.port, token)
+    arrivals = Arrivals(first)
+    connection = await connect(amqp_url, name="warren-test-publisher")
+    try:
+        feed = Feed(await Publisher.open(connection))
+        before = await feed.publish(ALICE)
+        await arrivals.until(received(arrivals, {before.id}), WAIT_S, "an event, live")
+        failed = sample(edge, "warren_edge_recoveries_total", outcome="failed")
+        settled = sample(edge, "warren_edge_history_settled_passes_total")
+        proxy.slow_down(0.5)
+        second = asyncio.create_task(Client.connect(edge.port, token, query=since(before.ts)))
+
+        async def settling() -> bool:
+            return sample(edge, "warren_edge_history_settled_passes_total") > settled
+
+        await until(settling, WAIT_S, "the recovery's pass settling")
+        proxy.slow_down(0)
+        gone = lost(edge)
+        proxy.cut()
+        await asyncio.wait_for(gone, WAIT_S)
+        proxy.restore()
+        recovering = await second
+        with pytest.raises(ConnectionError, match="1013"):
+            await read_recovery(recovering, WAIT_S)
+        # Reconnected with its position, it recovers.
+        again = await Client.connect(edge.port, token, query=since(before.ts))
+        recovery = await read_recovery(again, WAIT_S)
+    finally:
+        await connection.close()
+
+    assert recovery.recovered is True, recovery.welcome
+    assert sample(edge, "warren_edge_recoveries_total", outcome="failed") - failed == 1
+
+
 async def test_a_broker_restart_while_events_flow_is_replayed_on_the_open_socket(
     edge_on_private: EdgeServer, private_broker: PrivateBroker, private_amqp_url: str,
     token_for: Callable[..., str],

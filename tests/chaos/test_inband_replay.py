@@ -27,6 +27,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from shared.config import HistorySettings
@@ -364,20 +365,26 @@ async def test_an_event_the_stream_writes_after_an_in_band_passs_marker_is_repla
     assert sample(edge, "warren_edge_history_settled_passes_total") - settled == 1
 
 
+async def alice_with_a_live_event(
+    edge: EdgeServer, connection: AbstractRobustConnection, token: str
+) -> tuple[Client, Envelope]:
+    """Alice's first socket, and an event it received live. It keeps her keys bound, so
+    that her second one needs no broker answer before its recovery's pass."""
+    first = await Client.connect(edge.port, token)
+    arrivals = Arrivals(first)
+    event = await Feed(await Publisher.open(connection)).publish(ALICE)
+    await arrivals.until(received(arrivals, {event.id}), WAIT_S, "an event, live")
+    return first, event
+
+
 async def test_a_recovery_whose_marker_is_confirmed_late_replays_what_the_stream_wrote_late(
     edge_behind_proxy: Build, amqp_url: str, token_for: Callable[..., str],
 ) -> None:
     edge, proxy = await edge_behind_proxy(WARREN_HISTORY_SETTLE_S="3")
     token = token_for("alice")
-    # Alice's first socket keeps her keys bound: her second one needs no broker answer
-    # before its recovery's pass.
-    first = await Client.connect(edge.port, token)
-    arrivals = Arrivals(first)
     connection = await connect(amqp_url, name="warren-test-publisher")
     try:
-        feed = Feed(await Publisher.open(connection))
-        before = await feed.publish(ALICE)
-        await arrivals.until(received(arrivals, {before.id}), WAIT_S, "an event, live")
+        _first, before = await alice_with_a_live_event(edge, connection, token)
         stream = await StreamWriter.open(connection)
         settled = sample(edge, "warren_edge_history_settled_passes_total")
         proxy.slow_down(0.5)  # every answer of the broker to the edge comes half a second late
@@ -403,13 +410,9 @@ async def test_a_recovery_whose_pass_outlives_the_broker_connection_is_closed_to
     # are bound there again, so its end tells nothing of what the socket would miss.
     edge, proxy = await edge_behind_proxy(WARREN_HISTORY_SETTLE_S="4")
     token = token_for("alice")
-    first = await Client.connect(edge.port, token)
-    arrivals = Arrivals(first)
     connection = await connect(amqp_url, name="warren-test-publisher")
     try:
-        feed = Feed(await Publisher.open(connection))
-        before = await feed.publish(ALICE)
-        await arrivals.until(received(arrivals, {before.id}), WAIT_S, "an event, live")
+        _first, before = await alice_with_a_live_event(edge, connection, token)
         failed = sample(edge, "warren_edge_recoveries_total", outcome="failed")
         settled = sample(edge, "warren_edge_history_settled_passes_total")
         proxy.slow_down(0.5)

@@ -15,17 +15,19 @@ a single-recipient event. The queue is still declared on aio-pika's robust chann
 aio-pika declares it again on a new connection; the consumer is started again from the
 channel's reopen callback (:meth:`EventConsumer._consume`).
 
-``queue.bind`` and ``queue.unbind`` are synchronous AMQP methods, one at a time per
-channel, so the edge binds on a small pool of channels of its own: a storm of connects
-is not held to one broker round trip at a time, and binding never waits behind the
-consumer's acks. A key's calls are never in flight together (``BindingTable`` locks
-each key), so they stay in order on any channel. These bindings are not recorded for
-aio-pika to restore: after a new connection, ``BindingTable.rebind`` makes them again.
+``queue.bind`` and ``queue.unbind`` are synchronous AMQP methods, so the edge binds on
+a small pool of channels of its own, never behind the consumer's acks, and on each
+channel sends the calls that wait together back to back (:class:`BindPipeline`): a
+storm of connects is not held to one broker round trip per key. A key's calls are never
+in flight together (``BindingTable`` locks each key), so they stay in order on any
+channel. These bindings are not recorded for aio-pika to restore: after a new
+connection, ``BindingTable.rebind`` makes them again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Final, NamedTuple, cast
@@ -46,6 +48,7 @@ from shared.messaging.broker import (
     edge_queue_arguments,
 )
 from shared.messaging.names import EDGE_EXCHANGE, edge_queue_name
+from services.ws_edge.bind_pipeline import BindPipeline
 from services.ws_edge.hub import Hub, TextFramer
 from services.ws_edge.metrics import EdgeMetrics
 
@@ -84,6 +87,7 @@ class EventConsumer:
         self._prefetch = prefetch
         self._bind_channel_count = bind_channels
         self._bind_channels: list[AbstractRobustChannel] = []
+        self._pipelines: list[BindPipeline] = []
         self._framer = TextFramer()
         self._channel: AbstractRobustChannel | None = None
         self._consumer_tag: str | None = None
@@ -113,10 +117,13 @@ class EventConsumer:
         await queue.bind(edges, routing_key=BROADCAST)
         self._metrics.bindings.set(1)
         self._channel = channel
-        for _ in range(self._bind_channel_count):
+        for index in range(self._bind_channel_count):
             binder = await self._connection.channel()
             assert isinstance(binder, AbstractRobustChannel)
             self._bind_channels.append(binder)
+            self._pipelines.append(BindPipeline(
+                self._queue_name, EDGE_EXCHANGE, functools.partial(self._bind_channel, index)
+            ))
         channel.reopen_callbacks.add(self._consume_again)
         await self._consume()
 
@@ -178,20 +185,18 @@ class EventConsumer:
                      extra={"error": repr(exc)})
 
     async def bind(self, key: str) -> None:
-        channel = await self._bind_channel(key)
-        await channel.queue_bind(self._queue_name, EDGE_EXCHANGE, routing_key=key)
+        await self._pipelines[hash(key) % len(self._pipelines)].bind(key)
 
     async def unbind(self, key: str) -> None:
-        channel = await self._bind_channel(key)
-        await channel.queue_unbind(self._queue_name, EDGE_EXCHANGE, routing_key=key)
+        await self._pipelines[hash(key) % len(self._pipelines)].unbind(key)
 
-    async def _bind_channel(self, key: str) -> aiormq.abc.AbstractChannel:
-        """A pool channel for ``key``, once the queue exists on the current connection."""
+    async def _bind_channel(self, index: int) -> aiormq.abc.AbstractChannel:
+        """Pool channel ``index``, once the queue exists on the current connection."""
         # During a reconnect, wait until the consuming channel is restored: it declares
         # the (new) exclusive queue that the pool channels bind.
-        assert self._channel is not None and self._bind_channels
+        assert self._channel is not None
         await self._channel.ready()
-        channel = self._bind_channels[hash(key) % len(self._bind_channels)]
+        channel = self._bind_channels[index]
         await channel.ready()
         return await channel.get_underlay_channel()
 
